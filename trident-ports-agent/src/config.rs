@@ -1,0 +1,274 @@
+//! The node configuration (see `config/node.example.yaml`).
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+use crate::{
+    error::{Error, Result},
+    policy::{Mode, PortRange, Proto},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Controller,
+    #[default]
+    Worker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Controller => "controller",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub trident: Trident,
+    #[serde(default)]
+    pub nfs: Nfs,
+    #[serde(default)]
+    pub directory: Directory,
+    #[serde(default)]
+    pub backends: Backends,
+    #[serde(default)]
+    pub allow: Vec<Allow>,
+    #[serde(default)]
+    pub events: Events,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// Sources allowed to reach Trident's node ports (8000, 8443, 8001).
+    #[serde(default, deserialize_with = "nets")]
+    pub cidrs: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trident {
+    #[serde(default = "default_probe_port")]
+    pub probe_port: u16,
+    #[serde(default = "yes")]
+    pub metrics: bool,
+}
+
+impl Default for Trident {
+    fn default() -> Self {
+        Trident {
+            probe_port: default_probe_port(),
+            metrics: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Nfs {
+    /// NFSv3 lock and status callbacks from storage to the node.
+    #[serde(default = "yes")]
+    pub callbacks: bool,
+}
+
+impl Default for Nfs {
+    fn default() -> Self {
+        Nfs { callbacks: true }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Directory {
+    #[serde(default, deserialize_with = "nets")]
+    pub kerberos: Vec<IpNet>,
+    #[serde(default, deserialize_with = "nets")]
+    pub ldap: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backends {
+    /// Backend definition files or directories.
+    #[serde(default)]
+    pub sources: Vec<PathBuf>,
+    /// Data addresses a definition cannot name (discovered SAN portals, SVM data LIFs), keyed
+    /// by backendName.
+    #[serde(default, deserialize_with = "net_map")]
+    pub data_addresses: BTreeMap<String, Vec<IpNet>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allow {
+    #[serde(deserialize_with = "net")]
+    pub dst: IpNet,
+    #[serde(deserialize_with = "port_range")]
+    pub ports: PortRange,
+    pub proto: Proto,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Events {
+    /// At most one event per flow and direction per interval ("1s", "250ms", "0s" for all).
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            interval: default_interval(),
+        }
+    }
+}
+
+fn default_probe_port() -> u16 {
+    17546
+}
+fn yes() -> bool {
+    true
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// An address or a prefix: `192.0.2.10`, `192.0.2.0/24`, `2001:db8::1`, `[2001:db8::1]`.
+pub fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
+    let t = s.trim().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(n) = t.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    t.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR"))
+}
+
+fn net<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<IpNet, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_net(&s).map_err(serde::de::Error::custom)
+}
+
+fn nets<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<IpNet>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| parse_net(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn net_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, Vec<IpNet>>, D::Error> {
+    let m = BTreeMap::<String, Vec<String>>::deserialize(d)?;
+    m.into_iter()
+        .map(|(k, v)| {
+            let nets = v
+                .iter()
+                .map(|s| parse_net(s).map_err(|e| serde::de::Error::custom(format!("{k}: {e}"))))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok((k, nets))
+        })
+        .collect()
+}
+
+fn port_range<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<PortRange, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum P {
+        N(u64),
+        S(String),
+    }
+    match P::deserialize(d)? {
+        P::N(n) => PortRange::parse(&n.to_string()),
+        P::S(s) => PortRange::parse(&s),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+}
+
+/// Formats a serde_yaml error with its line and column.
+pub fn yaml_error(e: &serde_yaml::Error) -> String {
+    match e.location() {
+        Some(l) => format!("line {} column {}: {}", l.line(), l.column(), strip_location(e)),
+        None => e.to_string(),
+    }
+}
+
+fn strip_location(e: &serde_yaml::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+impl NodeConfig {
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self> {
+        serde_yaml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: yaml_error(&e),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_yaml(path, &text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = include_str!("../../config/node.example.yaml");
+        let c = NodeConfig::from_yaml(Path::new("node.example.yaml"), text).unwrap();
+        assert_eq!(c.role, Role::Worker);
+        assert_eq!(c.trident.probe_port, 17546);
+        assert_eq!(c.cluster.cidrs.len(), 3);
+        assert_eq!(c.allow[0].ports, PortRange::single(8009));
+        assert_eq!(c.directory.kerberos[0].to_string(), "192.0.2.60/32");
+        assert_eq!(c.backends.data_addresses["san-prod"][0].to_string(), "192.0.2.16/28");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let text = "role: worker\nallow:\n  - {dst: 198.51.100.10, ports: \"99999\", proto: tcp, reason: x}\n";
+        let e = NodeConfig::from_yaml(Path::new("/etc/tp.yaml"), text).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/tp.yaml: line 3"), "{e}");
+        assert!(e.contains("99999"), "{e}");
+        let e = NodeConfig::from_yaml(Path::new("c.yaml"), "rol: worker\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `rol`"), "{e}");
+        let e = NodeConfig::from_yaml(Path::new("c.yaml"), "cluster: {cidrs: [nope]}\n").unwrap_err().to_string();
+        assert!(e.contains("`nope` is not an IP address or CIDR"), "{e}");
+    }
+}

@@ -1,0 +1,288 @@
+//! Turns a [`Policy`] into the contents of the kernel maps for one generation.
+//!
+//! Addresses are grouped into classes: every address or prefix whose effective rules are the
+//! same shares one class, so 100,000 storage addresses with the same ports cost 100,000 peer
+//! entries and one set of rules. An address inside a wider prefix inherits the wider prefix's
+//! rules, because the kernel only sees the longest match.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ipnet::IpNet;
+use trident_ports_common::{
+    DIR_EGRESS, DIR_INGRESS, GuardKey, PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey,
+    RANGE_KEY_HEADER_BITS, RangeKey, RuleKey,
+};
+
+use crate::policy::{Direction, Policy, PortRange, Proto};
+
+/// A prefix in the kernel's address space: 16 bytes, IPv4 mapped into `::ffff:0:0/96`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: [u8; 16],
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn from_net(net: &IpNet) -> Self {
+        let net = net.trunc();
+        match net {
+            IpNet::V4(n) => Prefix {
+                addr: n.addr().to_ipv6_mapped().octets(),
+                len: 96 + n.prefix_len(),
+            },
+            IpNet::V6(n) => Prefix {
+                addr: n.addr().octets(),
+                len: n.prefix_len(),
+            },
+        }
+    }
+
+    fn contains(&self, other: &Prefix) -> bool {
+        if other.len < self.len {
+            return false;
+        }
+        let a = u128::from_be_bytes(self.addr);
+        let b = u128::from_be_bytes(other.addr);
+        let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len as u32) };
+        a & mask == b & mask
+    }
+}
+
+/// What one peer prefix may do, before classes are assigned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Grant {
+    rules: BTreeSet<(Proto, PortRange)>,
+    protected: bool,
+}
+
+/// Everything the kernel needs for one generation of a policy.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tables {
+    pub peers: Vec<(PeerKey, PeerInfo)>,
+    /// (LPM prefix length in bits, key, value).
+    pub prefixes: Vec<(u32, PeerKey, PeerInfo)>,
+    pub rules: Vec<RuleKey>,
+    pub ranges: Vec<(u32, RangeKey)>,
+    pub guards: Vec<GuardKey>,
+}
+
+impl Tables {
+    pub fn len(&self) -> usize {
+        self.peers.len() + self.prefixes.len() + self.rules.len() + self.ranges.len() + self.guards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn dir_code(d: Direction) -> u8 {
+    match d {
+        Direction::Egress => DIR_EGRESS,
+        Direction::Ingress => DIR_INGRESS,
+    }
+}
+
+pub fn compile(policy: &Policy, generation: u8) -> Tables {
+    let mut t = Tables::default();
+    for dir in [Direction::Egress, Direction::Ingress] {
+        compile_direction(policy, dir, generation, &mut t);
+    }
+    let guards: BTreeSet<(Proto, u16)> = policy.guarded.iter().map(|g| (g.proto, g.port)).collect();
+    t.guards = guards
+        .into_iter()
+        .map(|(proto, port)| GuardKey {
+            generation,
+            proto: proto.number(),
+            port,
+        })
+        .collect();
+    t
+}
+
+fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Tables) {
+    let d = dir_code(dir);
+    let mut grants: BTreeMap<Prefix, Grant> = BTreeMap::new();
+    for e in policy.entries.iter().filter(|e| e.direction == dir) {
+        grants
+            .entry(Prefix::from_net(&e.peer()))
+            .or_default()
+            .rules
+            .insert((e.proto, e.ports));
+    }
+    // Protected addresses are policed both ways: to them on egress, from them on ingress. Every
+    // egress destination is one: the node only opens ports towards storage and directory servers.
+    let egress_peers = policy
+        .entries
+        .iter()
+        .filter(|e| e.direction == Direction::Egress)
+        .map(|e| e.peer());
+    for net in policy.protected.iter().map(|p| p.addr).chain(egress_peers) {
+        grants.entry(Prefix::from_net(&net)).or_default().protected = true;
+    }
+    // Inherit from every wider prefix. Wide prefixes are few (subnets, cluster CIDRs), so this is
+    // the number of peers times the number of subnets.
+    let wide: Vec<(Prefix, Grant)> = grants
+        .iter()
+        .filter(|(p, _)| p.len < 128)
+        .map(|(p, g)| (*p, g.clone()))
+        .collect();
+    let effective: Vec<(Prefix, Grant)> = grants
+        .iter()
+        .map(|(p, g)| {
+            let mut g = g.clone();
+            for (w, wg) in &wide {
+                if w != p && w.contains(p) {
+                    g.rules.extend(wg.rules.iter().copied());
+                    g.protected |= wg.protected;
+                }
+            }
+            (*p, g)
+        })
+        .collect();
+
+    let mut classes: HashMap<Grant, u32> = HashMap::new();
+    let mut next_class = 0u32;
+    for (prefix, grant) in effective {
+        let class = *classes.entry(grant.clone()).or_insert_with(|| {
+            let c = next_class;
+            next_class += 1;
+            c
+        });
+        let key = PeerKey {
+            generation,
+            dir: d,
+            _pad: [0; 2],
+            addr: prefix.addr,
+        };
+        let info = PeerInfo {
+            class,
+            flags: if grant.protected { PEER_PROTECTED } else { 0 },
+        };
+        if prefix.len == 128 {
+            t.peers.push((key, info));
+        } else {
+            t.prefixes.push((PEER_KEY_HEADER_BITS + prefix.len as u32, key, info));
+        }
+    }
+    let mut by_class: Vec<(u32, Grant)> = classes.into_iter().map(|(g, c)| (c, g)).collect();
+    by_class.sort_by_key(|(c, _)| *c);
+    for (class, grant) in by_class {
+        for (proto, ports) in grant.rules {
+            if ports.from == ports.to {
+                t.rules.push(RuleKey {
+                    generation,
+                    dir: d,
+                    proto: proto.number(),
+                    _pad: 0,
+                    class,
+                    port: ports.from,
+                    _pad2: [0; 2],
+                });
+                continue;
+            }
+            for (start, bits) in port_blocks(ports) {
+                t.ranges.push((
+                    RANGE_KEY_HEADER_BITS + bits as u32,
+                    RangeKey {
+                        generation,
+                        dir: d,
+                        proto: proto.number(),
+                        _pad: 0,
+                        class_be: class.to_be_bytes(),
+                        port_be: start.to_be_bytes(),
+                    },
+                ));
+            }
+        }
+    }
+}
+
+/// Splits an inclusive port range into aligned power-of-two blocks: (first port, prefix bits).
+/// At most 30 blocks for any range of 16-bit ports.
+pub fn port_blocks(r: PortRange) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let mut cur = r.from as u32;
+    let end = r.to as u32;
+    while cur <= end {
+        let mut size: u32 = if cur == 0 { 1 << 16 } else { cur & cur.wrapping_neg() };
+        while cur + size - 1 > end {
+            size >>= 1;
+        }
+        out.push((cur as u16, 16 - size.trailing_zeros() as u8));
+        cur += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Entry, Protected};
+
+    fn egress(dst: &str, ports: PortRange, proto: Proto) -> Entry {
+        Entry {
+            direction: Direction::Egress,
+            dst: Some(dst.parse().unwrap()),
+            src: None,
+            ports,
+            proto,
+            purpose: String::new(),
+            backend: None,
+            source: String::new(),
+        }
+    }
+
+    fn covered(blocks: &[(u16, u8)]) -> Vec<u16> {
+        let mut v = Vec::new();
+        for &(start, bits) in blocks {
+            let size = 1u32 << (16 - bits);
+            for p in start as u32..start as u32 + size {
+                v.push(p as u16);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn port_blocks_cover_exactly_the_range() {
+        for (a, b) in [(1, 1), (1024, 65535), (4045, 4049), (1, 65535), (0, 65535), (8000, 8001), (3, 17)] {
+            let blocks = port_blocks(PortRange { from: a, to: b });
+            assert!(blocks.len() <= 32, "{a}-{b}: {} blocks", blocks.len());
+            let got = covered(&blocks);
+            let want: Vec<u16> = (a..=b).collect();
+            assert_eq!(got, want, "{a}-{b}");
+        }
+    }
+
+    #[test]
+    fn addresses_with_equal_rules_share_a_class() {
+        let mut policy = Policy::default();
+        for i in 1..=50 {
+            policy.entries.push(egress(&format!("192.0.2.{i}/32"), PortRange::single(2049), Proto::Tcp));
+            policy.entries.push(egress(&format!("192.0.2.{i}/32"), PortRange::single(111), Proto::Udp));
+        }
+        let t = compile(&policy, 0);
+        assert_eq!(t.peers.len(), 50);
+        assert!(t.peers.iter().all(|(_, i)| i.class == t.peers[0].1.class));
+        assert_eq!(t.rules.len(), 2);
+    }
+
+    #[test]
+    fn host_inside_subnet_inherits_subnet_rules_and_protection() {
+        let mut policy = Policy::default();
+        policy.entries.push(egress("198.51.100.0/24", PortRange::single(3260), Proto::Tcp));
+        policy.entries.push(egress("198.51.100.7/32", PortRange::single(443), Proto::Tcp));
+        policy.protected.push(Protected { addr: "198.51.100.0/24".parse().unwrap(), why: String::new() });
+        let t = compile(&policy, 1);
+        let host = t.peers.iter().find(|(k, _)| k.addr[15] == 7 && k.dir == DIR_EGRESS).unwrap();
+        assert_eq!(host.0.generation, 1);
+        assert_eq!(host.1.flags, PEER_PROTECTED);
+        let host_ports: BTreeSet<u16> = t.rules.iter().filter(|r| r.class == host.1.class && r.dir == DIR_EGRESS).map(|r| r.port).collect();
+        assert_eq!(host_ports, BTreeSet::from([443, 3260]));
+        // The subnet is an LPM entry of /24 in mapped space plus the key header.
+        let net = t.prefixes.iter().find(|(_, k, _)| k.dir == DIR_EGRESS).unwrap();
+        assert_eq!(net.0, PEER_KEY_HEADER_BITS + 96 + 24);
+        // Ingress: the protected subnet and host are known, with no rules.
+        assert!(t.prefixes.iter().any(|(_, k, i)| k.dir == DIR_INGRESS && i.flags == PEER_PROTECTED));
+    }
+}

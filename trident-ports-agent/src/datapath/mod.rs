@@ -1,0 +1,344 @@
+//! The kernel side as the agent sees it: load the programs, attach them, and switch policies.
+pub mod compile;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::TcAttachOptions, LinkOrder},
+};
+use trident_ports_common::{
+    COUNTER_SLOTS, Config, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerInfo, PeerKey, RangeKey, RuleKey,
+    counter, limits, maps, programs,
+};
+
+use crate::{
+    error::{Error, Result},
+    policy::{Mode, Policy},
+};
+pub use compile::{Tables, compile};
+
+/// The kernel object, built by this crate's build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trident-ports"));
+
+/// How TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TcAttach {
+    /// tcx where the kernel has it (6.6+), else clsact and cls_bpf.
+    #[default]
+    Auto,
+    /// tcx links only.
+    Tcx,
+    /// The legacy path: a clsact qdisc and a cls_bpf filter over netlink.
+    Netlink,
+}
+
+/// Which hook judges inbound packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IngressHook {
+    #[default]
+    Tc,
+    Xdp,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    config: Array<MapData, Config>,
+    peers: HashMap<MapData, PeerKey, PeerInfo>,
+    prefixes: LpmTrie<MapData, PeerKey, PeerInfo>,
+    rules: HashMap<MapData, RuleKey, u32>,
+    ranges: LpmTrie<MapData, RangeKey, u32>,
+    guards: HashMap<MapData, GuardKey, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| Error::Load(format!("map {name} missing from the object")))
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
+    move |e| Error::Map {
+        map,
+        detail: e.to_string(),
+    }
+}
+
+impl Datapath {
+    /// Loads the programs and maps into the kernel (nothing is attached yet).
+    pub fn load() -> Result<Self> {
+        crate::privileges::check()?;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| {
+            let detail = format!("{e:#}");
+            if detail.contains("RINGBUF") || detail.contains("ring") {
+                Error::KernelFeature {
+                    feature: "BPF ring buffers (Linux 5.8+)",
+                    detail,
+                }
+            } else {
+                Error::Load(detail)
+            }
+        })?;
+        for name in [programs::TC_EGRESS, programs::TC_INGRESS] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?
+                .try_into()
+                .map_err(|e| Error::Load(format!("{name}: {e}")))?;
+            prog.load().map_err(|e| Error::Load(format!("{name}: {e:#}")))?;
+        }
+        let xdp: &mut Xdp = program(&mut ebpf, programs::XDP_INGRESS)?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{}: {e}", programs::XDP_INGRESS)))?;
+        xdp.load()
+            .map_err(|e| Error::Load(format!("{}: {e:#}", programs::XDP_INGRESS)))?;
+
+        macro_rules! typed {
+            ($name:expr) => {
+                take(&mut ebpf, $name)?
+                    .try_into()
+                    .map_err(|e: aya::maps::MapError| Error::Load(format!("{}: {e}", $name)))?
+            };
+        }
+        Ok(Datapath {
+            config: typed!(maps::CONFIG),
+            peers: typed!(maps::PEERS),
+            prefixes: typed!(maps::PEER_PREFIXES),
+            rules: typed!(maps::RULES),
+            ranges: typed!(maps::RANGES),
+            guards: typed!(maps::GUARDS),
+            counters: typed!(maps::COUNTERS),
+            events: Some(typed!(maps::EVENTS)),
+            ebpf,
+        })
+    }
+
+    /// Attaches egress and ingress enforcement to `iface`. The attachments live as long as this
+    /// value: dropping it detaches everything.
+    pub fn attach(&mut self, iface: &str, attach: TcAttach, ingress: IngressHook) -> Result<()> {
+        if nix_if_index(iface) == 0 {
+            return Err(Error::UnknownInterface(iface.to_string()));
+        }
+        self.attach_tc(iface, programs::TC_EGRESS, TcAttachType::Egress, attach)?;
+        match ingress {
+            IngressHook::Tc => {
+                self.attach_tc(iface, programs::TC_INGRESS, TcAttachType::Ingress, attach)?
+            }
+            IngressHook::Xdp => {
+                let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP_INGRESS)?
+                    .try_into()
+                    .map_err(|e| Error::Load(format!("{e}")))?;
+                xdp.attach(iface, XdpMode::default()).map_err(|e| Error::Attach {
+                    program: programs::XDP_INGRESS,
+                    iface: iface.to_string(),
+                    detail: format!("{e:#}"),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        name: &'static str,
+        kind: TcAttachType,
+        attach: TcAttach,
+    ) -> Result<()> {
+        let err = |detail: String| Error::Attach {
+            program: name,
+            iface: iface.to_string(),
+            detail,
+        };
+        let use_tcx = match attach {
+            TcAttach::Auto => tcx_supported(),
+            TcAttach::Tcx => true,
+            TcAttach::Netlink => false,
+        };
+        if !use_tcx {
+            // EEXIST: a clsact qdisc is already there, which is what we need.
+            if let Err(e) = tc::qdisc_add_clsact(iface) {
+                let text = e.to_string();
+                if !text.contains("exists") {
+                    return Err(err(format!("adding the clsact qdisc: {text}")));
+                }
+            }
+        }
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?
+            .try_into()
+            .map_err(|e| err(format!("{e}")))?;
+        let options = if use_tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            TcAttachOptions::Netlink(Default::default())
+        };
+        prog.attach_with_options(iface, kind, options)
+            .map_err(|e| err(format!("{e:#}")))?;
+        Ok(())
+    }
+
+    /// Writes `policy` as the inactive generation, then switches to it with one store to the
+    /// configuration entry, then removes the previous generation. A packet sees either the old
+    /// policy or the new one, never a mixture.
+    pub fn apply(&mut self, policy: &Policy, event_interval_ns: u64) -> Result<Config> {
+        let current = self.config()?;
+        let next_gen = current.generation ^ 1;
+        let tables = compile(policy, next_gen);
+        self.check_limits(&tables)?;
+        // Leftovers of an interrupted earlier switch.
+        self.remove_generation(next_gen)?;
+        self.write(&tables)?;
+        let next = Config {
+            seq: current.seq.wrapping_add(1),
+            generation: next_gen,
+            mode: match policy.mode {
+                Mode::Enforce => MODE_ENFORCE,
+                Mode::Audit => MODE_AUDIT,
+            },
+            _pad: [0; 2],
+            event_interval_ns,
+        };
+        self.config
+            .set(0, next, 0)
+            .map_err(map_err(maps::CONFIG))?;
+        self.remove_generation(current.generation)?;
+        Ok(next)
+    }
+
+    /// Switches between enforce and audit without touching the policy.
+    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
+        let mut cfg = self.config()?;
+        cfg.mode = match mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        };
+        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    fn check_limits(&self, t: &Tables) -> Result<()> {
+        // Two generations live side by side during a switch.
+        let checks = [
+            (maps::PEERS, t.peers.len(), limits::PEERS / 2),
+            (maps::PEER_PREFIXES, t.prefixes.len(), limits::PEER_PREFIXES / 2),
+            (maps::RULES, t.rules.len(), limits::RULES / 2),
+            (maps::RANGES, t.ranges.len(), limits::RANGES / 2),
+            (maps::GUARDS, t.guards.len(), limits::GUARDS / 2),
+        ];
+        for (map, entries, limit) in checks {
+            if entries > limit as usize {
+                return Err(Error::TooLarge {
+                    map,
+                    entries,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, t: &Tables) -> Result<()> {
+        for (k, v) in &t.peers {
+            self.peers.insert(k, v, 0).map_err(map_err(maps::PEERS))?;
+        }
+        for (bits, k, v) in &t.prefixes {
+            self.prefixes
+                .insert(&Key::new(*bits, *k), v, 0)
+                .map_err(map_err(maps::PEER_PREFIXES))?;
+        }
+        for k in &t.rules {
+            self.rules.insert(k, 1, 0).map_err(map_err(maps::RULES))?;
+        }
+        for (bits, k) in &t.ranges {
+            self.ranges
+                .insert(&Key::new(*bits, *k), 1, 0)
+                .map_err(map_err(maps::RANGES))?;
+        }
+        for k in &t.guards {
+            self.guards.insert(k, 1, 0).map_err(map_err(maps::GUARDS))?;
+        }
+        Ok(())
+    }
+
+    fn remove_generation(&mut self, generation: u8) -> Result<()> {
+        let peers: Vec<PeerKey> = self.peers.keys().filter_map(|k| k.ok()).filter(|k| k.generation == generation).collect();
+        for k in peers {
+            let _ = self.peers.remove(&k);
+        }
+        let prefixes: Vec<Key<PeerKey>> = self.prefixes.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+        for k in prefixes {
+            let _ = self.prefixes.remove(&k);
+        }
+        let rules: Vec<RuleKey> = self.rules.keys().filter_map(|k| k.ok()).filter(|k| k.generation == generation).collect();
+        for k in rules {
+            let _ = self.rules.remove(&k);
+        }
+        let ranges: Vec<Key<RangeKey>> = self.ranges.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+        for k in ranges {
+            let _ = self.ranges.remove(&k);
+        }
+        let guards: Vec<GuardKey> = self.guards.keys().filter_map(|k| k.ok()).filter(|k| k.generation == generation).collect();
+        for k in guards {
+            let _ = self.guards.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Counter totals over all CPUs, by (direction, counter index).
+    pub fn counters(&self) -> Result<Counters> {
+        let mut out = Counters::default();
+        for slot in 0..COUNTER_SLOTS {
+            let values = self.counters.get(&slot, 0).map_err(map_err(maps::COUNTERS))?;
+            let sum: u64 = values.iter().sum();
+            out.values.insert(slot, sum);
+        }
+        Ok(out)
+    }
+
+    /// The ring buffer of denied-packet events; it can be taken once.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// A loaded program by name, for packet-level tests (BPF_PROG_TEST_RUN) and benchmarks.
+    pub fn program_mut(&mut self, name: &str) -> Option<&mut aya::programs::Program> {
+        self.ebpf.program_mut(name)
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Load(format!("program {name} missing from the object")))
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    values: BTreeMap<u32, u64>,
+}
+
+impl Counters {
+    pub fn get(&self, dir: u8, c: u32) -> u64 {
+        self.values.get(&(dir as u32 * counter::COUNT + c)).copied().unwrap_or(0)
+    }
+}
+
+pub fn nix_if_index(iface: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// tcx arrived in Linux 6.6. Probing by kernel release is what aya itself does for `attach`.
+pub fn tcx_supported() -> bool {
+    kernel_release().is_some_and(|(maj, min)| (maj, min) >= (6, 6))
+}
+
+fn kernel_release() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut it = release.trim().split(['.', '-']);
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}

@@ -1,0 +1,10 @@
+//! trident-ports agent library: the port model, the policy compiler, the eBPF loader and the
+//! denied-flow stream. The binary is a thin CLI over it.
+pub mod datapath;
+pub mod error;
+pub mod events;
+pub mod policy;
+pub mod privileges;
+pub mod compiler;
+pub mod config;
+pub mod run;

@@ -1,0 +1,281 @@
+//! Types shared by the kernel programs and the agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding fields, so that the kernel and user space agree
+//! byte for byte and hashing never sees uninitialised bytes. Addresses are always 16 bytes: IPv4
+//! is stored IPv4-mapped (`::ffff:a.b.c.d`), so one set of maps serves both families.
+#![no_std]
+
+pub const DIR_EGRESS: u8 = 0;
+pub const DIR_INGRESS: u8 = 1;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+pub const MODE_ENFORCE: u8 = 0;
+pub const MODE_AUDIT: u8 = 1;
+
+pub const VERDICT_DENIED: u8 = 0;
+pub const VERDICT_AUDIT: u8 = 1;
+
+/// Why a packet was (or, in audit mode, would have been) dropped.
+pub mod reason {
+    /// The peer is a protected address but no rule allows this protocol and port.
+    pub const NO_RULE: u8 = 1;
+    /// Inbound from a protected address that matches no allowed flow and no callback rule.
+    pub const UNSOLICITED: u8 = 2;
+    /// Inbound to a guarded node port from a source outside its allowed sources.
+    pub const SOURCE_NOT_ALLOWED: u8 = 3;
+    /// The packet to or from a protected address is too short to find its ports.
+    pub const MALFORMED: u8 = 4;
+    /// An IP protocol other than TCP, UDP and ICMP to or from a protected address.
+    pub const PROTOCOL: u8 = 5;
+    /// An ICMP error or redirect from a protected address that belongs to no known flow.
+    pub const ICMP_UNRELATED: u8 = 6;
+    pub const MAX: u8 = 6;
+}
+
+/// Indices into the per-CPU counter array; each direction has its own block of `COUNTERS`.
+pub mod counter {
+    /// Allowed by a rule or by the connection table.
+    pub const ALLOWED: u32 = 0;
+    /// Dropped.
+    pub const DENIED: u32 = 1;
+    /// Would have been dropped, passed because the node is in audit mode.
+    pub const AUDITED: u32 = 2;
+    /// Not subject to policy: the peer is not protected, or the packet is not IP.
+    pub const PASSED: u32 = 3;
+    /// Allowed by the connection table (a subset of ALLOWED).
+    pub const CONNTRACK_HIT: u32 = 4;
+    /// Non-first fragments to or from protected peers, passed (see the datapath docs).
+    pub const FRAGMENT: u32 = 5;
+    pub const EVENTS_EMITTED: u32 = 6;
+    /// Events not emitted because the same flow had one less than an interval ago.
+    pub const EVENTS_SUPPRESSED: u32 = 7;
+    /// Events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Size of the per-CPU counter array: one block per direction.
+pub const COUNTER_SLOTS: u32 = counter::COUNT * 2;
+
+/// Key of the exact-peer hash map and data of the peer LPM trie.
+///
+/// `gen` selects the policy generation (0 or 1) so that a new policy can be written beside the
+/// running one and switched to with one store.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PeerKey {
+    pub generation: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Number of leading bits of a [`PeerKey`] before the address: LPM prefixes add this.
+pub const PEER_KEY_HEADER_BITS: u32 = 32;
+
+pub const PEER_PROTECTED: u32 = 1;
+
+/// What the datapath knows about a peer address or prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PeerInfo {
+    /// The address class: all addresses of one class share one set of rules.
+    pub class: u32,
+    /// `PEER_PROTECTED`: every TCP/UDP packet with this peer is policed, not only guarded ports.
+    pub flags: u32,
+}
+
+/// Exact (class, protocol, port) rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RuleKey {
+    pub generation: u8,
+    pub dir: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    pub class: u32,
+    pub port: u16,
+    pub _pad2: [u8; 2],
+}
+
+/// LPM data for port ranges: a range is split into prefix blocks of the big-endian port.
+/// All multi-byte fields are big-endian so that prefix order is byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RangeKey {
+    pub generation: u8,
+    pub dir: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    pub class_be: [u8; 4],
+    pub port_be: [u8; 2],
+}
+
+/// Bits of a [`RangeKey`] before the port: LPM prefixes add the port prefix length to this.
+pub const RANGE_KEY_HEADER_BITS: u32 = 64;
+
+/// A node port that only listed sources may reach (Trident's 8000, 8443, 8001, the probe port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct GuardKey {
+    pub generation: u8,
+    pub proto: u8,
+    pub port: u16,
+}
+
+/// One flow, seen from the node: the same key whichever direction a packet goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A connection-table entry: valid while `seq` equals the running policy's sequence number;
+/// an older entry is checked against the rules again before it is trusted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowState {
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// Per-flow event flood control.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventGate {
+    pub last_ns: u64,
+    pub suppressed: u32,
+    pub _pad: u32,
+}
+
+/// Key of the flood-control map: the flow and the direction the denied packet went.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct GateKey {
+    pub flow: FlowKey,
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The running configuration: one entry in an array map, read once per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Policy sequence number, bumped on every policy switch.
+    pub seq: u32,
+    /// Active generation, 0 or 1.
+    pub generation: u8,
+    /// `MODE_ENFORCE` or `MODE_AUDIT`.
+    pub mode: u8,
+    pub _pad: [u8; 2],
+    /// At most one event per flow and direction per this many nanoseconds (0: every packet).
+    pub event_interval_ns: u64,
+}
+
+/// A denied (or audited) packet, as written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ifindex: u32,
+    pub proto: u8,
+    pub dir: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    pub tcp_flags: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// Events of this flow suppressed since the previous one.
+    pub suppressed: u32,
+    /// The peer's class, or `u32::MAX` when the peer is not a known address.
+    pub class: u32,
+}
+
+pub const NO_CLASS: u32 = u32::MAX;
+
+/// Map names, shared so that the loader and pinning agree with the kernel object.
+pub mod maps {
+    pub const CONFIG: &str = "TP_CONFIG";
+    pub const PEERS: &str = "TP_PEERS";
+    pub const PEER_PREFIXES: &str = "TP_PEER_PREFIXES";
+    pub const RULES: &str = "TP_RULES";
+    pub const RANGES: &str = "TP_RANGES";
+    pub const GUARDS: &str = "TP_GUARDS";
+    pub const FLOWS: &str = "TP_FLOWS";
+    pub const GATES: &str = "TP_GATES";
+    pub const EVENTS: &str = "TP_EVENTS";
+    pub const COUNTERS: &str = "TP_COUNTERS";
+}
+
+/// Program names in the kernel object.
+pub mod programs {
+    pub const TC_EGRESS: &str = "tp_tc_egress";
+    pub const TC_INGRESS: &str = "tp_tc_ingress";
+    pub const XDP_INGRESS: &str = "tp_xdp_ingress";
+}
+
+/// Map sizes. Policy maps are sized for two generations of the largest policy we accept.
+pub mod limits {
+    pub const PEERS: u32 = 262_144;
+    pub const PEER_PREFIXES: u32 = 65_536;
+    pub const RULES: u32 = 524_288;
+    pub const RANGES: u32 = 65_536;
+    pub const GUARDS: u32 = 1_024;
+    pub const FLOWS: u32 = 65_536;
+    pub const GATES: u32 = 16_384;
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<PeerKey>() == 20);
+    assert!(core::mem::size_of::<PeerInfo>() == 8);
+    assert!(core::mem::size_of::<RuleKey>() == 12);
+    assert!(core::mem::size_of::<RangeKey>() == 10);
+    assert!(core::mem::size_of::<GuardKey>() == 4);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowState>() == 8);
+    assert!(core::mem::size_of::<EventGate>() == 16);
+    assert!(core::mem::size_of::<GateKey>() == 44);
+    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<Event>() == 64);
+};
+
+/// IPv4-mapped IPv6 form of an IPv4 address (network byte order in, 16 bytes out).
+#[inline(always)]
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] with explicit padding and no pointers.
+    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for PeerInfo {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for RangeKey {}
+    unsafe impl aya::Pod for GuardKey {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for EventGate {}
+    unsafe impl aya::Pod for GateKey {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Event {}
+}

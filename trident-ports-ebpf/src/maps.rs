@@ -1,0 +1,56 @@
+//! The maps the datapath shares with the agent. Names come from the common crate.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use crate::parse::Parsed;
+use trident_ports_common::{
+    COUNTER_SLOTS, Config, EventGate, FlowKey, FlowState, GateKey, GuardKey, PeerInfo, PeerKey,
+    RangeKey, RuleKey, limits,
+};
+
+#[map(name = "TP_CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "TP_PEERS")]
+pub static PEERS: HashMap<PeerKey, PeerInfo> = HashMap::with_max_entries(limits::PEERS, 0);
+
+/// BPF_F_NO_PREALLOC is mandatory for LPM tries.
+#[map(name = "TP_PEER_PREFIXES")]
+pub static PEER_PREFIXES: LpmTrie<PeerKey, PeerInfo> =
+    LpmTrie::with_max_entries(limits::PEER_PREFIXES, 1);
+
+#[map(name = "TP_RULES")]
+pub static RULES: HashMap<RuleKey, u32> = HashMap::with_max_entries(limits::RULES, 0);
+
+#[map(name = "TP_RANGES")]
+pub static RANGES: LpmTrie<RangeKey, u32> = LpmTrie::with_max_entries(limits::RANGES, 1);
+
+#[map(name = "TP_GUARDS")]
+pub static GUARDS: HashMap<GuardKey, u32> = HashMap::with_max_entries(limits::GUARDS, 0);
+
+#[map(name = "TP_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(limits::FLOWS, 0);
+
+#[map(name = "TP_GATES")]
+pub static GATES: LruHashMap<GateKey, EventGate> = LruHashMap::with_max_entries(limits::GATES, 0);
+
+#[map(name = "TP_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
+
+#[map(name = "TP_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Scratch space for the parsed headers, one slot per direction: the 512-byte BPF stack cannot
+/// hold them beside the lookup keys. Programs do not nest on one CPU within one direction.
+#[map(name = "TP_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(2, 0);
+
+#[inline(always)]
+pub fn count(dir: u8, counter: u32) {
+    let slot = dir as u32 * trident_ports_common::counter::COUNT + counter;
+    if let Some(v) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}

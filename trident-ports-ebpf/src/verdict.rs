@@ -1,0 +1,281 @@
+//! The policy decision. Every lookup is a hash or an LPM lookup: nothing here loops over policy.
+use aya_ebpf::maps::lpm_trie::Key;
+use trident_ports_common::{
+    Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS, PEER_KEY_HEADER_BITS,
+    PEER_PROTECTED, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey, RuleKey, VERDICT_AUDIT,
+    VERDICT_DENIED, counter, reason,
+};
+
+use crate::{
+    events,
+    maps::{CONFIG, FLOWS, SCRATCH, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, count},
+    packet::Packet,
+    parse::{Parsed, kind, parse},
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Drop,
+}
+
+/// What the policy says about one packet, before the mode (enforce or audit) is applied.
+enum Judgement {
+    /// Not subject to policy.
+    Untouched(u32),
+    Allowed,
+    Denied(u8),
+}
+
+/// Judges one packet travelling in `dir`, counts it, emits an event when it is denied, and
+/// returns the action. The event is emitted after the verdict is fixed and cannot change it.
+#[inline(always)]
+pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    };
+    let Some(slot) = SCRATCH.get_ptr_mut(dir as u32) else {
+        count(dir, counter::PASSED);
+        return Action::Pass;
+    };
+    // SAFETY: this CPU's slot for this direction, used by this program run only.
+    let parsed = unsafe { &mut *slot };
+    parsed.kind = kind::TRUNCATED;
+    parsed.tcp_flags = 0;
+    parsed.sport = 0;
+    parsed.dport = 0;
+    if !parse(pkt, parsed) {
+        count(dir, counter::PASSED);
+        return Action::Pass;
+    }
+    let (local, remote) = if dir == DIR_EGRESS {
+        (&parsed.src, &parsed.dst)
+    } else {
+        (&parsed.dst, &parsed.src)
+    };
+    let peer = lookup_peer(cfg.generation, dir, remote);
+    let judgement = judge(&cfg, dir, parsed, local, remote, peer);
+    match judgement {
+        Judgement::Untouched(c) => {
+            count(dir, c);
+            Action::Pass
+        }
+        Judgement::Allowed => {
+            count(dir, counter::ALLOWED);
+            Action::Pass
+        }
+        Judgement::Denied(why) => {
+            let audit = cfg.mode == MODE_AUDIT;
+            let (verdict, action, c) = if audit {
+                (VERDICT_AUDIT, Action::Pass, counter::AUDITED)
+            } else {
+                (VERDICT_DENIED, Action::Drop, counter::DENIED)
+            };
+            count(dir, c);
+            let denial = events::Denial {
+                cfg: &cfg,
+                parsed,
+                ifindex: pkt.ifindex(),
+                class: peer.class,
+                dir,
+                verdict,
+                reason: why,
+            };
+            events::report(&denial);
+            action
+        }
+    }
+}
+
+#[inline(always)]
+fn judge(
+    cfg: &Config,
+    dir: u8,
+    parsed: &Parsed,
+    local: &[u8; 16],
+    remote: &[u8; 16],
+    peer: PeerInfo,
+) -> Judgement {
+    let protected = peer.flags & PEER_PROTECTED != 0;
+    match parsed.kind {
+        kind::PORTS => judge_ports(cfg, dir, parsed, local, remote, peer),
+        // Only the first fragment carries ports, and it is judged; without it the datagram cannot
+        // be reassembled, so a later fragment on its own delivers nothing.
+        kind::LATER_FRAGMENT if protected => Judgement::Untouched(counter::FRAGMENT),
+        kind::TRUNCATED if protected => Judgement::Denied(reason::MALFORMED),
+        kind::OTHER if protected => Judgement::Denied(reason::PROTOCOL),
+        kind::ICMP_OTHER if protected => Judgement::Denied(reason::ICMP_UNRELATED),
+        kind::ICMP_ERROR => {
+            // The quoted packet went the opposite way to this error.
+            let flow = if dir == DIR_INGRESS {
+                flow_key(&parsed.q_src, &parsed.q_dst, parsed.q_sport, parsed.q_dport, parsed.q_proto)
+            } else {
+                flow_key(&parsed.q_dst, &parsed.q_src, parsed.q_dport, parsed.q_sport, parsed.q_proto)
+            };
+            if flow_is_known(cfg, &flow) {
+                Judgement::Allowed
+            } else if protected {
+                Judgement::Denied(reason::ICMP_UNRELATED)
+            } else {
+                Judgement::Untouched(counter::PASSED)
+            }
+        }
+        _ => Judgement::Untouched(counter::PASSED),
+    }
+}
+
+#[inline(always)]
+fn judge_ports(
+    cfg: &Config,
+    dir: u8,
+    parsed: &Parsed,
+    local: &[u8; 16],
+    remote: &[u8; 16],
+    peer: PeerInfo,
+) -> Judgement {
+    let proto = parsed.proto;
+    let (local_port, remote_port) = if dir == DIR_EGRESS {
+        (parsed.sport, parsed.dport)
+    } else {
+        (parsed.dport, parsed.sport)
+    };
+    if known(&peer) {
+        let p = peer;
+        if p.flags & PEER_PROTECTED != 0 {
+            let flow = flow_key(local, remote, local_port, remote_port, proto);
+            if flow_is_known(cfg, &flow) {
+                count(dir, counter::CONNTRACK_HIT);
+                return Judgement::Allowed;
+            }
+            if rule_allows(cfg.generation, dir, p.class, proto, parsed.dport) {
+                let state = FlowState { seq: cfg.seq, _pad: 0 };
+                // A full table evicts its least recently used flow; a failed insert only means
+                // this flow is judged by the rules again on its next packet.
+                let _ = FLOWS.insert(&flow, &state, 0);
+                return Judgement::Allowed;
+            }
+            return Judgement::Denied(if dir == DIR_EGRESS {
+                reason::NO_RULE
+            } else {
+                reason::UNSOLICITED
+            });
+        }
+        if rule_allows(cfg.generation, dir, p.class, proto, parsed.dport) {
+            return Judgement::Allowed;
+        }
+    }
+    if dir == DIR_INGRESS && is_guarded(cfg.generation, proto, parsed.dport) {
+        return Judgement::Denied(reason::SOURCE_NOT_ALLOWED);
+    }
+    Judgement::Untouched(counter::PASSED)
+}
+
+#[inline(always)]
+fn flow_key(local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        local: *local,
+        remote: *remote,
+        local_port: lport,
+        remote_port: rport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// A flow in the connection table is trusted while the policy it was admitted under runs. After a
+/// policy switch (or when the agent seeded it from existing sockets) it is checked against the
+/// running rules once, in both directions, and either refreshed or forgotten.
+/// Not inlined: its lookups' keys would otherwise share the stack frame of the whole verdict.
+#[inline(always)]
+fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
+    let Some(state) = FLOWS.get_ptr_mut(flow) else {
+        return false;
+    };
+    // SAFETY: the pointer is valid for this program run; a racing update only changes `seq`.
+    if unsafe { (*state).seq } == cfg.seq {
+        return true;
+    }
+    let g = cfg.generation;
+    let out = lookup_peer(g, DIR_EGRESS, &flow.remote);
+    let inb = (known(&out) && rule_allows(g, DIR_EGRESS, out.class, flow.proto, flow.remote_port))
+        || {
+            let p = lookup_peer(g, DIR_INGRESS, &flow.remote);
+            known(&p) && rule_allows(g, DIR_INGRESS, p.class, flow.proto, flow.local_port)
+        };
+    if inb {
+        unsafe { (*state).seq = cfg.seq };
+        true
+    } else {
+        let _ = FLOWS.remove(flow);
+        false
+    }
+}
+
+/// The peer's class and flags; an unknown peer is `UNKNOWN`. Not an `Option`: copying a `None`
+/// copies undefined payload bytes, which LLVM may take from a clobbered register and which the
+/// verifier then rejects.
+#[inline(always)]
+pub fn lookup_peer(generation: u8, dir: u8, addr: &[u8; 16]) -> PeerInfo {
+    let key = PeerKey {
+        generation,
+        dir,
+        _pad: [0; 2],
+        addr: *addr,
+    };
+    // SAFETY: values are plain data written by the agent.
+    if let Some(info) = unsafe { PEERS.get(&key) } {
+        return *info;
+    }
+    match PEER_PREFIXES.get(Key::new(PEER_KEY_HEADER_BITS + 128, key)) {
+        Some(info) => *info,
+        None => UNKNOWN,
+    }
+}
+
+pub const UNKNOWN: PeerInfo = PeerInfo {
+    class: NO_CLASS,
+    flags: 0,
+};
+
+#[inline(always)]
+fn known(p: &PeerInfo) -> bool {
+    p.class != NO_CLASS
+}
+
+#[inline(always)]
+fn rule_allows(generation: u8, dir: u8, class: u32, proto: u8, port: u16) -> bool {
+    let exact = RuleKey {
+        generation,
+        dir,
+        proto,
+        _pad: 0,
+        class,
+        port,
+        _pad2: [0; 2],
+    };
+    if unsafe { RULES.get(&exact) }.is_some() {
+        return true;
+    }
+    let range = RangeKey {
+        generation,
+        dir,
+        proto,
+        _pad: 0,
+        class_be: class.to_be_bytes(),
+        port_be: port.to_be_bytes(),
+    };
+    RANGES
+        .get(Key::new(RANGE_KEY_HEADER_BITS + 16, range))
+        .is_some()
+}
+
+#[inline(always)]
+fn is_guarded(generation: u8, proto: u8, port: u16) -> bool {
+    let key = GuardKey {
+        generation,
+        proto,
+        port,
+    };
+    unsafe { GUARDS.get(&key) }.is_some()
+}
