@@ -48,7 +48,9 @@ pub async fn run(policy: Policy, opts: RunOptions) -> anyhow::Result<()> {
         warn!("{w}");
     }
     let ring = dp.take_events().context("event ring buffer already taken")?;
-    let mut ring = AsyncFd::new(ring).context("polling the event ring buffer")?;
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let clock = Clock::new();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -1,1 +1,98 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup | build | run | test`.
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build needs: the nightly's rust-src and bpf-linker (idempotent).
+    Setup,
+    /// Build the agent (with the kernel programs embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Demo: two test namespaces, the agent enforcing a built-in policy between them, allowed
+    /// and denied traffic, and the denied-flow events live. Ctrl-C cleans up.
+    Run {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Run every test: unit tests and the privileged integration tests (root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Internal: helpers the demo runs inside its namespaces.
+    #[command(hide = true)]
+    DemoServe { addrs: Vec<String> },
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    setup::ensure()?;
+    let mut c = cargo();
+    c.args(["build", "-p", "trident-ports-agent"]);
+    if release {
+        c.arg("--release");
+    }
+    run_checked(&mut c)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("trident-ports-agent"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Build { release } => build(release).map(|p| println!("{}", p.display())),
+        Cmd::Run { seconds } => {
+            let agent = build(false)?;
+            demo::run(&agent, seconds)
+        }
+        Cmd::Test { args } => {
+            build(false)?;
+            let mut c = cargo();
+            c.args(["test", "--workspace", "--no-fail-fast"]);
+            if !args.is_empty() {
+                c.arg("--").args(args);
+            }
+            run_checked(&mut c)
+        }
+        Cmd::DemoServe { addrs } => demo::serve(&addrs),
+    }
+}

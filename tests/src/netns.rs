@@ -1,0 +1,139 @@
+//! `NetNs`: a network namespace that lives as long as its guard, and `Veth` pairs between them.
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A short unique name (interface names are at most 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeded; returns stdout.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let out = self.try_exec(args);
+        assert!(out.status.success(), "in {}: {}: {}", self.name, args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn try_exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("running ip netns exec")
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    pub fn file(&self) -> File {
+        File::open(format!("/run/netns/{}", self.name)).expect("opening the namespace")
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace: sockets it opens live here.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let file = self.file();
+        std::thread::spawn(move || {
+            enter(&file);
+            f()
+        })
+    }
+
+    /// Like `run`, but waits for the result.
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.run(f).join().expect("thread in namespace panicked")
+    }
+}
+
+/// Moves the calling thread into the namespace behind `file`.
+pub fn enter(file: &File) {
+    // SAFETY: a valid namespace fd; setns only affects the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A "node" and a "storage" namespace joined by a veth pair, with addresses on both ends.
+pub struct Pair {
+    pub node: NetNs,
+    pub storage: NetNs,
+    pub node_if: String,
+    pub storage_if: String,
+}
+
+pub struct Addrs<'a> {
+    pub node: &'a [&'a str],
+    pub storage: &'a [&'a str],
+}
+
+impl Pair {
+    /// `addrs` are CIDR strings assigned to the node and storage ends.
+    pub fn new(addrs: Addrs) -> Self {
+        let node = NetNs::new("tpn");
+        let storage = NetNs::new("tps");
+        let node_if = unique("vn");
+        let storage_if = unique("vs");
+        ip(&["link", "add", &node_if, "netns", &node.name, "type", "veth", "peer", "name", &storage_if, "netns", &storage.name]);
+        for a in addrs.node {
+            let flags: &[&str] = if a.contains(':') { &["nodad"] } else { &[] };
+            let mut args = vec!["ip", "addr", "add", a, "dev", &node_if];
+            args.extend_from_slice(flags);
+            node.exec(&args);
+        }
+        for a in addrs.storage {
+            let flags: &[&str] = if a.contains(':') { &["nodad"] } else { &[] };
+            let mut args = vec!["ip", "addr", "add", a, "dev", &storage_if];
+            args.extend_from_slice(flags);
+            storage.exec(&args);
+        }
+        node.exec(&["ip", "link", "set", &node_if, "up"]);
+        storage.exec(&["ip", "link", "set", &storage_if, "up"]);
+        Pair { node, storage, node_if, storage_if }
+    }
+
+    /// The usual test topology: node 192.0.2.1 and 2001:db8::1, storage 192.0.2.2..4 and
+    /// 2001:db8::2..3.
+    pub fn standard() -> Self {
+        Self::new(Addrs {
+            node: &["192.0.2.1/24", "2001:db8::1/64"],
+            storage: &["192.0.2.2/24", "192.0.2.3/24", "192.0.2.4/24", "2001:db8::2/64", "2001:db8::3/64"],
+        })
+    }
+}
