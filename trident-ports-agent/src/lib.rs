@@ -8,3 +8,4 @@ pub mod privileges;
 pub mod compiler;
 pub mod config;
 pub mod run;
+pub mod model;

@@ -262,8 +262,11 @@ mod tests {
             policy.entries.push(egress(&format!("192.0.2.{i}/32"), PortRange::single(111), Proto::Udp));
         }
         let t = compile(&policy, 0);
-        assert_eq!(t.peers.len(), 50);
-        assert!(t.peers.iter().all(|(_, i)| i.class == t.peers[0].1.class));
+        let egress: Vec<_> = t.peers.iter().filter(|(k, _)| k.dir == DIR_EGRESS).collect();
+        assert_eq!(egress.len(), 50);
+        assert!(egress.iter().all(|(_, i)| i.class == egress[0].1.class && i.flags == PEER_PROTECTED));
+        // Egress destinations are policed on ingress too (unsolicited inbound), with no rules.
+        assert_eq!(t.peers.iter().filter(|(k, _)| k.dir == DIR_INGRESS).count(), 50);
         assert_eq!(t.rules.len(), 2);
     }
 
