@@ -34,6 +34,8 @@ impl NetNs {
         ip(&["netns", "add", &name]);
         let ns = NetNs { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
+        // Without this, IPv6 stays unusable for a second or two after link-up (link-local DAD).
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
         ns
     }
 
@@ -125,7 +127,31 @@ impl Pair {
         }
         node.exec(&["ip", "link", "set", &node_if, "up"]);
         storage.exec(&["ip", "link", "set", &storage_if, "up"]);
-        Pair { node, storage, node_if, storage_if }
+        let pair = Pair { node, storage, node_if, storage_if };
+        for a in addrs.storage.iter().filter(|a| a.contains(':')) {
+            pair.prime_neighbour(a.split('/').next().unwrap());
+        }
+        pair
+    }
+
+    /// Right after link-up the first IPv6 neighbour solicitation goes unanswered (the peer has
+    /// not joined its solicited-node group yet) and the next one comes a second later: resolve
+    /// the neighbour now, with real neighbour discovery, so that tests do not time out on it.
+    fn prime_neighbour(&self, addr: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let target: std::net::SocketAddr = format!("[{addr}]:9").parse().unwrap();
+        while std::time::Instant::now() < deadline {
+            self.node.within(move || {
+                let u = std::net::UdpSocket::bind("[::]:0").unwrap();
+                let _ = u.send_to(b"", target);
+            });
+            let neigh = self.node.exec(&["ip", "-6", "neigh", "show", addr]);
+            if ["REACHABLE", "STALE", "DELAY"].iter().any(|s| neigh.contains(s)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("IPv6 neighbour {addr} did not resolve");
     }
 
     /// The usual test topology: node 192.0.2.1 and 2001:db8::1, storage 192.0.2.2..4 and

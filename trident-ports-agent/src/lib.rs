@@ -9,3 +9,5 @@ pub mod compiler;
 pub mod config;
 pub mod run;
 pub mod model;
+pub mod backends;
+pub mod plan;

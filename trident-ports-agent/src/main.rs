@@ -4,7 +4,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trident_ports_agent::{
     compiler,
-    config::NodeConfig,
+    config::Role,
+    plan::{Format, render},
     datapath::{IngressHook, TcAttach},
     run::{Output, RunOptions, run},
 };
@@ -35,18 +36,38 @@ enum Command {
         /// Event format on stdout.
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Output,
+        /// Backend definition files or directories, added to the configuration's sources.
+        #[arg(long = "backends")]
+        backends: Vec<PathBuf>,
+    },
+    /// Print the node's allow list: every entry with the reason it exists.
+    Plan {
+        /// Node configuration (YAML); without it, built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Backend definition files or directories, added to the configuration's sources.
+        #[arg(long = "backends")]
+        backends: Vec<PathBuf>,
+        /// Override the configuration's role.
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<NodeConfig> {
-    Ok(match path {
-        Some(p) => NodeConfig::load(p)?,
-        None => NodeConfig::default(),
-    })
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(real_main()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -63,9 +84,9 @@ async fn main() -> anyhow::Result<()> {
             attach,
             ingress,
             output,
+            backends,
         } => {
-            let cfg = load_config(config.as_ref())?;
-            let policy = compiler::compile_node(&cfg);
+            let (cfg, policy) = compiler::load(config.as_deref(), &backends, None)?;
             let mut interfaces = cfg.interfaces.clone();
             interfaces.extend(ifaces);
             let opts = RunOptions {
@@ -76,6 +97,16 @@ async fn main() -> anyhow::Result<()> {
                 event_interval_ns: cfg.events.interval.as_nanos() as u64,
             };
             run(policy, opts).await.context("run")
+        }
+        Command::Plan {
+            config,
+            backends,
+            role,
+            format,
+        } => {
+            let (_, policy) = compiler::load(config.as_deref(), &backends, role)?;
+            print!("{}", render(&policy, format));
+            Ok(())
         }
     }
 }

@@ -31,7 +31,7 @@ const TARGETS: &[(&str, &str, &str)] = &[
     ("tcp", "192.0.2.2:2049", "NFS (allowed)"),
     ("tcp", "192.0.2.2:443", "ONTAP management HTTPS (allowed)"),
     ("tcp", "192.0.2.2:3260", "iSCSI (denied: the backend is NFS only)"),
-    ("udp", "192.0.2.2:4045", "NFSv3 lock manager (denied: not in the policy)"),
+    ("udp", "192.0.2.2:4045", "NFSv3 lock manager (denied: the backend pins NFSv4.1)"),
     ("tcp", "192.0.2.3:8080", "an address that is not storage (untouched)"),
 ];
 
