@@ -40,9 +40,14 @@ pub async fn run(policy: Policy, opts: RunOptions) -> anyhow::Result<()> {
         mode = ?policy.mode,
         "policy loaded"
     );
+    // Seed before attaching, and again after, for sockets opened in between.
+    let mut seeded = dp.seed_flows()?;
     for iface in &opts.interfaces {
         dp.attach(iface, opts.attach, opts.ingress)?;
-        info!(iface, attach = ?opts.attach, ingress = ?opts.ingress, "attached");
+    }
+    seeded += dp.seed_flows()?;
+    for iface in &opts.interfaces {
+        info!(iface, attach = ?opts.attach, ingress = ?opts.ingress, seeded, "attached");
     }
     for w in &policy.warnings {
         warn!("{w}");

@@ -231,7 +231,7 @@ pub mod programs {
 
 /// Map sizes. Policy maps are sized for two generations of the largest policy we accept.
 pub mod limits {
-    pub const PEERS: u32 = 262_144;
+    pub const PEERS: u32 = 524_288;
     pub const PEER_PREFIXES: u32 = 65_536;
     pub const RULES: u32 = 524_288;
     pub const RANGES: u32 = 65_536;

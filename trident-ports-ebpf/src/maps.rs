@@ -12,19 +12,23 @@ use trident_ports_common::{
 #[map(name = "TP_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-#[map(name = "TP_PEERS")]
-pub static PEERS: HashMap<PeerKey, PeerInfo> = HashMap::with_max_entries(limits::PEERS, 0);
+/// Policy maps allocate on demand (BPF_F_NO_PREALLOC): they are sized for two generations of
+/// the largest policy, which a typical node never comes near.
+const NO_PREALLOC: u32 = 1;
 
-/// BPF_F_NO_PREALLOC is mandatory for LPM tries.
+#[map(name = "TP_PEERS")]
+pub static PEERS: HashMap<PeerKey, PeerInfo> =
+    HashMap::with_max_entries(limits::PEERS, NO_PREALLOC);
+
 #[map(name = "TP_PEER_PREFIXES")]
 pub static PEER_PREFIXES: LpmTrie<PeerKey, PeerInfo> =
-    LpmTrie::with_max_entries(limits::PEER_PREFIXES, 1);
+    LpmTrie::with_max_entries(limits::PEER_PREFIXES, NO_PREALLOC);
 
 #[map(name = "TP_RULES")]
-pub static RULES: HashMap<RuleKey, u32> = HashMap::with_max_entries(limits::RULES, 0);
+pub static RULES: HashMap<RuleKey, u32> = HashMap::with_max_entries(limits::RULES, NO_PREALLOC);
 
 #[map(name = "TP_RANGES")]
-pub static RANGES: LpmTrie<RangeKey, u32> = LpmTrie::with_max_entries(limits::RANGES, 1);
+pub static RANGES: LpmTrie<RangeKey, u32> = LpmTrie::with_max_entries(limits::RANGES, NO_PREALLOC);
 
 #[map(name = "TP_GUARDS")]
 pub static GUARDS: HashMap<GuardKey, u32> = HashMap::with_max_entries(limits::GUARDS, 0);

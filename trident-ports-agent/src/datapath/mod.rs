@@ -1,5 +1,6 @@
 //! The kernel side as the agent sees it: load the programs, attach them, and switch policies.
 pub mod compile;
+pub mod seed;
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::TcAttachOptions, LinkOrder},
 };
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerInfo, PeerKey, RangeKey, RuleKey,
+    COUNTER_SLOTS, Config, FlowKey, FlowState, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerInfo, PeerKey, RangeKey, RuleKey,
     counter, limits, maps, programs,
 };
 
@@ -51,6 +52,7 @@ pub struct Datapath {
     ranges: LpmTrie<MapData, RangeKey, u32>,
     guards: HashMap<MapData, GuardKey, u32>,
     counters: PerCpuArray<MapData, u64>,
+    flows: HashMap<MapData, FlowKey, FlowState>,
     events: Option<RingBuf<MapData>>,
 }
 
@@ -107,6 +109,7 @@ impl Datapath {
             ranges: typed!(maps::RANGES),
             guards: typed!(maps::GUARDS),
             counters: typed!(maps::COUNTERS),
+            flows: typed!(maps::FLOWS),
             events: Some(typed!(maps::EVENTS)),
             ebpf,
         })
@@ -188,7 +191,8 @@ impl Datapath {
         self.remove_generation(next_gen)?;
         self.write(&tables)?;
         let next = Config {
-            seq: current.seq.wrapping_add(1),
+            // 0 marks seeded flows as unchecked, so the sequence skips it.
+            seq: current.seq.wrapping_add(1).max(1),
             generation: next_gen,
             mode: match policy.mode {
                 Mode::Enforce => MODE_ENFORCE,
@@ -202,6 +206,24 @@ impl Datapath {
             .map_err(map_err(maps::CONFIG))?;
         self.remove_generation(current.generation)?;
         Ok(next)
+    }
+
+    /// Adds this namespace's existing connections to the connection table (see `seed`). Flows
+    /// already known are left as they are. Returns how many were added.
+    pub fn seed_flows(&mut self) -> Result<usize> {
+        let mut added = 0;
+        for f in seed::current_flows() {
+            if self.flows.get(&f, 0).is_ok() {
+                continue;
+            }
+            // seq 0 is never a running policy's sequence: the first packet re-checks the flow.
+            let state = FlowState { seq: 0, _pad: 0 };
+            // BPF_NOEXIST: never overwrite an entry the datapath wrote meanwhile.
+            if self.flows.insert(f, state, 1).is_ok() {
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     /// Switches between enforce and audit without touching the policy.
