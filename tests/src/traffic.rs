@@ -123,3 +123,117 @@ pub fn udp_send_from(ns: &NetNs, from_port: u16, to: SocketAddr, count: usize) {
 pub fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
 }
+
+/// TCP echo from a chosen source address inside `ns`.
+pub fn tcp_echo_from(ns: &NetNs, from: std::net::IpAddr, to: SocketAddr, timeout: Duration) -> Result<(), String> {
+    ns.within(move || {
+        use socket2::{Domain, Socket, Type};
+        let domain = if to.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+        let s = Socket::new(domain, Type::STREAM, None).map_err(|e| e.to_string())?;
+        s.bind(&SocketAddr::new(from, 0).into()).map_err(|e| format!("bind {from}: {e}"))?;
+        s.connect_timeout(&to.into(), timeout).map_err(|e| format!("connect {from} -> {to}: {e}"))?;
+        let mut c: TcpStream = s.into();
+        c.set_read_timeout(Some(timeout)).unwrap();
+        c.write_all(b"trident-ports").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 13];
+        c.read_exact(&mut buf).map_err(|e| format!("read from {to}: {e}"))?;
+        Ok(())
+    })
+}
+
+/// UDP echo from a chosen source address and port inside `ns`.
+pub fn udp_echo_from(ns: &NetNs, from: SocketAddr, to: SocketAddr, timeout: Duration) -> Result<(), String> {
+    ns.within(move || {
+        let u = UdpSocket::bind(from).map_err(|e| format!("bind {from}: {e}"))?;
+        u.set_read_timeout(Some(timeout)).unwrap();
+        u.send_to(b"ping", to).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 16];
+        u.recv_from(&mut buf).map(|_| ()).map_err(|e| format!("no echo {from} -> {to}: {e}"))
+    })
+}
+
+/// A TCP stream from a server in one namespace to a client in another, paced at about 16 MB/s
+/// (an unpaced stream overflows the veth backlog on two cores and retransmits by itself); the
+/// client counts what it reads. Stops when dropped.
+pub struct Stream {
+    pub received: Arc<std::sync::atomic::AtomicU64>,
+    /// The server socket's total retransmissions (TCP_INFO tcpi_total_retrans), kept current.
+    pub retransmits: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Stream {
+    pub fn start(server: &NetNs, client: &NetNs, addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let retransmits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = stop.clone();
+        let rt = retransmits.clone();
+        let mut threads = vec![server.run(move || {
+            let l = TcpListener::bind(addr).expect("bind stream server");
+            tx.send(()).unwrap();
+            let (mut c, _) = l.accept().expect("accept");
+            c.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+            let chunk = [0x5au8; 16384];
+            while !s.load(Ordering::Relaxed) {
+                let _ = c.write(&chunk);
+                rt.store(total_retrans(&c), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })];
+        rx.recv().unwrap();
+        let s = stop.clone();
+        let r = received.clone();
+        threads.push(client.run(move || {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect stream");
+            c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let mut buf = [0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(n) = c.read(&mut buf) {
+                    r.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }));
+        Stream { received, retransmits, stop, threads }
+    }
+
+    pub fn retransmits(&self) -> u64 {
+        self.retransmits.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn total_retrans(c: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; the kernel writes at most `len` bytes of it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        libc::getsockopt(c.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut info as *mut _ as *mut libc::c_void, &mut len);
+        info.tcpi_total_retrans as u64
+    }
+}
+
+/// TCP segments retransmitted so far by the namespace (`RetransSegs` of /proc/net/snmp).
+pub fn retransmitted_segments(ns: &NetNs) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names: Vec<&str> = tcp.next().unwrap().split_whitespace().collect();
+    let values: Vec<&str> = tcp.next().unwrap().split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "RetransSegs").unwrap();
+    values[i].parse().unwrap()
+}

@@ -158,10 +158,11 @@ impl Datapath {
             TcAttach::Netlink => false,
         };
         if !use_tcx {
-            // EEXIST: a clsact qdisc is already there, which is what we need.
+            // A clsact qdisc already there is what we need (EEXIST, reported by newer kernels
+            // as "Exclusivity flag on, cannot modify").
             if let Err(e) = tc::qdisc_add_clsact(iface) {
                 let text = e.to_string();
-                if !text.contains("exists") {
+                if !text.contains("exists") && !text.contains("Exclusivity flag on") {
                     return Err(err(format!("adding the clsact qdisc: {text}")));
                 }
             }

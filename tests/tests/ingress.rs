@@ -1,0 +1,199 @@
+//! Ingress with real traffic between namespaces: Trident's node ports from the cluster only, the
+//! probe port from nobody outside, unsolicited inbound from storage denied, replies and NFSv3
+//! callbacks allowed, IPv4 and IPv6, TC and XDP; and a stream that existed before the agent
+//! keeps flowing with no retransmission when enforcement starts.
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use trident_ports_tests::{
+    agent::Agent,
+    netns::{Addrs, Pair},
+    require_root,
+    traffic::{Echo, Stream, sa, tcp_echo, tcp_echo_from, udp_echo_from},
+};
+
+const T: Duration = Duration::from_millis(700);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Node 192.0.2.1 / 2001:db8::1; storage 192.0.2.2 / 2001:db8::2 (an NFSv3 SVM), a cluster
+/// peer 192.0.2.3 and an outsider 192.0.2.4 / 2001:db8::4.
+fn lab(name: &str, extra_config: &str) -> (Pair, PathBuf) {
+    let pair = Pair::new(Addrs {
+        node: &["192.0.2.1/24", "2001:db8::1/64"],
+        storage: &["192.0.2.2/24", "192.0.2.3/24", "192.0.2.4/24", "2001:db8::2/64", "2001:db8::4/64"],
+    });
+    let dir = std::env::temp_dir().join(format!("tp-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(dir.join("backends")).unwrap();
+    std::fs::write(
+        dir.join("backends/nas.yaml"),
+        "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-v3\nmanagementLIF: 192.0.2.2\ndataLIF: 192.0.2.2\n\
+         nfsMountOptions: nfsvers=3\n---\n\
+         version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-v6\nmanagementLIF: \"[2001:db8::2]\"\n\
+         dataLIF: \"[2001:db8::2]\"\nnfsMountOptions: nfsvers=4.1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("node.yaml"),
+        format!("cluster: {{cidrs: [192.0.2.3/32]}}\nbackends: {{sources: [backends]}}\nevents: {{interval: 0s}}\n{extra_config}"),
+    )
+    .unwrap();
+    (pair, dir)
+}
+
+fn ingress_checks(extra_args: &[&str], name: &str) {
+    let (pair, dir) = lab(name, "");
+    let _node_servers = Echo::start(
+        &pair.node,
+        &[sa("0.0.0.0:8000"), sa("0.0.0.0:17546"), sa("0.0.0.0:22"), sa("0.0.0.0:40000"), sa("[::]:2222")],
+    );
+    let _storage = Echo::start(&pair.storage, &[sa("192.0.2.2:2049"), sa("[2001:db8::2]:2049")]);
+    let cfg = dir.join("node.yaml");
+    let mut args = vec!["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if];
+    args.extend_from_slice(extra_args);
+    let mut agent = Agent::start(&pair.node, &args);
+    let st = &pair.storage;
+    // Trident's node ports: the cluster gets in, an outsider does not, nobody reaches the probe.
+    tcp_echo_from(st, ip("192.0.2.3"), sa("192.0.2.1:8000"), T).unwrap();
+    tcp_echo_from(st, ip("192.0.2.4"), sa("192.0.2.1:8000"), T).unwrap_err();
+    tcp_echo_from(st, ip("192.0.2.3"), sa("192.0.2.1:17546"), T).unwrap_err();
+    // Unguarded ports from non-storage sources are not this product's business.
+    tcp_echo_from(st, ip("192.0.2.4"), sa("192.0.2.1:22"), T).unwrap();
+    // Storage may not open connections to the node...
+    tcp_echo_from(st, ip("192.0.2.2"), sa("192.0.2.1:22"), T).unwrap_err();
+    tcp_echo_from(st, ip("2001:db8::2"), sa("[2001:db8::1]:2222"), T).unwrap_err();
+    tcp_echo_from(st, ip("2001:db8::4"), sa("[2001:db8::1]:2222"), T).unwrap();
+    // ...except NFSv3 callbacks to ephemeral ports, and replies to what the node opened.
+    udp_echo_from(st, sa("192.0.2.2:4045"), sa("192.0.2.1:40000"), T).unwrap();
+    tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
+    tcp_echo(&pair.node, sa("[2001:db8::2]:2049"), T).unwrap();
+    let events = agent.wait_events(4, Duration::from_secs(3));
+    let has = |dst: &str, src_prefix: &str, reason: &str| {
+        events.iter().any(|e| {
+            e["direction"] == "ingress"
+                && e["dst"] == dst
+                && e["src"].as_str().unwrap().starts_with(src_prefix)
+                && e["reason"] == reason
+        })
+    };
+    assert!(has("192.0.2.1:8000", "192.0.2.4:", "source-not-allowed"), "{events:?}");
+    assert!(has("192.0.2.1:17546", "192.0.2.3:", "source-not-allowed"), "{events:?}");
+    assert!(has("192.0.2.1:22", "192.0.2.2:", "unsolicited-inbound"), "{events:?}");
+    assert!(has("[2001:db8::1]:2222", "[2001:db8::2]:", "unsolicited-inbound"), "{events:?}");
+    assert!(!events.iter().any(|e| e["dst"] == "192.0.2.1:40000" || e["src"] == "192.0.2.2:2049"), "{events:?}");
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn ingress_with_tc() {
+    if require_root("ingress_with_tc") {
+        ingress_checks(&[], "ingress-tc");
+    }
+}
+
+#[test]
+fn ingress_with_xdp() {
+    if require_root("ingress_with_xdp") {
+        ingress_checks(&["--ingress", "xdp"], "ingress-xdp");
+    }
+}
+
+#[test]
+fn ingress_with_legacy_tc_attach() {
+    if require_root("ingress_with_legacy_tc_attach") {
+        ingress_checks(&["--attach", "netlink"], "ingress-netlink");
+    }
+}
+
+/// A download from storage to the node that began before the agent keeps flowing with no
+/// retransmission when enforcement starts; one on a port the policy does not allow stops.
+#[test]
+fn pre_existing_stream_survives_enforcement_start() {
+    if !require_root("pre_existing_stream_survives_enforcement_start") {
+        return;
+    }
+    // Without callbacks: with them, storage may open TCP to any node port from 1024 up, which
+    // would allow the second stream too.
+    let (pair, dir) = lab("stream", "nfs: {callbacks: false}\n");
+    let allowed = Stream::start(&pair.storage, &pair.node, sa("192.0.2.2:2049"));
+    let denied = Stream::start(&pair.storage, &pair.node, sa("192.0.2.2:3260"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(allowed.bytes() > 0 && denied.bytes() > 0, "streams run before the agent");
+    let retrans_before = allowed.retransmits();
+    let cfg = dir.join("node.yaml");
+    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if]);
+    let (a0, d0) = (allowed.bytes(), denied.bytes());
+    std::thread::sleep(Duration::from_millis(1500));
+    let (a1, d1) = (allowed.bytes(), denied.bytes());
+    let retrans_after = allowed.retransmits();
+    assert!(a1 > a0 + 5_000_000, "the allowed stream kept flowing: {a0} -> {a1}");
+    // The denied stream stops within a moment (what was in flight may still arrive).
+    std::thread::sleep(Duration::from_millis(300));
+    let d2 = denied.bytes();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(denied.bytes(), d2, "the stream to a port the policy does not allow stopped ({d0} -> {d1} -> {d2})");
+    let events = agent.wait_events(1, Duration::from_secs(2));
+    assert!(events.iter().all(|e| e["src"] != "192.0.2.2:2049" && e["dst"] != "192.0.2.2:2049"), "allowed stream hit a drop: {events:?}");
+    assert!(events.iter().any(|e| e["src"] == "192.0.2.2:3260" || e["dst"] == "192.0.2.2:3260"), "{events:?}");
+    assert_eq!(retrans_after, retrans_before, "the allowed stream retransmitted: a segment was dropped");
+    assert!(denied.retransmits() > 0, "the denied stream's segments were dropped and retransmitted");
+    drop(denied);
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// An idle connection opened before the agent, where storage speaks first after enforcement
+/// starts (an RPC reply, a server-side keepalive): the node never sent a packet the datapath
+/// could learn the flow from, so only the seeded connection table lets the reply in.
+#[test]
+fn idle_connection_where_storage_speaks_first() {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+        sync::mpsc,
+        time::Instant,
+    };
+    if !require_root("idle_connection_where_storage_speaks_first") {
+        return;
+    }
+    let (pair, dir) = lab("idle", "nfs: {callbacks: false}\n");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let server = pair.storage.run(move || {
+        let l = TcpListener::bind("192.0.2.2:2049").unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        go_rx.recv().unwrap();
+        c.write_all(b"reply").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    ready_rx.recv().unwrap();
+    let (conn_tx, conn_rx) = mpsc::channel();
+    let (read_tx, read_rx) = mpsc::channel::<()>();
+    let client = pair.node.run(move || {
+        let mut c = TcpStream::connect("192.0.2.2:2049").unwrap();
+        conn_tx.send(()).unwrap();
+        read_rx.recv().unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 5];
+        let r = c.read_exact(&mut buf).map(|_| start.elapsed());
+        r.map_err(|e| e.to_string())
+    });
+    conn_rx.recv().unwrap();
+    // Let the handshake's last ACK leave before the agent starts: the connection is idle.
+    std::thread::sleep(Duration::from_millis(200));
+    let cfg = dir.join("node.yaml");
+    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if]);
+    read_tx.send(()).unwrap();
+    go_tx.send(()).unwrap();
+    let took = client.join().unwrap().expect("the reply arrived");
+    assert!(took < Duration::from_millis(150), "the reply took {took:?}: its first transmission was dropped");
+    let events = agent.wait_events(1, Duration::from_millis(500));
+    assert!(events.iter().all(|e| e["src"] != "192.0.2.2:2049"), "{events:?}");
+    let _ = server.join();
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
