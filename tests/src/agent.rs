@@ -24,6 +24,8 @@ pub fn binary() -> PathBuf {
 
 pub struct Agent {
     child: Option<Child>,
+    /// The agent's flows socket (unique per agent, so that agents in parallel tests never meet).
+    pub socket: PathBuf,
     pub events: Arc<Mutex<Vec<serde_json::Value>>>,
     pub stderr: Arc<Mutex<String>>,
 }
@@ -32,7 +34,12 @@ impl Agent {
     /// Starts `trident-ports-agent <args>` in `ns` and waits until it has attached.
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
         let mut cmd = ns.command(binary().to_str().unwrap());
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        let socket = std::env::temp_dir().join(format!("{}.sock", crate::netns::unique("tp-agent-")));
+        let mut args: Vec<&str> = args.to_vec();
+        if args.first() == Some(&"run") && !args.contains(&"--socket") {
+            args.extend(["--socket", socket.to_str().unwrap()]);
+        }
+        cmd.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info").env("NO_COLOR", "1");
         let mut child = cmd.spawn().expect("starting the agent");
         let events = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -53,7 +60,7 @@ impl Agent {
                 s.push('\n');
             }
         });
-        let mut agent = Agent { child: Some(child), events, stderr };
+        let mut agent = Agent { child: Some(child), socket, events, stderr };
         agent.wait_for_log("attached", Duration::from_secs(20));
         agent
     }
@@ -82,6 +89,11 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Sends SIGTERM (or SIGINT) and waits for a clean exit.

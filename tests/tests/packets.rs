@@ -51,6 +51,7 @@ fn policy() -> Policy {
         ],
         protected: vec![],
         warnings: vec![],
+        backends: vec![],
     }
 }
 

@@ -121,6 +121,8 @@ pub struct Backend {
     pub mgmt: Vec<Dest>,
     pub data: Vec<Dest>,
     pub protocols: Protocols,
+    /// nfsMountOptions as written (backend level), for explanations.
+    pub nfs_options: Option<String>,
     /// Why the definition cannot name every data address, when it cannot.
     pub data_discovered: Option<String>,
     /// Facts worth telling the operator (not errors).
@@ -311,6 +313,7 @@ fn backend(
         mgmt: Vec::new(),
         data: Vec::new(),
         protocols: Protocols::default(),
+        nfs_options: spec.str("nfsMountOptions"),
         data_discovered: None,
         notes: Vec::new(),
     };

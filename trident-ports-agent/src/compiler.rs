@@ -8,7 +8,7 @@ use crate::{
     backends::{Backend, Dest, Mgmt},
     config::{NodeConfig, Role},
     model::{Condition, Model, Peer, Port},
-    policy::{Direction, Entry, Guard, Policy, PortRange, Proto, Protected},
+    policy::{BackendInfo, Direction, Entry, Guard, Policy, PortRange, Proto, Protected},
 };
 
 /// Reads the configuration (or the defaults), the backends it names plus `extra_backends`, and
@@ -44,6 +44,7 @@ pub fn compile(config: &NodeConfig, backends: &[Backend]) -> Policy {
     };
     for b in backends {
         compile_backend(model, config, b, &mut p);
+        p.backends.push(backend_info(b));
     }
     for name in config.backends.data_addresses.keys() {
         if !backends.iter().any(|b| &b.name == name) {
@@ -228,6 +229,23 @@ fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Poli
             addr: d.net,
             why: format!("backend {} {}", b.name, d.field),
         });
+    }
+}
+
+fn backend_info(b: &Backend) -> BackendInfo {
+    let nfs = b.protocols.nfs.map(|n| {
+        let opts = b.nfs_options.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+        match (n.v3, n.v4, n.pinned) {
+            (_, _, false) => "NFSv3 or NFSv4 (no version pinned)".to_string(),
+            (true, true, true) => format!("NFSv3 and NFSv4{opts}"),
+            (true, false, true) => format!("NFSv3{opts}"),
+            _ => format!("NFSv4{opts}"),
+        }
+    });
+    BackendInfo {
+        name: b.name.clone(),
+        driver: b.driver.name().to_string(),
+        nfs,
     }
 }
 

@@ -11,3 +11,7 @@ pub mod run;
 pub mod model;
 pub mod backends;
 pub mod plan;
+pub mod explain;
+pub mod hub;
+pub mod metrics;
+pub mod socket;

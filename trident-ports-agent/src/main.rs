@@ -4,6 +4,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trident_ports_agent::{
     compiler,
+    config::parse_net,
+    metrics, socket,
     config::Role,
     plan::{Format, render},
     datapath::{IngressHook, TcAttach},
@@ -39,6 +41,60 @@ enum Command {
         /// Backend definition files or directories, added to the configuration's sources.
         #[arg(long = "backends")]
         backends: Vec<PathBuf>,
+        /// The local socket `flows` talks to ("none" to disable).
+        #[arg(long, default_value = socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// A group whose members may use the socket besides root.
+        #[arg(long)]
+        socket_group: Option<String>,
+        /// Address of the Prometheus metrics and health endpoints ("none" to disable).
+        #[arg(long, default_value = metrics::DEFAULT_LISTEN)]
+        metrics: String,
+        /// Also write events as JSON lines to this file, rotated by size.
+        #[arg(long)]
+        events_file: Option<PathBuf>,
+        /// Rotate the events file at this size.
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        events_file_max_bytes: u64,
+        /// Rotated events files to keep.
+        #[arg(long, default_value_t = 3)]
+        events_file_keep: usize,
+        /// Events kept in memory for `flows --since`.
+        #[arg(long, default_value_t = 10_000)]
+        history: usize,
+        /// How often to look for changed configuration and backend files.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        watch_interval: std::time::Duration,
+    },
+    /// Print the agent's recent and live denied-flow events.
+    Flows {
+        /// Keep printing new events.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[arg(long, value_parser = ["denied", "audit"])]
+        verdict: Option<String>,
+        #[arg(long, value_parser = ["egress", "ingress"])]
+        direction: Option<String>,
+        /// Destination address or CIDR.
+        #[arg(long, value_parser = parse_net)]
+        dst: Option<ipnet::IpNet>,
+        /// Source address or CIDR.
+        #[arg(long, value_parser = parse_net)]
+        src: Option<ipnet::IpNet>,
+        /// Source or destination port.
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_parser = ["tcp", "udp", "icmp", "icmpv6"])]
+        proto: Option<String>,
+        #[arg(long)]
+        backend: Option<String>,
+        /// Only events of the last DURATION (e.g. 5m); default: all the agent keeps.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+        #[arg(long, default_value = socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Print the node's allow list: every entry with the reason it exists.
     Plan {
@@ -85,18 +141,52 @@ async fn real_main() -> anyhow::Result<()> {
             ingress,
             output,
             backends,
+            socket,
+            socket_group,
+            metrics,
+            events_file,
+            events_file_max_bytes,
+            events_file_keep,
+            history,
+            watch_interval,
         } => {
-            let (cfg, policy) = compiler::load(config.as_deref(), &backends, None)?;
-            let mut interfaces = cfg.interfaces.clone();
-            interfaces.extend(ifaces);
+            let metrics = match metrics.as_str() {
+                "none" => None,
+                a => Some(a.parse().with_context(|| format!("--metrics `{a}` is not an address:port"))?),
+            };
             let opts = RunOptions {
-                interfaces,
+                config,
+                extra_backends: backends,
+                interfaces: ifaces,
                 attach,
                 ingress,
                 output,
-                event_interval_ns: cfg.events.interval.as_nanos() as u64,
+                socket: (socket.as_os_str() != "none").then_some(socket),
+                socket_group,
+                metrics,
+                events_file,
+                events_file_max_bytes,
+                events_file_keep,
+                history,
+                watch_interval,
             };
-            run(policy, opts).await.context("run")
+            run(opts).await.context("run")
+        }
+        Command::Flows {
+            follow,
+            verdict,
+            direction,
+            dst,
+            src,
+            port,
+            proto,
+            backend,
+            since,
+            output,
+            socket,
+        } => {
+            let filter = socket::Filter { verdict, direction, dst, src, port, proto, backend };
+            socket::flows(socket, since, follow, filter, output).await
         }
         Command::Plan {
             config,

@@ -164,6 +164,15 @@ pub enum Mode {
     Audit,
 }
 
+/// What explanations need to know about a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub name: String,
+    pub driver: String,
+    /// "NFSv4 (nfsvers=4.1)", "NFSv3", "NFSv3 or NFSv4 (not pinned)", or none for non-NFS.
+    pub nfs: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Policy {
     pub role: String,
@@ -172,4 +181,6 @@ pub struct Policy {
     pub guarded: Vec<Guard>,
     pub protected: Vec<Protected>,
     pub warnings: Vec<String>,
+    #[serde(default)]
+    pub backends: Vec<BackendInfo>,
 }

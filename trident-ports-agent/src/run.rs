@@ -1,14 +1,33 @@
-//! `trident-ports-agent run`: load, attach, enforce, stream events until SIGINT or SIGTERM.
-use std::io::Write;
+//! `trident-ports-agent run`: load, attach, enforce; stream explained events to stdout, a file,
+//! the flows socket and metrics; reload on SIGHUP and when the configuration or a backend file
+//! changes; stop on SIGINT or SIGTERM.
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
-use tracing::{info, warn};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{error, info, warn};
 
 use crate::{
+    compiler,
     datapath::{Datapath, IngressHook, TcAttach},
     events::{Clock, Record, decode},
+    explain::Explainer,
+    hub::{Hub, RotatingFile},
+    metrics::Metrics,
     policy::Policy,
+    socket,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -19,74 +38,237 @@ pub enum Output {
 }
 
 pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    pub extra_backends: Vec<PathBuf>,
     pub interfaces: Vec<String>,
     pub attach: TcAttach,
     pub ingress: IngressHook,
     pub output: Output,
-    pub event_interval_ns: u64,
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub metrics: Option<SocketAddr>,
+    pub events_file: Option<PathBuf>,
+    pub events_file_max_bytes: u64,
+    pub events_file_keep: usize,
+    pub history: usize,
+    /// How often to look for changed configuration and backend files (and re-resolve names).
+    pub watch_interval: Duration,
 }
 
-pub async fn run(policy: Policy, opts: RunOptions) -> anyhow::Result<()> {
-    if opts.interfaces.is_empty() {
+struct Shared {
+    dp: Mutex<Datapath>,
+    explainer: RwLock<Explainer>,
+    policy: Mutex<Policy>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let (cfg, policy) = compiler::load(opts.config.as_deref(), &opts.extra_backends, None)?;
+    let mut interfaces = cfg.interfaces.clone();
+    interfaces.extend(opts.interfaces.iter().cloned());
+    interfaces.dedup();
+    if interfaces.is_empty() {
         anyhow::bail!("no interface to attach to: give --iface or `interfaces:` in the configuration");
     }
+    let interval_ns = cfg.events.interval.as_nanos() as u64;
     let mut dp = Datapath::load()?;
     // Policy first, then attach: the programs never run without the policy.
-    let cfg = dp.apply(&policy, opts.event_interval_ns)?;
+    let applied = dp.apply(&policy, interval_ns)?;
     info!(
         entries = policy.entries.len(),
-        generation = cfg.generation,
-        seq = cfg.seq,
+        kernel_entries = applied.tables.len(),
+        generation = applied.config.generation,
+        seq = applied.config.seq,
         mode = ?policy.mode,
         "policy loaded"
     );
+    let metrics = Arc::new(Metrics::new());
+    metrics.reload(true, Some(&applied.tables));
     // Seed before attaching, and again after, for sockets opened in between.
     let mut seeded = dp.seed_flows()?;
-    for iface in &opts.interfaces {
+    for iface in &interfaces {
         dp.attach(iface, opts.attach, opts.ingress)?;
     }
     seeded += dp.seed_flows()?;
-    for iface in &opts.interfaces {
+    for iface in &interfaces {
         info!(iface, attach = ?opts.attach, ingress = ?opts.ingress, seeded, "attached");
     }
     for w in &policy.warnings {
         warn!("{w}");
     }
     let ring = dp.take_events().context("event ring buffer already taken")?;
+    let shared = Arc::new(Shared {
+        dp: Mutex::new(dp),
+        explainer: RwLock::new(Explainer::new(&policy)),
+        policy: Mutex::new(policy),
+        hub: Arc::new(Hub::new(opts.history, 4096)),
+        metrics: metrics.clone(),
+    });
+    let ready = Arc::new(AtomicBool::new(true));
+    if let Some(path) = &opts.socket {
+        let listener = socket::bind(path, opts.socket_group.as_deref())?;
+        info!(socket = %path.display(), "serving flows");
+        tokio::spawn(socket::serve(listener, shared.hub.clone()));
+    }
+    if let Some(addr) = opts.metrics {
+        let s = shared.clone();
+        let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Ok(c) = s.dp.lock().unwrap().counters() {
+                s.metrics.update(&c);
+            }
+        });
+        let (m, r) = (metrics.clone(), ready.clone());
+        // Bind now, so that a taken address is a startup error rather than a silent gap.
+        let probe = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics address {addr}: {e}"))?;
+        drop(probe);
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m, r, scrape).await {
+                error!("metrics: {e:#}");
+            }
+        });
+        info!(%addr, "serving metrics");
+    }
+    let mut file = match &opts.events_file {
+        Some(p) => Some(
+            RotatingFile::open(p.clone(), opts.events_file_max_bytes, opts.events_file_keep)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
+        None => None,
+    };
+
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let clock = Clock::new();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut watch = tokio::time::interval(opts.watch_interval);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fingerprint = sources_fingerprint(&opts);
     let stdout = std::io::stdout();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading");
+                reload(&shared, &opts, true);
+            }
+            _ = watch.tick() => {
+                let now = sources_fingerprint(&opts);
+                if now != fingerprint {
+                    info!("configuration or backend files changed: reloading");
+                    fingerprint = now;
+                    reload(&shared, &opts, true);
+                } else {
+                    // Host names may resolve differently now: recompile, apply only a change.
+                    reload(&shared, &opts, false);
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
+                let explainer = shared.explainer.read().unwrap();
                 let mut out = stdout.lock();
                 while let Some(item) = rb.next() {
                     let Some(ev) = decode(&item) else {
                         warn!(len = item.len(), "skipping a ring-buffer record of unexpected size");
                         continue;
                     };
-                    let rec = Record::from_event(&ev, &clock);
+                    let mut rec = Record::from_event(&ev, &clock);
+                    explainer.explain(&ev, &mut rec);
+                    let json = serde_json::to_string(&rec)?;
                     let line = match opts.output {
-                        Output::Json => serde_json::to_string(&rec)?,
+                        Output::Json => json.clone(),
                         Output::Text => rec.text(),
                     };
                     writeln!(out, "{line}")?;
+                    if let Some(f) = file.as_mut() {
+                        if let Err(e) = f.write_line(&json) {
+                            warn!("writing the events file: {e}");
+                        }
+                    }
+                    shared.hub.publish(rec);
                 }
                 out.flush()?;
+                drop(explainer);
                 guard.clear_ready();
             }
         }
     }
     info!("stopping: detaching from all interfaces");
+    ready.store(false, Ordering::Relaxed);
     drop(ring);
-    drop(dp);
+    if let Some(p) = &opts.socket {
+        let _ = std::fs::remove_file(p);
+    }
+    drop(shared);
     Ok(())
+}
+
+/// Recompiles and, when the policy changed (or `always`), switches the kernel to it. A failure
+/// keeps the running policy, logs why and counts it.
+fn reload(shared: &Shared, opts: &RunOptions, always: bool) {
+    let compiled = compiler::load(opts.config.as_deref(), &opts.extra_backends, None);
+    let (cfg, policy) = match compiled {
+        Ok(x) => x,
+        Err(e) => {
+            if always {
+                error!("reload failed, keeping the running policy: {e}");
+                shared.metrics.reload(false, None);
+            }
+            return;
+        }
+    };
+    let mut current = shared.policy.lock().unwrap();
+    if !always && *current == policy {
+        return;
+    }
+    let applied = shared.dp.lock().unwrap().apply(&policy, cfg.events.interval.as_nanos() as u64);
+    match applied {
+        Ok(a) => {
+            info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, mode = ?policy.mode, "policy reloaded");
+            for w in &policy.warnings {
+                warn!("{w}");
+            }
+            shared.metrics.reload(true, Some(&a.tables));
+            *shared.explainer.write().unwrap() = Explainer::new(&policy);
+            *current = policy;
+        }
+        Err(e) => {
+            error!("reload failed, keeping the running policy: {e}");
+            shared.metrics.reload(false, None);
+        }
+    }
+}
+
+/// Size, mtime and resolved path of the configuration and every backend file: a Kubernetes
+/// ConfigMap update swaps the `..data` symlink, which changes the resolved paths.
+fn sources_fingerprint(opts: &RunOptions) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut paths: Vec<PathBuf> = opts.config.iter().cloned().collect();
+    let mut sources = opts.extra_backends.clone();
+    if let Some(c) = &opts.config {
+        if let Ok(cfg) = crate::config::NodeConfig::load(c) {
+            let base = c.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            sources.extend(cfg.backends.sources.iter().map(|s| if s.is_absolute() { s.clone() } else { base.join(s) }));
+        }
+    }
+    for s in sources {
+        match std::fs::read_dir(&s) {
+            Ok(rd) => paths.extend(rd.filter_map(|e| e.ok().map(|e| e.path()))),
+            Err(_) => paths.push(s),
+        }
+    }
+    let mut out: Vec<_> = paths
+        .into_iter()
+        .filter_map(|p| {
+            let real = std::fs::canonicalize(&p).ok()?;
+            let m = std::fs::metadata(&real).ok()?;
+            Some((real, m.len(), m.modified().ok()?))
+        })
+        .collect();
+    out.sort();
+    out
 }

@@ -55,7 +55,9 @@ pub mod counter {
     pub const EVENTS_SUPPRESSED: u32 = 7;
     /// Events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Denied or audited packets by reason: `REASON_BASE + reason::*`.
+    pub const REASON_BASE: u32 = 9;
+    pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
 }
 
 /// Size of the per-CPU counter array: one block per direction.

@@ -73,6 +73,7 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
                 (VERDICT_DENIED, Action::Drop, counter::DENIED)
             };
             count(dir, c);
+            count(dir, counter::REASON_BASE + why as u32);
             let denial = events::Denial {
                 cfg: &cfg,
                 parsed,

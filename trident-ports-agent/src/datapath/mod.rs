@@ -43,6 +43,12 @@ pub enum IngressHook {
     Xdp,
 }
 
+/// What `apply` switched to.
+pub struct Applied {
+    pub config: Config,
+    pub tables: Tables,
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
@@ -183,7 +189,7 @@ impl Datapath {
     /// Writes `policy` as the inactive generation, then switches to it with one store to the
     /// configuration entry, then removes the previous generation. A packet sees either the old
     /// policy or the new one, never a mixture.
-    pub fn apply(&mut self, policy: &Policy, event_interval_ns: u64) -> Result<Config> {
+    pub fn apply(&mut self, policy: &Policy, event_interval_ns: u64) -> Result<Applied> {
         let current = self.config()?;
         let next_gen = current.generation ^ 1;
         let tables = compile(policy, next_gen);
@@ -206,7 +212,7 @@ impl Datapath {
             .set(0, next, 0)
             .map_err(map_err(maps::CONFIG))?;
         self.remove_generation(current.generation)?;
-        Ok(next)
+        Ok(Applied { config: next, tables })
     }
 
     /// Adds this namespace's existing connections to the connection table (see `seed`). Flows

@@ -1,0 +1,104 @@
+//! Explains a denied packet in Trident's terms: which backend and field the address belongs to,
+//! what the port is for, and what to do about it.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use trident_ports_common::{Event, reason};
+
+use crate::{
+    events::{Record, addr},
+    model::Model,
+    policy::{BackendInfo, Direction, Policy, Proto},
+};
+
+#[derive(Default)]
+pub struct Explainer {
+    /// Owners of exact addresses: (backend, source of the address).
+    exact: HashMap<IpAddr, (Option<String>, String)>,
+    nets: Vec<(IpNet, (Option<String>, String))>,
+    backends: HashMap<String, BackendInfo>,
+    guarded: HashMap<(Proto, u16), String>,
+}
+
+impl Explainer {
+    pub fn new(policy: &Policy) -> Self {
+        let mut x = Explainer::default();
+        let owners = policy
+            .entries
+            .iter()
+            .map(|e| (e.peer(), (e.backend.clone(), e.source.clone())))
+            .chain(policy.protected.iter().map(|p| (p.addr, (None, p.why.clone()))));
+        for (net, owner) in owners {
+            if net.prefix_len() == net.max_prefix_len() {
+                x.exact.entry(net.addr()).or_insert(owner);
+            } else if !x.nets.iter().any(|(n, _)| *n == net) {
+                x.nets.push((net, owner));
+            }
+        }
+        // Longest prefix first, so that the first match is the most specific.
+        x.nets.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        x.backends = policy.backends.iter().map(|b| (b.name.clone(), b.clone())).collect();
+        x.guarded = policy.guarded.iter().map(|g| ((g.proto, g.port), g.purpose.clone())).collect();
+        x
+    }
+
+    fn owner(&self, ip: IpAddr) -> Option<&(Option<String>, String)> {
+        self.exact
+            .get(&ip)
+            .or_else(|| self.nets.iter().find(|(n, _)| n.contains(&ip)).map(|(_, o)| o))
+    }
+
+    /// Fills `backend`, `purpose` and `hint` of a record.
+    pub fn explain(&self, ev: &Event, rec: &mut Record) {
+        let egress = rec.direction == Direction::Egress.to_string();
+        let remote = addr(if egress { ev.dst } else { ev.src });
+        let proto = Proto::from_number(ev.proto);
+        let owner = self.owner(remote);
+        rec.backend = owner.and_then(|(b, _)| b.clone());
+        let backend = rec.backend.as_ref().and_then(|b| self.backends.get(b));
+        let port_purpose = proto.and_then(|p| Model::get().purpose_of(ev.dst_port, p));
+        rec.purpose = match (ev.reason, proto) {
+            (reason::SOURCE_NOT_ALLOWED, Some(p)) => self.guarded.get(&(p, ev.dst_port)).cloned(),
+            _ => port_purpose.map(|p| p.explain()),
+        };
+        let port = format!("{}/{}", ev.dst_port, rec.proto);
+        let whose = match (&rec.backend, owner) {
+            (Some(b), Some((_, src))) => format!("{remote} is storage of backend {b} ({src})"),
+            (None, Some((_, src))) => format!("{remote} is protected ({src})"),
+            _ => format!("{remote}"),
+        };
+        rec.hint = Some(match ev.reason {
+            reason::NO_RULE => {
+                let v3_only = port_purpose.is_some_and(|p| {
+                    matches!(p.condition, crate::model::Condition::Nfsv3 | crate::model::Condition::Nfsv3Callbacks)
+                }) || (ev.dst_port == 2049 && proto == Some(Proto::Udp));
+                match backend.and_then(|b| b.nfs.as_deref()) {
+                    Some(nfs) if v3_only && nfs.starts_with("NFSv4") => format!(
+                        "{whose}; backend {} mounts {nfs}, so NFSv3 ports are closed: an NFSv3 mount or tool \
+                         (rpcinfo, showmount) is at work. Mount with the backend's version, or pin nfsvers=3 in \
+                         its nfsMountOptions if NFSv3 is intended",
+                        backend.unwrap().name
+                    ),
+                    _ => format!(
+                        "{whose}; no backend needs {port} there. If something does, add it under `allow:` with a reason"
+                    ),
+                }
+            }
+            reason::UNSOLICITED => format!(
+                "{whose}; storage opened a connection to the node on {port}: only replies to what the node \
+                 opened, and NFSv3 callbacks when nfs.callbacks is on, may come in"
+            ),
+            reason::SOURCE_NOT_ALLOWED => match &rec.purpose {
+                Some(p) if p.contains("probe") => format!("{port} ({p}) is local only: nothing outside the node may reach it"),
+                _ => format!("{port} accepts only cluster.cidrs; add {remote}'s subnet there if it is part of the cluster"),
+            },
+            reason::MALFORMED => format!("{whose}; the packet is too short or its header chain invalid, so its ports cannot be checked"),
+            reason::PROTOCOL => format!("{whose}; IP protocol {} is not TCP, UDP or ICMP", ev.proto),
+            reason::ICMP_UNRELATED => format!("{whose}; an ICMP error or redirect that belongs to no flow the node has open"),
+            _ => String::new(),
+        });
+    }
+}

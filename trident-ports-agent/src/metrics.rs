@@ -1,0 +1,191 @@
+//! Prometheus metrics and the health endpoints, on one small HTTP listener (loopback by default;
+//! never 8001, which is Trident's).
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use prometheus_client::{
+    encoding::prometheus_text,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tracing::warn;
+use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, reason};
+
+use crate::{
+    datapath::{Counters, Tables},
+    events::reason_name,
+};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9964";
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    packets: Family<Labels, Counter>,
+    denied_by_reason: Family<Labels, Counter>,
+    events: Family<Labels, Counter>,
+    entries: Family<Labels, Gauge>,
+    reloads: Family<Labels, Counter>,
+    last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Kernel totals at the last scrape, to turn them into counter increments.
+    last: Mutex<Counters>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn dir_name(d: u8) -> &'static str {
+    if d == DIR_EGRESS { "egress" } else { "ingress" }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("trident_ports");
+        let packets = Family::<Labels, Counter>::default();
+        registry.register("packets", "Packets judged, by direction and verdict", packets.clone());
+        let denied_by_reason = Family::<Labels, Counter>::default();
+        registry.register(
+            "dropped_packets",
+            "Packets denied (enforce) or audited (audit), by direction and reason",
+            denied_by_reason.clone(),
+        );
+        let events = Family::<Labels, Counter>::default();
+        registry.register("events", "Denied-flow events, by direction and result (emitted, suppressed, lost)", events.clone());
+        let entries = Family::<Labels, Gauge>::default();
+        registry.register("policy_entries", "Kernel policy entries by kind", entries.clone());
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register("reloads", "Policy loads by result", reloads.clone());
+        let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register("last_reload_timestamp_seconds", "Time of the last successful policy load", last_reload.clone());
+        let build = Family::<Labels, Gauge>::default();
+        registry.register("build_info", "Build information", build.clone());
+        build.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))])).set(1);
+        Metrics {
+            registry,
+            packets,
+            denied_by_reason,
+            events,
+            entries,
+            reloads,
+            last_reload,
+            last: Mutex::new(Counters::default()),
+        }
+    }
+
+    pub fn reload(&self, ok: bool, tables: Option<&Tables>) {
+        self.reloads.get_or_create(&labels(&[("result", if ok { "success" } else { "failure" })])).inc();
+        if let Some(t) = tables {
+            self.last_reload.set(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+            );
+            for (kind, n) in [
+                ("peers", t.peers.len()),
+                ("prefixes", t.prefixes.len()),
+                ("rules", t.rules.len()),
+                ("port_ranges", t.ranges.len()),
+                ("guarded_ports", t.guards.len()),
+            ] {
+                self.entries.get_or_create(&labels(&[("kind", kind)])).set(n as i64);
+            }
+        }
+    }
+
+    /// Brings the counters up to the kernel's totals.
+    pub fn update(&self, now: &Counters) {
+        let mut last = self.last.lock().unwrap();
+        let delta = |d: u8, c: u32| now.get(d, c).saturating_sub(last.get(d, c));
+        for d in [DIR_EGRESS, DIR_INGRESS] {
+            for (c, verdict) in [
+                (counter::ALLOWED, "allowed"),
+                (counter::DENIED, "denied"),
+                (counter::AUDITED, "audited"),
+                (counter::PASSED, "unpoliced"),
+                (counter::FRAGMENT, "later_fragment"),
+            ] {
+                self.packets.get_or_create(&labels(&[("direction", dir_name(d)), ("verdict", verdict)])).inc_by(delta(d, c));
+            }
+            for r in 1..=reason::MAX {
+                self.denied_by_reason
+                    .get_or_create(&labels(&[("direction", dir_name(d)), ("reason", reason_name(r))]))
+                    .inc_by(delta(d, counter::REASON_BASE + r as u32));
+            }
+            for (c, result) in [
+                (counter::EVENTS_EMITTED, "emitted"),
+                (counter::EVENTS_SUPPRESSED, "suppressed"),
+                (counter::EVENTS_LOST, "lost"),
+            ] {
+                self.events.get_or_create(&labels(&[("direction", dir_name(d)), ("result", result)])).inc_by(delta(d, c));
+            }
+        }
+        *last = now.clone();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &self.registry).expect("encoding to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves GET /metrics, /healthz and /readyz. `scrape` refreshes the metrics from the kernel.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    scrape: Arc<dyn Fn() + Send + Sync>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
+    loop {
+        let (mut conn, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("metrics accept: {e}");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/metrics" => {
+                    scrape();
+                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.encode())
+                }
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,179 @@
+//! The agent's local unix socket and the `flows` command that talks to it.
+//!
+//! Protocol: the client sends one JSON line, `{"since_ms": N | null, "follow": bool}`; the agent
+//! answers with JSON lines: the kept events of the last `since_ms` (all kept events when null),
+//! then, when following, live events. A follower that falls behind gets `{"missed": N}` in place
+//! of the events it lost.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast::error::RecvError,
+};
+use tracing::{debug, warn};
+
+use crate::{events::Record, hub::Hub, run::Output};
+
+pub const DEFAULT_SOCKET: &str = "/run/trident-ports/agent.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub since_ms: Option<u64>,
+    pub follow: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Missed {
+    pub missed: u64,
+}
+
+/// Binds the socket: root only (0600), or root and `group` (0660).
+pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(g) = group {
+        let gid = group_id(g).with_context(|| format!("unknown group `{g}` for {}", path.display()))?;
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam returns a pointer to static storage or null.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
+}
+
+pub async fn serve(listener: UnixListener, hub: Arc<Hub>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client(stream, hub).await {
+                        debug!("flows client: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!("accepting on the flows socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn client(stream: UnixStream, hub: Arc<Hub>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let req: Request = serde_json::from_str(&line).context("bad request")?;
+    // Subscribe before reading the history, so that nothing falls between the two.
+    let mut rx = hub.subscribe();
+    let history = hub.since(req.since_ms.map(Duration::from_millis));
+    let last_sent = history.last().cloned();
+    for r in &history {
+        write.write_all((serde_json::to_string(&**r)? + "\n").as_bytes()).await?;
+    }
+    if !req.follow {
+        return Ok(());
+    }
+    // Skip what the history already delivered.
+    let mut skipping = last_sent.is_some();
+    loop {
+        match rx.recv().await {
+            Ok(r) => {
+                if skipping {
+                    if last_sent.as_ref().is_some_and(|l| Arc::ptr_eq(l, &r)) {
+                        skipping = false;
+                    }
+                    continue;
+                }
+                write.write_all((serde_json::to_string(&*r)? + "\n").as_bytes()).await?;
+            }
+            Err(RecvError::Lagged(n)) => {
+                skipping = false;
+                write.write_all((serde_json::to_string(&Missed { missed: n })? + "\n").as_bytes()).await?;
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// What `flows` shows.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub verdict: Option<String>,
+    pub direction: Option<String>,
+    pub dst: Option<IpNet>,
+    pub src: Option<IpNet>,
+    pub port: Option<u16>,
+    pub proto: Option<String>,
+    pub backend: Option<String>,
+}
+
+/// Splits "192.0.2.1:40000" or "[2001:db8::1]:2049" (or a bare address) into address and port.
+fn split_endpoint(s: &str) -> (Option<std::net::IpAddr>, Option<u16>) {
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return (Some(sa.ip()), Some(sa.port()));
+    }
+    (s.parse().ok(), None)
+}
+
+impl Filter {
+    pub fn matches(&self, r: &Record) -> bool {
+        let (src, sport) = split_endpoint(&r.src);
+        let (dst, dport) = split_endpoint(&r.dst);
+        self.verdict.as_ref().is_none_or(|v| *v == r.verdict)
+            && self.direction.as_ref().is_none_or(|d| *d == r.direction)
+            && self.proto.as_ref().is_none_or(|p| *p == r.proto)
+            && self.backend.as_ref().is_none_or(|b| Some(b) == r.backend.as_ref())
+            && self.dst.is_none_or(|n| dst.is_some_and(|a| n.contains(&a)))
+            && self.src.is_none_or(|n| src.is_some_and(|a| n.contains(&a)))
+            && self.port.is_none_or(|p| sport == Some(p) || dport == Some(p))
+    }
+}
+
+/// `trident-ports-agent flows`: prints matching events; with `follow`, until interrupted.
+pub async fn flows(path: PathBuf, since: Option<Duration>, follow: bool, filter: Filter, output: Output) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(&path)
+        .await
+        .with_context(|| format!("connecting to the agent at {} (is it running? are you root or in its group?)", path.display()))?;
+    let (read, mut write) = stream.into_split();
+    let req = Request { since_ms: since.map(|d| d.as_millis() as u64), follow };
+    write.write_all((serde_json::to_string(&req)? + "\n").as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    let mut out = tokio::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        if let Ok(m) = serde_json::from_str::<Missed>(&line) {
+            eprintln!("flows: missed {} events (this follower fell behind)", m.missed);
+            continue;
+        }
+        let rec: Record = serde_json::from_str(&line).with_context(|| format!("bad event from the agent: {line}"))?;
+        if !filter.matches(&rec) {
+            continue;
+        }
+        let text = match output {
+            Output::Json => line,
+            Output::Text => rec.text(),
+        };
+        out.write_all((text + "\n").as_bytes()).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
