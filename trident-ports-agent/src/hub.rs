@@ -15,9 +15,13 @@ use tokio::sync::broadcast;
 
 use crate::events::Record;
 
+/// A published event and its number: followers use the number to join history and live events
+/// without a gap or a duplicate.
+pub type Numbered = (u64, Arc<Record>);
+
 pub struct Hub {
-    tx: broadcast::Sender<Arc<Record>>,
-    history: Mutex<VecDeque<(SystemTime, Arc<Record>)>>,
+    tx: broadcast::Sender<Numbered>,
+    history: Mutex<(u64, VecDeque<(SystemTime, Numbered)>)>,
     capacity: usize,
 }
 
@@ -27,40 +31,48 @@ impl Hub {
         let (tx, _) = broadcast::channel(follower_buffer.max(1));
         Hub {
             tx,
-            history: Mutex::new(VecDeque::with_capacity(history.min(65_536))),
+            history: Mutex::new((0, VecDeque::with_capacity(history.min(65_536)))),
             capacity: history,
         }
     }
 
     pub fn publish(&self, rec: Record) {
         let rec = Arc::new(rec);
-        {
-            let mut h = self.history.lock().unwrap();
-            if self.capacity > 0 {
-                if h.len() == self.capacity {
-                    h.pop_front();
-                }
-                h.push_back((SystemTime::now(), rec.clone()));
+        // Numbering and sending under one lock keeps numbers in broadcast order.
+        let mut h = self.history.lock().unwrap();
+        h.0 += 1;
+        let item = (h.0, rec);
+        if self.capacity > 0 {
+            if h.1.len() == self.capacity {
+                h.1.pop_front();
             }
+            h.1.push_back((SystemTime::now(), item.clone()));
         }
         // No receiver is not an error: nobody is following.
-        let _ = self.tx.send(rec);
+        let _ = self.tx.send(item);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+    /// A live subscription, and the kept events of the last `age` (all when `None`) taken at the
+    /// same instant: live events numbered up to the last one returned are already in it.
+    pub fn follow(&self, age: Option<Duration>) -> (broadcast::Receiver<Numbered>, Vec<Numbered>) {
+        let h = self.history.lock().unwrap();
+        let rx = self.tx.subscribe();
+        (rx, Self::filter(&h.1, age))
+    }
+
+    /// A receiver that is never used (for one-shot history requests).
+    pub fn subscribe_none(&self) -> broadcast::Receiver<Numbered> {
         self.tx.subscribe()
     }
 
-    /// Events of the last `age` (all kept events when `None`).
-    pub fn since(&self, age: Option<Duration>) -> Vec<Arc<Record>> {
+    /// The kept events of the last `age` (all when `None`).
+    pub fn since(&self, age: Option<Duration>) -> Vec<Numbered> {
+        Self::filter(&self.history.lock().unwrap().1, age)
+    }
+
+    fn filter(h: &VecDeque<(SystemTime, Numbered)>, age: Option<Duration>) -> Vec<Numbered> {
         let cutoff = age.and_then(|a| SystemTime::now().checked_sub(a));
-        self.history
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _)| cutoff.is_none_or(|c| *t >= c))
-            .map(|(_, r)| r.clone())
-            .collect()
+        h.iter().filter(|(t, _)| cutoff.is_none_or(|c| *t >= c)).map(|(_, r)| r.clone()).collect()
     }
 }
 
@@ -138,18 +150,24 @@ mod tests {
     #[test]
     fn history_is_bounded_and_followers_learn_what_they_missed() {
         let hub = Hub::new(3, 2);
-        let mut slow = hub.subscribe();
+        let (mut slow, past) = hub.follow(None);
+        assert!(past.is_empty());
         for n in 0..5 {
             hub.publish(rec(n));
         }
-        let kept: Vec<u32> = hub.since(None).iter().map(|r| r.suppressed).collect();
-        assert_eq!(kept, vec![2, 3, 4]);
+        let kept: Vec<(u64, u32)> = hub.since(None).iter().map(|(i, r)| (*i, r.suppressed)).collect();
+        assert_eq!(kept, vec![(3, 2), (4, 3), (5, 4)]);
         assert!(hub.since(Some(Duration::from_secs(60))).len() == 3);
         match slow.try_recv() {
             Err(broadcast::error::TryRecvError::Lagged(n)) => assert_eq!(n, 3),
             other => panic!("{other:?}"),
         }
-        assert_eq!(slow.try_recv().unwrap().suppressed, 3);
+        assert_eq!(slow.try_recv().unwrap().0, 4);
+        // A follower joining now gets the history, and live events after it.
+        let (mut rx, past) = hub.follow(None);
+        assert_eq!(past.last().unwrap().0, 5);
+        hub.publish(rec(9));
+        assert_eq!(rx.try_recv().unwrap().0, 6);
     }
 
     #[test]

@@ -83,31 +83,22 @@ async fn client(stream: UnixStream, hub: Arc<Hub>) -> anyhow::Result<()> {
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let req: Request = serde_json::from_str(&line).context("bad request")?;
-    // Subscribe before reading the history, so that nothing falls between the two.
-    let mut rx = hub.subscribe();
-    let history = hub.since(req.since_ms.map(Duration::from_millis));
-    let last_sent = history.last().cloned();
-    for r in &history {
+    let age = req.since_ms.map(Duration::from_millis);
+    let (mut rx, history) = if req.follow { hub.follow(age) } else { (hub.subscribe_none(), hub.since(age)) };
+    let mut last = 0;
+    for (n, r) in &history {
         write.write_all((serde_json::to_string(&**r)? + "\n").as_bytes()).await?;
+        last = *n;
     }
     if !req.follow {
         return Ok(());
     }
-    // Skip what the history already delivered.
-    let mut skipping = last_sent.is_some();
     loop {
         match rx.recv().await {
-            Ok(r) => {
-                if skipping {
-                    if last_sent.as_ref().is_some_and(|l| Arc::ptr_eq(l, &r)) {
-                        skipping = false;
-                    }
-                    continue;
-                }
-                write.write_all((serde_json::to_string(&*r)? + "\n").as_bytes()).await?;
-            }
+            // Already sent with the history.
+            Ok((n, _)) if n <= last => {}
+            Ok((_, r)) => write.write_all((serde_json::to_string(&*r)? + "\n").as_bytes()).await?,
             Err(RecvError::Lagged(n)) => {
-                skipping = false;
                 write.write_all((serde_json::to_string(&Missed { missed: n })? + "\n").as_bytes()).await?;
             }
             Err(RecvError::Closed) => return Ok(()),
