@@ -65,6 +65,22 @@ enum Command {
         /// How often to look for changed configuration and backend files.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         watch_interval: std::time::Duration,
+        /// Pin maps and attachments in this directory (on a BPF filesystem): enforcement then
+        /// outlives the agent, and the next agent adopts it. Without it, stopping detaches.
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Remove everything a pinned agent left: attachments, maps, the pin directory.
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Switch this node's running agent to audit or enforce, or back to its configuration.
+    Mode {
+        #[arg(value_parser = ["audit", "enforce", "config"])]
+        mode: String,
+        #[arg(long, default_value = socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Print the agent's recent and live denied-flow events.
     Flows {
@@ -112,6 +128,8 @@ enum Command {
     },
 }
 
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/trident-ports";
+
 fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(real_main()) {
@@ -149,6 +167,7 @@ async fn real_main() -> anyhow::Result<()> {
             events_file_keep,
             history,
             watch_interval,
+            pin_dir,
         } => {
             let metrics = match metrics.as_str() {
                 "none" => None,
@@ -169,8 +188,24 @@ async fn real_main() -> anyhow::Result<()> {
                 events_file_keep,
                 history,
                 watch_interval,
+                pin_dir,
             };
             run(opts).await.context("run")
+        }
+        Command::Uninstall { pin_dir } => {
+            let removed = trident_ports_agent::datapath::pins::uninstall(&pin_dir)?;
+            println!(
+                "removed {} attachment(s) and {} map(s) from {}",
+                removed.links.len(),
+                removed.maps,
+                pin_dir.display()
+            );
+            Ok(())
+        }
+        Command::Mode { mode, socket } => {
+            let now = socket::mode(socket, &mode).await?;
+            println!("mode: {}", format!("{now:?}").to_lowercase());
+            Ok(())
         }
         Command::Flows {
             follow,

@@ -26,7 +26,7 @@ use crate::{
     explain::Explainer,
     hub::{Hub, RotatingFile},
     metrics::Metrics,
-    policy::Policy,
+    policy::{Mode, Policy},
     socket,
 };
 
@@ -53,10 +53,17 @@ pub struct RunOptions {
     pub history: usize,
     /// How often to look for changed configuration and backend files (and re-resolve names).
     pub watch_interval: Duration,
+    /// Pin maps and attachments here: enforcement then outlives the agent, and a new agent
+    /// adopts it. `None`: everything is detached when the agent stops.
+    pub pin_dir: Option<PathBuf>,
 }
 
 struct Shared {
     dp: Mutex<Datapath>,
+    /// A per-node mode set with `trident-ports-agent mode`, over the configuration's.
+    mode_override: Mutex<Option<Mode>>,
+    /// The configuration's mode.
+    config_mode: Mutex<Mode>,
     explainer: RwLock<Explainer>,
     policy: Mutex<Policy>,
     hub: Arc<Hub>,
@@ -72,7 +79,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         anyhow::bail!("no interface to attach to: give --iface or `interfaces:` in the configuration");
     }
     let interval_ns = cfg.events.interval.as_nanos() as u64;
-    let mut dp = Datapath::load()?;
+    let mut dp = Datapath::load_pinned(opts.pin_dir.as_deref())?;
     // Policy first, then attach: the programs never run without the policy.
     let applied = dp.apply(&policy, interval_ns)?;
     info!(
@@ -100,6 +107,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let ring = dp.take_events().context("event ring buffer already taken")?;
     let shared = Arc::new(Shared {
         dp: Mutex::new(dp),
+        mode_override: Mutex::new(None),
+        config_mode: Mutex::new(policy.mode),
         explainer: RwLock::new(Explainer::new(&policy)),
         policy: Mutex::new(policy),
         hub: Arc::new(Hub::new(opts.history, 4096)),
@@ -109,7 +118,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(path) = &opts.socket {
         let listener = socket::bind(path, opts.socket_group.as_deref())?;
         info!(socket = %path.display(), "serving flows");
-        tokio::spawn(socket::serve(listener, shared.hub.clone()));
+        let s = shared.clone();
+        let control: socket::ModeControl = Arc::new(move |m| set_mode(&s, m));
+        tokio::spawn(socket::serve(listener, shared.hub.clone(), control));
     }
     if let Some(addr) = opts.metrics {
         let s = shared.clone();
@@ -198,7 +209,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
-    info!("stopping: detaching from all interfaces");
+    let pinned = shared.dp.lock().unwrap().pinned();
+    if pinned {
+        info!(pin_dir = %opts.pin_dir.as_ref().unwrap().display(), "stopping: enforcement stays in place (pinned); `uninstall` removes it");
+    } else {
+        info!("stopping: detaching from all interfaces");
+    }
     ready.store(false, Ordering::Relaxed);
     drop(ring);
     if let Some(p) = &opts.socket {
@@ -212,7 +228,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// keeps the running policy, logs why and counts it.
 fn reload(shared: &Shared, opts: &RunOptions, always: bool) {
     let compiled = compiler::load(opts.config.as_deref(), &opts.extra_backends, None);
-    let (cfg, policy) = match compiled {
+    let (cfg, mut policy) = match compiled {
         Ok(x) => x,
         Err(e) => {
             if always {
@@ -222,6 +238,10 @@ fn reload(shared: &Shared, opts: &RunOptions, always: bool) {
             return;
         }
     };
+    *shared.config_mode.lock().unwrap() = policy.mode;
+    if let Some(m) = *shared.mode_override.lock().unwrap() {
+        policy.mode = m;
+    }
     let mut current = shared.policy.lock().unwrap();
     if !always && *current == policy {
         return;
@@ -242,6 +262,18 @@ fn reload(shared: &Shared, opts: &RunOptions, always: bool) {
             shared.metrics.reload(false, None);
         }
     }
+}
+
+/// Sets (or with `None` clears) the per-node mode override; returns the mode now in force.
+/// Only the configuration entry changes: programs and policy maps stay as they are.
+fn set_mode(shared: &Shared, mode: Option<Mode>) -> Result<Mode, String> {
+    let mut policy = shared.policy.lock().unwrap();
+    *shared.mode_override.lock().unwrap() = mode;
+    let effective = mode.unwrap_or(*shared.config_mode.lock().unwrap());
+    shared.dp.lock().unwrap().set_mode(effective).map_err(|e| e.to_string())?;
+    policy.mode = effective;
+    info!(mode = ?effective, "mode switched");
+    Ok(effective)
 }
 
 /// Size, mtime and resolved path of the configuration and every backend file: a Kubernetes

@@ -25,11 +25,25 @@ use crate::{events::Record, hub::Hub, run::Output};
 
 pub const DEFAULT_SOCKET: &str = "/run/trident-ports/agent.sock";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Request {
+    #[serde(default)]
     pub since_ms: Option<u64>,
+    #[serde(default)]
     pub follow: bool,
+    /// `audit` or `enforce` sets this node's mode; `config` returns to the configuration's.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModeReply {
+    pub mode: Option<crate::policy::Mode>,
+    pub error: Option<String>,
+}
+
+/// Sets (Some) or clears (None) the node's mode override, returning the mode in force.
+pub type ModeControl = Arc<dyn Fn(Option<crate::policy::Mode>) -> Result<crate::policy::Mode, String> + Send + Sync>;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Missed {
@@ -59,13 +73,14 @@ fn group_id(name: &str) -> Option<u32> {
     (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
-pub async fn serve(listener: UnixListener, hub: Arc<Hub>) {
+pub async fn serve(listener: UnixListener, hub: Arc<Hub>, control: ModeControl) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let hub = hub.clone();
+                let control = control.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client(stream, hub).await {
+                    if let Err(e) = client(stream, hub, control).await {
                         debug!("flows client: {e:#}");
                     }
                 });
@@ -78,11 +93,25 @@ pub async fn serve(listener: UnixListener, hub: Arc<Hub>) {
     }
 }
 
-async fn client(stream: UnixStream, hub: Arc<Hub>) -> anyhow::Result<()> {
+async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let req: Request = serde_json::from_str(&line).context("bad request")?;
+    if let Some(m) = req.mode.as_deref() {
+        let wanted = match m {
+            "audit" => Ok(Some(crate::policy::Mode::Audit)),
+            "enforce" => Ok(Some(crate::policy::Mode::Enforce)),
+            "config" => Ok(None),
+            other => Err(format!("unknown mode `{other}`: audit, enforce or config")),
+        };
+        let reply = match wanted.and_then(|w| control(w)) {
+            Ok(mode) => ModeReply { mode: Some(mode), error: None },
+            Err(e) => ModeReply { mode: None, error: Some(e) },
+        };
+        write.write_all((serde_json::to_string(&reply)? + "\n").as_bytes()).await?;
+        return Ok(());
+    }
     let age = req.since_ms.map(Duration::from_millis);
     let (mut rx, history) = if req.follow { hub.follow(age) } else { (hub.subscribe_none(), hub.since(age)) };
     let mut last = 0;
@@ -146,7 +175,7 @@ pub async fn flows(path: PathBuf, since: Option<Duration>, follow: bool, filter:
         .await
         .with_context(|| format!("connecting to the agent at {} (is it running? are you root or in its group?)", path.display()))?;
     let (read, mut write) = stream.into_split();
-    let req = Request { since_ms: since.map(|d| d.as_millis() as u64), follow };
+    let req = Request { since_ms: since.map(|d| d.as_millis() as u64), follow, mode: None };
     write.write_all((serde_json::to_string(&req)? + "\n").as_bytes()).await?;
     let mut lines = BufReader::new(read).lines();
     let mut out = tokio::io::stdout();
@@ -167,4 +196,22 @@ pub async fn flows(path: PathBuf, since: Option<Duration>, follow: bool, filter:
         out.flush().await?;
     }
     Ok(())
+}
+
+/// `trident-ports-agent mode audit|enforce|config`: switches this node's running agent.
+pub async fn mode(path: PathBuf, mode: &str) -> anyhow::Result<crate::policy::Mode> {
+    let stream = UnixStream::connect(&path)
+        .await
+        .with_context(|| format!("connecting to the agent at {}", path.display()))?;
+    let (read, mut write) = stream.into_split();
+    let req = Request { mode: Some(mode.to_string()), ..Default::default() };
+    write.write_all((serde_json::to_string(&req)? + "\n").as_bytes()).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let reply: ModeReply = serde_json::from_str(&line).with_context(|| format!("bad reply: {line}"))?;
+    match (reply.mode, reply.error) {
+        (Some(m), _) => Ok(m),
+        (_, Some(e)) => anyhow::bail!("{e}"),
+        _ => anyhow::bail!("empty reply"),
+    }
 }

@@ -1,13 +1,20 @@
 //! The kernel side as the agent sees it: load the programs, attach them, and switch policies.
 pub mod compile;
+pub mod pins;
 pub mod seed;
 
 use std::collections::BTreeMap;
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::TcAttachOptions, LinkOrder},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc,
+        tc::{SchedClassifierLink, TcAttachOptions, TcHandle},
+        xdp::XdpLink,
+    },
 };
 use trident_ports_common::{
     COUNTER_SLOTS, Config, FlowKey, FlowState, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerInfo, PeerKey, RangeKey, RuleKey,
@@ -51,6 +58,7 @@ pub struct Applied {
 
 pub struct Datapath {
     ebpf: Ebpf,
+    pins: Option<pins::Pins>,
     config: Array<MapData, Config>,
     peers: HashMap<MapData, PeerKey, PeerInfo>,
     prefixes: LpmTrie<MapData, PeerKey, PeerInfo>,
@@ -76,8 +84,33 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
 impl Datapath {
     /// Loads the programs and maps into the kernel (nothing is attached yet).
     pub fn load() -> Result<Self> {
+        Self::load_pinned(None)
+    }
+
+    /// Like `load`, but with `pin_dir` the maps are pinned there, or reused when a previous
+    /// agent pinned them, and attachments are pinned or adopted (see `pins`).
+    pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Self> {
         crate::privileges::check()?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| {
+        let pins = pin_dir.map(pins::Pins::open).transpose()?;
+        let mut loader = EbpfLoader::new();
+        let names = [
+            maps::CONFIG,
+            maps::PEERS,
+            maps::PEER_PREFIXES,
+            maps::RULES,
+            maps::RANGES,
+            maps::GUARDS,
+            maps::FLOWS,
+            maps::GATES,
+            maps::EVENTS,
+            maps::COUNTERS,
+        ];
+        if let Some(p) = &pins {
+            for name in names {
+                loader.map_pin_path(name, p.map(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
             let detail = format!("{e:#}");
             if detail.contains("RINGBUF") || detail.contains("ring") {
                 Error::KernelFeature {
@@ -118,7 +151,13 @@ impl Datapath {
             flows: typed!(maps::FLOWS),
             events: Some(typed!(maps::EVENTS)),
             ebpf,
+            pins,
         })
+    }
+
+    /// True when maps and attachments outlive this process.
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
     }
 
     /// Attaches egress and ingress enforcement to `iface`. The attachments live as long as this
@@ -132,16 +171,39 @@ impl Datapath {
             IngressHook::Tc => {
                 self.attach_tc(iface, programs::TC_INGRESS, TcAttachType::Ingress, attach)?
             }
-            IngressHook::Xdp => {
-                let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP_INGRESS)?
-                    .try_into()
-                    .map_err(|e| Error::Load(format!("{e}")))?;
-                xdp.attach(iface, XdpMode::default()).map_err(|e| Error::Attach {
-                    program: programs::XDP_INGRESS,
-                    iface: iface.to_string(),
-                    detail: format!("{e:#}"),
-                })?;
-            }
+            IngressHook::Xdp => self.attach_xdp(iface)?,
+        }
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        let err = |detail: String| Error::Attach {
+            program: programs::XDP_INGRESS,
+            iface: iface.to_string(),
+            detail,
+        };
+        let pins = self.pins.clone();
+        let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP_INGRESS)?
+            .try_into()
+            .map_err(|e| err(format!("{e}")))?;
+        let Some(pins) = pins else {
+            xdp.attach(iface, XdpMode::default()).map_err(|e| err(format!("{e:#}")))?;
+            return Ok(());
+        };
+        let path = pins.link(iface, "xdp");
+        if path.exists() {
+            // Adopt: move the pinned link to this program in one atomic update.
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| err(format!("opening {}: {e}", path.display())))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| err(format!("{e}")))?;
+            let id = xdp.attach_to_link(link).map_err(|e| err(format!("updating the pinned link: {e:#}")))?;
+            // The pin keeps the link; this process's handle may go.
+            drop(xdp.take_link(id).map_err(|e| err(format!("{e}")))?);
+            tracing::info!(iface, hook = "xdp", "adopted the pinned attachment");
+        } else {
+            let id = xdp.attach(iface, XdpMode::default()).map_err(|e| err(format!("{e:#}")))?;
+            let link = xdp.take_link(id).map_err(|e| err(format!("{e}")))?;
+            let fd = FdLink::try_from(link).map_err(|e| err(format!("not a bpf_link (kernel without XDP links?): {e}")))?;
+            fd.pin(&path).map_err(|e| err(format!("pinning at {}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -173,6 +235,7 @@ impl Datapath {
                 }
             }
         }
+        let pins = self.pins.clone();
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?
             .try_into()
             .map_err(|e| err(format!("{e}")))?;
@@ -181,8 +244,45 @@ impl Datapath {
         } else {
             TcAttachOptions::Netlink(Default::default())
         };
-        prog.attach_with_options(iface, kind, options)
-            .map_err(|e| err(format!("{e:#}")))?;
+        let Some(pins) = pins else {
+            prog.attach_with_options(iface, kind, options).map_err(|e| err(format!("{e:#}")))?;
+            return Ok(());
+        };
+        let hook = if kind == TcAttachType::Egress { "tc-egress" } else { "tc-ingress" };
+        let (link_path, nl) = (pins.link(iface, hook), pins.read_netlink(iface, hook));
+        let adopt = if use_tcx && link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path).map_err(|e| err(format!("opening {}: {e}", link_path.display())))?;
+            Some(SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| err(format!("{e}")))?)
+        } else if let (false, Some((priority, handle))) = (use_tcx, nl) {
+            Some(
+                SchedClassifierLink::attached(iface, kind, priority, TcHandle::from(handle), None)
+                    .map_err(|e| err(format!("{e}")))?,
+            )
+        } else {
+            None
+        };
+        let adopted = adopt.is_some();
+        let id = match adopt {
+            // One atomic replacement: bpf_link_update for tcx, a netlink filter replace for
+            // cls_bpf. The interface is never without a program.
+            Some(link) => prog.attach_to_link(link).map_err(|e| err(format!("replacing the pinned attachment: {e:#}")))?,
+            None => prog.attach_with_options(iface, kind, options).map_err(|e| err(format!("{e:#}")))?,
+        };
+        let link = prog.take_link(id).map_err(|e| err(format!("{e}")))?;
+        if use_tcx {
+            if !adopted {
+                let fd = FdLink::try_from(link).map_err(|e| err(format!("{e}")))?;
+                fd.pin(&link_path).map_err(|e| err(format!("pinning at {}: {e}", link_path.display())))?;
+            }
+        } else {
+            let (priority, handle) = (link.priority().map_err(|e| err(format!("{e}")))?, link.handle().map_err(|e| err(format!("{e}")))?);
+            pins.write_netlink(iface, hook, priority, u32::from(handle)).map_err(|e| err(format!("{e}")))?;
+            // A cls_bpf filter stays until it is deleted: never let a drop delete it.
+            std::mem::forget(link);
+        }
+        if adopted {
+            tracing::info!(iface, hook, "adopted the pinned attachment");
+        }
         Ok(())
     }
 
