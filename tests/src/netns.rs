@@ -26,17 +26,24 @@ pub fn unique(prefix: &str) -> String {
 
 pub struct NetNs {
     pub name: String,
+    /// False for a borrowed handle, which never deletes the namespace.
+    owned: bool,
 }
 
 impl NetNs {
     pub fn new(prefix: &str) -> Self {
         let name = unique(prefix);
         ip(&["netns", "add", &name]);
-        let ns = NetNs { name };
+        let ns = NetNs { name, owned: true };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         // Without this, IPv6 stays unusable for a second or two after link-up (link-local DAD).
         ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
         ns
+    }
+
+    /// A handle to the same namespace for another thread; dropping it deletes nothing.
+    pub fn borrow(&self) -> NetNs {
+        NetNs { name: self.name.clone(), owned: false }
     }
 
     /// Runs a command inside the namespace and asserts it succeeded; returns stdout.
@@ -88,6 +95,9 @@ pub fn enter(file: &File) {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

@@ -1,10 +1,15 @@
 //! Pinned state under one directory on a BPF filesystem, so that enforcement outlives the agent:
 //!
 //! ```text
-//! <dir>/maps/<MAP>                 every map (policy, connection table, events, counters)
-//! <dir>/links/<iface>.<hook>       tcx and XDP links (bpf_link), hook = tc-egress|tc-ingress|xdp
-//! <dir>/links/<iface>.<hook>.nl    legacy cls_bpf filters: "priority handle"
+//! <dir>/maps/<MAP>                          every map (policy, connection table, events, counters)
+//! <dir>/links/<iface>_<hook>                tcx and XDP links (bpf_link); hook = tc-egress|tc-ingress|xdp
+//! <dir>/links/<iface>_<hook>_nl_<prio>_<h>  legacy cls_bpf filters: an empty directory whose name
+//!                                           keeps the filter's priority and handle
 //! ```
+//!
+//! bpffs reserves dots in names (EPERM) and holds no regular files, hence `_` separators, a dot
+//! in an interface name written as `:` (which interface names cannot contain), and the legacy
+//! filter's details in a directory name.
 //!
 //! A restarted or upgraded agent reuses the maps and moves the links to its own programs with one
 //! atomic update each, so no packet meets an unattached interface.
@@ -23,8 +28,13 @@ pub struct Pins {
 }
 
 impl Pins {
-    /// Checks that `dir` is on a BPF filesystem and creates its layout.
+    /// Checks that `dir` is on a BPF filesystem and creates its layout. The conventional
+    /// /sys/fs/bpf is mounted when it is missing, as Cilium and Calico do.
     pub fn open(dir: &Path) -> Result<Self> {
+        let conventional = Path::new("/sys/fs/bpf");
+        if dir.starts_with(conventional) && conventional.exists() && !is_bpffs(conventional) {
+            mount_bpffs(conventional);
+        }
         let fs_root = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
         if !is_bpffs(fs_root) {
             return Err(Error::Config {
@@ -43,21 +53,42 @@ impl Pins {
     }
 
     pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
-        self.dir.join("links").join(format!("{iface}.{hook}"))
+        self.dir.join("links").join(format!("{}_{hook}", iface.replace('.', ":")))
     }
 
-    pub fn netlink(&self, iface: &str, hook: &str) -> PathBuf {
-        self.dir.join("links").join(format!("{iface}.{hook}.nl"))
+    fn netlink_prefix(iface: &str, hook: &str) -> String {
+        format!("{}_{hook}_nl_", iface.replace('.', ":"))
     }
 
     pub fn read_netlink(&self, iface: &str, hook: &str) -> Option<(u16, u32)> {
-        let text = std::fs::read_to_string(self.netlink(iface, hook)).ok()?;
-        let mut it = text.split_whitespace();
-        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        let prefix = Self::netlink_prefix(iface, hook);
+        std::fs::read_dir(self.dir.join("links")).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (prio, handle) = name.strip_prefix(&prefix)?.split_once('_')?;
+            Some((prio.parse().ok()?, handle.parse().ok()?))
+        })
     }
 
     pub fn write_netlink(&self, iface: &str, hook: &str, priority: u16, handle: u32) -> io::Result<()> {
-        std::fs::write(self.netlink(iface, hook), format!("{priority} {handle}\n"))
+        if let Some((p, h)) = self.read_netlink(iface, hook) {
+            let _ = std::fs::remove_dir(self.dir.join("links").join(format!("{}{p}_{h}", Self::netlink_prefix(iface, hook))));
+        }
+        std::fs::create_dir(self.dir.join("links").join(format!("{}{priority}_{handle}", Self::netlink_prefix(iface, hook))))
+    }
+}
+
+fn mount_bpffs(at: &Path) {
+    let (Ok(src), Ok(target), Ok(fstype)) = (
+        std::ffi::CString::new("bpf"),
+        std::ffi::CString::new(at.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new("bpf"),
+    ) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated strings; a failure leaves the check below to report it.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 {
+        tracing::info!(path = %at.display(), "mounted a BPF filesystem");
     }
 }
 
@@ -97,22 +128,28 @@ pub fn uninstall(dir: &Path) -> Result<Removed> {
     entries.sort();
     for path in entries {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if let Some(base) = name.strip_suffix(".nl") {
-            let Some((iface, hook)) = base.rsplit_once('.') else { continue };
-            let pins = Pins { dir: dir.to_path_buf() };
-            if let Some((priority, handle)) = pins.read_netlink(iface, hook) {
+        if path.is_dir() {
+            // <iface>_<hook>_nl_<priority>_<handle>
+            let fields: Vec<&str> = name.rsplitn(5, '_').collect();
+            if let [handle, priority, "nl", hook, iface] = fields[..] {
+                let iface = iface.replace(':', ".");
                 let kind = if hook == "tc-egress" { TcAttachType::Egress } else { TcAttachType::Ingress };
-                if let Ok(link) = SchedClassifierLink::attached(iface, kind, priority, TcHandle::from(handle), None) {
-                    let _ = link.detach();
+                if let (Ok(priority), Ok(handle)) = (priority.parse::<u16>(), handle.parse::<u32>()) {
+                    if let Ok(link) = SchedClassifierLink::attached(&iface, kind, priority, TcHandle::from(handle), None) {
+                        let _ = link.detach();
+                    }
                 }
             }
-        } else if let Ok(p) = PinnedLink::from_pin(&path) {
-            // Unpinned and closed: the kernel detaches the link.
-            if let Ok(fd) = p.unpin() {
-                drop::<FdLink>(fd);
+            let _ = std::fs::remove_dir(&path);
+        } else {
+            if let Ok(p) = PinnedLink::from_pin(&path) {
+                // Unpinned and closed: the kernel detaches the link.
+                if let Ok(fd) = p.unpin() {
+                    drop::<FdLink>(fd);
+                }
             }
+            let _ = std::fs::remove_file(&path);
         }
-        let _ = std::fs::remove_file(&path);
         removed.links.push(name);
     }
     if let Ok(rd) = std::fs::read_dir(dir.join("maps")) {

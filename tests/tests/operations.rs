@@ -1,0 +1,301 @@
+//! Running it for real: kill -9 under traffic keeps enforcement, a new agent adopts it with no
+//! allowed flow dropped, uninstall leaves nothing; 100 reloads under traffic with no drop of
+//! allowed traffic and no pass of denied traffic; a bad reload keeps the running policy; a
+//! ConfigMap-style symlink swap reloads; audit and enforce switch live.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use trident_ports_tests::{
+    agent::{Agent, binary},
+    netns::{Pair, unique},
+    require_root,
+    traffic::{Echo, sa, tcp_echo},
+};
+
+const T: Duration = Duration::from_millis(500);
+
+/// A BPF filesystem of the test's own, outside /sys (which `ip netns exec` remounts).
+struct BpfFs(PathBuf);
+
+impl BpfFs {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(unique("tp-bpffs-"));
+        std::fs::create_dir_all(&p).unwrap();
+        let ok = Command::new("mount").args(["-t", "bpf", "bpf", p.to_str().unwrap()]).status().unwrap();
+        assert!(ok.success(), "mounting a bpf filesystem");
+        BpfFs(p)
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Allowed and denied TCP attempts in a loop, counting what went wrong.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    allowed_ok: Arc<AtomicU64>,
+    allowed_failed: Arc<AtomicU64>,
+    denied_passed: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(pair: &Pair) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed, passed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (node, node2) = (pair.node.borrow(), pair.node.borrow());
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let allowed = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match tcp_echo(&node, sa("192.0.2.2:2049"), T) {
+                    Ok(()) => o.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => f.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let (s, p) = (stop.clone(), passed.clone());
+        let denied = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if tcp_echo(&node2, sa("192.0.2.2:3260"), Duration::from_millis(100)).is_ok() {
+                    p.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Traffic { stop, allowed_ok: ok, allowed_failed: failed, denied_passed: passed, threads: vec![allowed, denied] }
+    }
+
+    fn finish(mut self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        (self.allowed_ok.load(Ordering::Relaxed), self.allowed_failed.load(Ordering::Relaxed), self.denied_passed.load(Ordering::Relaxed))
+    }
+}
+
+fn lab(name: &str) -> (Pair, PathBuf, Echo) {
+    let pair = Pair::standard();
+    let echo = Echo::start(&pair.storage, &[sa("192.0.2.2:2049"), sa("192.0.2.2:3260"), sa("192.0.2.2:111")]);
+    let dir = std::env::temp_dir().join(format!("tp-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(dir.join("backends")).unwrap();
+    write_backend(&dir, "4.1");
+    std::fs::write(dir.join("node.yaml"), "backends: {sources: [backends]}\nevents: {interval: 0s}\n").unwrap();
+    (pair, dir, echo)
+}
+
+fn write_backend(dir: &Path, nfsvers: &str) {
+    std::fs::write(
+        dir.join("backends/nas.yaml"),
+        format!("version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: 192.0.2.2\ndataLIF: 192.0.2.2\nnfsMountOptions: nfsvers={nfsvers}\n"),
+    )
+    .unwrap();
+}
+
+fn attached_programs(pair: &Pair) -> usize {
+    let iface = pair.node_if.clone();
+    let tcx = pair.node.within(move || {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        [TcAttachType::Egress, TcAttachType::Ingress]
+            .into_iter()
+            .map(|t| SchedClassifier::query_tcx(&iface, t).map(|(_, p)| p.len()).unwrap_or(0))
+            .sum::<usize>()
+    });
+    let filters: usize = ["egress", "ingress"]
+        .iter()
+        .map(|d| pair.node.exec(&["tc", "filter", "show", "dev", &pair.node_if, d]).lines().filter(|l| l.contains("tp_tc_")).count())
+        .sum();
+    let xdp = pair.node.exec(&["ip", "-d", "link", "show", &pair.node_if]).contains("prog/xdp") as usize;
+    tcx + filters + xdp
+}
+
+fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
+    let fs = BpfFs::new();
+    let pin = fs.0.join("trident-ports");
+    let (pair, dir, _echo) = lab(name);
+    let cfg = dir.join("node.yaml");
+    let mut args = vec!["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if, "--pin-dir", pin.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let a = Agent::start(&pair.node, &args);
+    let traffic = Traffic::start(&pair);
+    std::thread::sleep(Duration::from_millis(700));
+    // kill -9: no chance to clean up, and enforcement must hold.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    drop(a);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(attached_programs(&pair), expected_attachments, "attachments survive kill -9");
+    assert!(tcp_echo(&pair.node, sa("192.0.2.2:3260"), Duration::from_millis(300)).is_err(), "still enforced after kill -9");
+    // A new agent adopts the pinned state.
+    let mut b = Agent::start(&pair.node, &args);
+    b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(attached_programs(&pair), expected_attachments, "adoption replaced, not added");
+    let events = b.wait_events(1, Duration::from_secs(3));
+    assert!(events.iter().any(|e| e["dst"] == "192.0.2.2:3260"), "the new agent reads the pinned event stream: {events:?}");
+    // SIGTERM with pins: enforcement stays.
+    b.stop(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, passed) = traffic.finish();
+    assert!(ok > 10, "allowed exchanges: {ok}");
+    assert_eq!(failed, 0, "no allowed exchange failed across kill -9 and adoption ({ok} succeeded)");
+    assert_eq!(passed, 0, "the denied port never passed");
+    assert_eq!(attached_programs(&pair), expected_attachments, "SIGTERM of a pinned agent leaves enforcement in place");
+    // uninstall: nothing left.
+    let out = pair.node.command(binary().to_str().unwrap()).args(["uninstall", "--pin-dir", pin.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("removed {expected_attachments} attachment(s)")), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(attached_programs(&pair), 0);
+    assert!(!pin.exists(), "the pin directory is gone");
+    tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn kill_9_adopt_uninstall_tcx() {
+    if require_root("kill_9_adopt_uninstall_tcx") {
+        restart_cycle(&[], "restart-tcx", 2);
+    }
+}
+
+#[test]
+fn kill_9_adopt_uninstall_legacy_tc() {
+    if require_root("kill_9_adopt_uninstall_legacy_tc") {
+        restart_cycle(&["--attach", "netlink"], "restart-nl", 2);
+    }
+}
+
+#[test]
+fn kill_9_adopt_uninstall_xdp() {
+    if require_root("kill_9_adopt_uninstall_xdp") {
+        restart_cycle(&["--ingress", "xdp"], "restart-xdp", 2);
+    }
+}
+
+fn metric(pair: &Pair, name: &str) -> u64 {
+    let body = pair.node.within(|| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9964").unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    });
+    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).map(|v| v.parse::<f64>().unwrap() as u64).unwrap_or(0)
+}
+
+#[test]
+fn hundred_reloads_under_traffic_and_a_bad_one() {
+    if !require_root("hundred_reloads_under_traffic_and_a_bad_one") {
+        return;
+    }
+    let (pair, dir, _echo) = lab("reloads");
+    let cfg = dir.join("node.yaml");
+    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if, "--watch-interval", "1h"]);
+    let traffic = Traffic::start(&pair);
+    for i in 1..=100 {
+        // Alternate between two policies that both allow 2049 and deny 3260.
+        let extra = if i % 2 == 0 { "" } else { "allow:\n  - {dst: 198.51.100.9, ports: 80, proto: tcp, reason: reload test}\n" };
+        std::fs::write(&cfg, format!("backends: {{sources: [backends]}}\nevents: {{interval: 0s}}\n{extra}")).unwrap();
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while agent.stderr.lock().unwrap().matches("policy reloaded").count() < i {
+            assert!(Instant::now() < deadline, "reload {i} did not happen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Spread the reloads over a few seconds of traffic.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, failed, passed) = traffic.finish();
+    assert!(ok > 10, "allowed exchanges during the reloads: {ok}");
+    assert_eq!(failed, 0, "an allowed exchange failed during 100 reloads ({ok} succeeded)");
+    assert_eq!(passed, 0, "the denied port passed during a reload");
+    assert_eq!(metric(&pair, "trident_ports_reloads_total{result=\"success\"}"), 101);
+    // A bad backend file: the running policy stays, the failure is logged and counted.
+    std::fs::write(dir.join("backends/nas.yaml"), "version: 1\nstorageDriverName: ontap-nass\nmanagementLIF: 192.0.2.2\n").unwrap();
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    agent.wait_for_log("reload failed, keeping the running policy", Duration::from_secs(5));
+    assert!(agent.stderr.lock().unwrap().contains("unknown driver `ontap-nass`"));
+    assert_eq!(metric(&pair, "trident_ports_reloads_total{result=\"failure\"}"), 1);
+    tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
+    tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap_err();
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Kubernetes mounts a ConfigMap as files that link through `..data`, and updates it by swapping
+/// that one symlink: the agent notices and reloads.
+#[test]
+fn configmap_symlink_swap_reloads() {
+    if !require_root("configmap_symlink_swap_reloads") {
+        return;
+    }
+    use std::os::unix::fs::symlink;
+    let (pair, dir, _echo) = lab("configmap");
+    let cm = dir.join("cm");
+    for (version, nfsvers) in [("..v1", "4.1"), ("..v2", "3")] {
+        std::fs::create_dir_all(cm.join(version)).unwrap();
+        std::fs::write(
+            cm.join(version).join("nas.yaml"),
+            format!("version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: 192.0.2.2\ndataLIF: 192.0.2.2\nnfsMountOptions: nfsvers={nfsvers}\n"),
+        )
+        .unwrap();
+    }
+    symlink("..v1", cm.join("..data")).unwrap();
+    symlink("..data/nas.yaml", cm.join("nas.yaml")).unwrap();
+    std::fs::write(dir.join("node.yaml"), "backends: {sources: [cm]}\nevents: {interval: 0s}\n").unwrap();
+    let cfg = dir.join("node.yaml");
+    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if, "--watch-interval", "200ms"]);
+    tcp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap_err();
+    // The atomic swap Kubernetes does: a new symlink renamed over ..data.
+    symlink("..v2", cm.join("..data_tmp")).unwrap();
+    std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+    agent.wait_for_log("configuration or backend files changed", Duration::from_secs(5));
+    agent.wait_for_log("policy reloaded", Duration::from_secs(5));
+    tcp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap();
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn audit_and_enforce_switch_live() {
+    if !require_root("audit_and_enforce_switch_live") {
+        return;
+    }
+    let (pair, dir, _echo) = lab("audit");
+    let cfg = dir.join("node.yaml");
+    std::fs::write(&cfg, "mode: audit\nbackends: {sources: [backends]}\nevents: {interval: 0s}\n").unwrap();
+    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if]);
+    let mode = |m: &str| {
+        let out = Command::new(binary()).args(["mode", m, "--socket", agent.socket.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Audit: passes, and reports what enforce would drop.
+    tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
+    let ev = agent.wait_events(1, Duration::from_secs(2));
+    assert_eq!(ev[0]["verdict"], "audit");
+    assert_eq!(ev[0]["dst"], "192.0.2.2:3260");
+    assert_eq!(mode("enforce"), "mode: enforce");
+    tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap_err();
+    let ev = agent.wait_events(2, Duration::from_secs(2));
+    assert!(ev.iter().any(|e| e["verdict"] == "denied"), "{ev:?}");
+    tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
+    // Back to the configuration's mode.
+    assert_eq!(mode("config"), "mode: audit");
+    tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
+    assert!(agent.stderr.lock().unwrap().matches("policy loaded").count() == 1, "no program or policy reload");
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
