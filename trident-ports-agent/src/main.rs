@@ -65,6 +65,9 @@ enum Command {
         /// How often to look for changed configuration and backend files.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         watch_interval: std::time::Duration,
+        /// Override the configuration's role (the DaemonSets set it from the node label).
+        #[arg(long, value_enum)]
+        role: Option<Role>,
         /// Pin maps and attachments in this directory (on a BPF filesystem): enforcement then
         /// outlives the agent, and the next agent adopts it. Without it, stopping detaches.
         #[arg(long)]
@@ -167,6 +170,7 @@ async fn real_main() -> anyhow::Result<()> {
             events_file_keep,
             history,
             watch_interval,
+            role,
             pin_dir,
         } => {
             let metrics = match metrics.as_str() {
@@ -188,6 +192,7 @@ async fn real_main() -> anyhow::Result<()> {
                 events_file_keep,
                 history,
                 watch_interval,
+                role,
                 pin_dir,
             };
             run(opts).await.context("run")

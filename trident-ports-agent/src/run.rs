@@ -56,6 +56,7 @@ pub struct RunOptions {
     /// Pin maps and attachments here: enforcement then outlives the agent, and a new agent
     /// adopts it. `None`: everything is detached when the agent stops.
     pub pin_dir: Option<PathBuf>,
+    pub role: Option<crate::config::Role>,
 }
 
 struct Shared {
@@ -71,7 +72,7 @@ struct Shared {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let (cfg, policy) = compiler::load(opts.config.as_deref(), &opts.extra_backends, None)?;
+    let (cfg, policy) = compiler::load(opts.config.as_deref(), &opts.extra_backends, opts.role)?;
     let mut interfaces = cfg.interfaces.clone();
     interfaces.extend(opts.interfaces.iter().cloned());
     interfaces.dedup();
@@ -227,7 +228,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// Recompiles and, when the policy changed (or `always`), switches the kernel to it. A failure
 /// keeps the running policy, logs why and counts it.
 fn reload(shared: &Shared, opts: &RunOptions, always: bool) {
-    let compiled = compiler::load(opts.config.as_deref(), &opts.extra_backends, None);
+    let compiled = compiler::load(opts.config.as_deref(), &opts.extra_backends, opts.role);
     let (cfg, mut policy) = match compiled {
         Ok(x) => x,
         Err(e) => {

@@ -76,6 +76,28 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
         .join("trident-ports-agent"))
 }
 
+/// Validates deploy/ against the Kubernetes schemas with kubernetes-validate (PyPI). CI installs
+/// it; elsewhere a missing validator is reported and skipped, except under CI=true.
+fn validate_manifests() -> anyhow::Result<()> {
+    let dir = workspace_root().join("deploy");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.sort();
+    let found = Command::new("kubernetes-validate").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            bail!("kubernetes-validate is missing (pip install kubernetes-validate)");
+        }
+        eprintln!("xtask: kubernetes-validate not installed; skipping the manifest check (pip install kubernetes-validate)");
+        return Ok(());
+    }
+    run_checked(Command::new("kubernetes-validate").args(["--strict", "--quiet", "-k", "1.33.0"]).args(&files))?;
+    eprintln!("xtask: {} manifests valid against Kubernetes 1.33 schemas", files.len());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::ensure(),
@@ -86,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             build(false)?;
+            validate_manifests()?;
             let mut c = cargo();
             c.args(["test", "--workspace", "--no-fail-fast"]);
             if !args.is_empty() {
