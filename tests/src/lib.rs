@@ -5,6 +5,7 @@
 pub mod netns;
 pub mod traffic;
 pub mod agent;
+pub mod lab;
 pub mod packet;
 
 /// Under CI=true a privileged test must run; elsewhere it may skip when not root.

@@ -1,0 +1,252 @@
+//! The storage lab: a "storage" namespace running real servers on ONTAP's ports, and a "node"
+//! namespace with real clients. NFSv3 and NFSv4 (nfs-ganesha with the VFS backend, rpcbind,
+//! rpc.statd; mountd 635, NLM 4045, NSM 4046, rquotad 4049), iSCSI with CHAP (tgt, a
+//! file-backed LUN), SMB (samba on 445), HTTPS management on 443 and an E-Series-style proxy on
+//! 8443 (openssl s_server). Everything it starts is stopped, and everything it wrote removed,
+//! when the lab drops, also when a test fails.
+use std::{
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use crate::netns::{Addrs, NetNs, Pair, unique};
+
+pub const TARGET: &str = "iqn.2026-11.test.lab:storage";
+pub const CHAP_USER: &str = "labuser";
+pub const CHAP_SECRET: &str = "labsecret123";
+
+/// One lab at a time: the servers are heavy, and samba's account is shared.
+static LAB: Mutex<()> = Mutex::new(());
+
+pub struct Lab {
+    pub pair: Pair,
+    pub dir: PathBuf,
+    children: Vec<Child>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn write(path: &PathBuf, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+impl Lab {
+    /// Storage answers on 192.0.2.2, 192.0.2.3 and 2001:db8::2; the node is 192.0.2.1 and
+    /// 2001:db8::1.
+    pub fn start() -> Self {
+        let serial = LAB.lock().unwrap_or_else(|e| e.into_inner());
+        for tool in ["ganesha.nfsd", "rpcbind", "rpc.statd", "tgtd", "smbd", "nfs-ls", "iscsi-inq", "smbclient", "curl", "openssl"] {
+            assert!(
+                Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().unwrap().success(),
+                "{tool} is missing: .ci/run installs the lab's Debian packages"
+            );
+        }
+        let pair = Pair::new(Addrs {
+            node: &["192.0.2.1/24", "2001:db8::1/64"],
+            storage: &["192.0.2.2/24", "192.0.2.3/24", "2001:db8::2/64"],
+        });
+        let dir = std::env::temp_dir().join(unique("tp-lab-"));
+        std::fs::create_dir_all(dir.join("export")).unwrap();
+        let mut lab = Lab { pair, dir, children: Vec::new(), _serial: serial };
+        lab.start_nfs();
+        lab.start_iscsi();
+        lab.start_smb();
+        lab.start_https();
+        lab.wait_ready();
+        lab
+    }
+
+    pub fn node(&self) -> &NetNs {
+        &self.pair.node
+    }
+
+    fn spawn_in_storage(&mut self, script: &str, log: &str) {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.pair.storage.name, "sh", "-c", script])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("starting a lab server");
+        self.children.push(child);
+    }
+
+    fn start_nfs(&mut self) {
+        let d = self.dir.display().to_string();
+        write(&self.dir.join("export/hello.txt"), "hello from the lab\n");
+        write(
+            &self.dir.join("ganesha.conf"),
+            &format!(
+                "NFS_CORE_PARAM {{ NFS_Port = 2049; MNT_Port = 635; NLM_Port = 4045; Rquota_Port = 4049; \
+                 Protocols = 3, 4; Mount_Path_Pseudo = true; Enable_RQUOTA = true; }}\n\
+                 NFSV4 {{ Graceless = true; RecoveryRoot = {d}/recovery; }}\n\
+                 EXPORT {{ Export_Id = 1; Path = {d}/export; Pseudo = /export; Access_Type = RW; \
+                 Squash = No_Root_Squash; Protocols = 3, 4; Transports = TCP, UDP; SecType = sys; FSAL {{ Name = VFS; }} }}\n"
+            ),
+        );
+        // A private /run: rpcbind's socket lives there, and only one rpcbind may own it.
+        let script = format!(
+            "set -e; mount -t tmpfs tmpfs /run; mkdir -p {d}/recovery; rpcbind -w; \
+             rpc.statd -p 4046 -o 4047 --no-notify; \
+             exec ganesha.nfsd -F -L {d}/ganesha.log -f {d}/ganesha.conf -p {d}/ganesha.pid"
+        );
+        self.spawn_in_storage(&script, "nfs.out");
+    }
+
+    fn start_iscsi(&mut self) {
+        let d = self.dir.display().to_string();
+        let f = std::fs::File::create(self.dir.join("lun.img")).unwrap();
+        f.set_len(16 << 20).unwrap();
+        let script = format!(
+            "tgtd -f & sleep 0.5; \
+             tgtadm --lld iscsi --op new --mode target --tid 1 -T {TARGET} && \
+             tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b {d}/lun.img && \
+             tgtadm --lld iscsi --op new --mode account --user {CHAP_USER} --password {CHAP_SECRET} && \
+             tgtadm --lld iscsi --op bind --mode account --tid 1 --user {CHAP_USER} && \
+             tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL && echo iscsi-ready; wait"
+        );
+        self.spawn_in_storage(&script, "iscsi.out");
+    }
+
+    fn start_smb(&mut self) {
+        let d = self.dir.display().to_string();
+        for sub in ["share", "lock", "state", "cache", "pid", "private"] {
+            std::fs::create_dir_all(self.dir.join("smb").join(sub)).unwrap();
+        }
+        write(&self.dir.join("smb/share/smb.txt"), "smb\n");
+        let _ = Command::new("chmod").args(["777", &format!("{d}/smb/share")]).status();
+        // samba needs a real unix account behind its user.
+        if !Command::new("id").arg(CHAP_USER).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success() {
+            let _ = Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", CHAP_USER]).status();
+        }
+        let conf = self.dir.join("smb.conf");
+        write(
+            &conf,
+            &format!(
+                "[global]\n smb ports = 445\n workgroup = LAB\n server role = standalone server\n disable netbios = yes\n\
+                 load printers = no\n printing = bsd\n printcap name = /dev/null\n\
+                 lock directory = {d}/smb/lock\n state directory = {d}/smb/state\n cache directory = {d}/smb/cache\n\
+                 pid directory = {d}/smb/pid\n private dir = {d}/smb/private\n ncalrpc dir = {d}/smb/lock/ncalrpc\n\
+                 log file = {d}/smb/log\n passdb backend = tdbsam:{d}/smb/private/passdb.tdb\n\
+                 [share]\n path = {d}/smb/share\n read only = no\n valid users = {CHAP_USER}\n"
+            ),
+        );
+        let mut add = Command::new("smbpasswd")
+            .args(["-c", conf.to_str().unwrap(), "-s", "-a", CHAP_USER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        add.stdin.take().unwrap().write_all(format!("{CHAP_SECRET}\n{CHAP_SECRET}\n").as_bytes()).unwrap();
+        assert!(add.wait().unwrap().success(), "smbpasswd");
+        self.spawn_in_storage(&format!("exec smbd -F --no-process-group -s {d}/smb.conf"), "smbd.out");
+    }
+
+    fn start_https(&mut self) {
+        let d = self.dir.display().to_string();
+        let ok = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lab"])
+            .args(["-keyout", &format!("{d}/key.pem"), "-out", &format!("{d}/cert.pem")])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl req");
+        for port in [443, 8443] {
+            // `-accept PORT` listens on both families.
+            self.spawn_in_storage(
+                &format!("exec openssl s_server -accept {port} -cert {d}/cert.pem -key {d}/key.pem -www -quiet"),
+                &format!("https-{port}.out"),
+            );
+        }
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let checks: [(&str, &[&str]); 4] = [
+            ("nfs", &["nfs-ls", "nfs://192.0.2.2/export?version=4"]),
+            ("iscsi", &["iscsi-inq", &self.iscsi_url("192.0.2.2")]),
+            ("smb", &["smbclient", "//192.0.2.2/share", "-U", "labuser%labsecret123", "-c", "ls"]),
+            ("https", &["curl", "-skf", "-o", "/dev/null", "https://192.0.2.2:8443/"]),
+        ];
+        for (what, cmd) in checks {
+            loop {
+                if self.pair.node.try_exec(cmd).status.success() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let logs: String = std::fs::read_dir(&self.dir)
+                        .unwrap()
+                        .flatten()
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "out" || x == "log"))
+                        .map(|e| format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                        .collect();
+                    panic!("the lab's {what} server did not come up:\n{logs}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn iscsi_url(&self, host: &str) -> String {
+        format!("iscsi://{CHAP_USER}%{CHAP_SECRET}@{host}/{TARGET}/1")
+    }
+
+    /// Runs a client in the node namespace; Ok(stdout) or Err(stderr and stdout).
+    pub fn client(&self, cmd: &[&str]) -> Result<String, String> {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.pair.node.name, "timeout", "10"]).args(cmd);
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("{}{}", String::from_utf8_lossy(&out.stderr), text))
+        }
+    }
+
+    /// `nfs-ls` of the export with NFS `version` (3 or 4) on `host` (IPv6 without brackets).
+    pub fn nfs_ls(&self, host: &str, version: u8) -> Result<String, String> {
+        self.client(&["nfs-ls", &format!("nfs://{host}/export?version={version}")])
+    }
+
+    pub fn iscsi_inq(&self, host: &str) -> Result<String, String> {
+        self.client(&["iscsi-inq", &self.iscsi_url(host)])
+    }
+
+    pub fn smb_ls(&self, host: &str) -> Result<String, String> {
+        self.client(&["smbclient", &format!("//{host}/share"), "-U", &format!("{CHAP_USER}%{CHAP_SECRET}"), "-c", "ls"])
+    }
+
+    pub fn https(&self, url: &str) -> Result<String, String> {
+        self.client(&["curl", "-skf", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}", url])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // tgtd ignores SIGTERM while a target exists: remove it first, then stop everything.
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.pair.storage.name, "tgtadm", "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for c in &mut self.children {
+            // SAFETY: signalling the process group we created for this child.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        // Anything else left in the namespace (forked daemons).
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.pair.storage.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(p) = pid.parse::<i32>() {
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
