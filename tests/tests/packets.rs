@@ -63,6 +63,7 @@ struct Lab {
 impl Lab {
     fn new(mode: Mode) -> Self {
         let mut dp = Datapath::load().expect("load");
+        dp.load_xdp().expect("load the XDP program");
         let mut p = policy();
         p.mode = mode;
         dp.apply(&p, 0).expect("apply");

@@ -36,6 +36,14 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root): per-packet cost, throughput against nftables and iptables, policy
+    /// switch, events, memory. `--smoke` runs a short version.
+    Bench {
+        #[arg(long)]
+        smoke: bool,
+        /// Only these parts: packet, throughput, events.
+        parts: Vec<String>,
+    },
     /// Internal: helpers the demo runs inside its namespaces.
     #[command(hide = true)]
     DemoServe { addrs: Vec<String> },
@@ -114,6 +122,16 @@ fn main() -> anyhow::Result<()> {
             if !args.is_empty() {
                 c.arg("--").args(args);
             }
+            run_checked(&mut c)
+        }
+        Cmd::Bench { smoke, parts } => {
+            let agent = build(true)?;
+            let mut c = cargo();
+            c.args(["bench", "-p", "trident-ports-tests", "--bench", "datapath", "--"]);
+            if smoke {
+                c.arg("--smoke");
+            }
+            c.args(parts).env("TRIDENT_PORTS_AGENT", agent);
             run_checked(&mut c)
         }
         Cmd::DemoServe { addrs } => demo::serve(&addrs),

@@ -127,11 +127,8 @@ impl Datapath {
                 .map_err(|e| Error::Load(format!("{name}: {e}")))?;
             prog.load().map_err(|e| Error::Load(format!("{name}: {e:#}")))?;
         }
-        let xdp: &mut Xdp = program(&mut ebpf, programs::XDP_INGRESS)?
-            .try_into()
-            .map_err(|e| Error::Load(format!("{}: {e}", programs::XDP_INGRESS)))?;
-        xdp.load()
-            .map_err(|e| Error::Load(format!("{}: {e:#}", programs::XDP_INGRESS)))?;
+        // The XDP program is loaded only when asked for (`load_xdp`): it needs Linux 5.18, and
+        // TC-only nodes should not depend on that.
 
         macro_rules! typed {
             ($name:expr) => {
@@ -176,7 +173,22 @@ impl Datapath {
         Ok(())
     }
 
+    /// Loads the XDP ingress program (Linux 5.18+ for bpf_xdp_load_bytes). Idempotent.
+    pub fn load_xdp(&mut self) -> Result<()> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP_INGRESS)?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{}: {e}", programs::XDP_INGRESS)))?;
+        if xdp.fd().is_ok() {
+            return Ok(());
+        }
+        xdp.load().map_err(|e| Error::KernelFeature {
+            feature: "XDP ingress (needs Linux 5.18 for bpf_xdp_load_bytes; use --ingress tc)",
+            detail: format!("{e:#}"),
+        })
+    }
+
     fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        self.load_xdp()?;
         let err = |detail: String| Error::Attach {
             program: programs::XDP_INGRESS,
             iface: iface.to_string(),

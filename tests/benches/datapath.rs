@@ -1,0 +1,365 @@
+//! Benchmarks (not tests): `cargo xtask bench` (full) or `cargo xtask bench --smoke` (CI).
+//! Prints a Markdown report; docs/benchmarks.md keeps the last full run.
+//!
+//! 1. Cost per packet as the kernel measures it (BPF_PROG_TEST_RUN) for the allowed (new flow),
+//!    connection-table hit, denied and unprotected paths, at 10, 1,000 and 100,000 entries.
+//! 2. TCP throughput over a veth pair (iperf3): no filter, trident-ports, nftables with sets,
+//!    plain iptables rules, at 10, 1,000 and 10,000 entries, in one run.
+//! 3. Time to apply a 100,000-entry policy; events per second from the ring buffer to the JSON
+//!    writer, with losses; the agent's resident memory.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions};
+use trident_ports_agent::{
+    datapath::Datapath,
+    events::{Clock, Record, decode},
+    explain::Explainer,
+    policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
+};
+use trident_ports_common::{DIR_EGRESS, counter, programs};
+use trident_ports_tests::{netns::Pair, packet::*};
+
+fn entry(dst: String, port: u16) -> Entry {
+    Entry {
+        direction: Direction::Egress,
+        dst: Some(dst.parse().unwrap()),
+        src: None,
+        ports: PortRange::single(port),
+        proto: Proto::Tcp,
+        purpose: "bench".into(),
+        backend: None,
+        source: "bench".into(),
+    }
+}
+
+/// `n` entries on `n` distinct IPv6 storage addresses, each with its own port: n peers, n rules.
+fn v6_policy(n: usize) -> Policy {
+    let base = u128::from("2001:db8:100::".parse::<Ipv6Addr>().unwrap());
+    Policy {
+        role: "worker".into(),
+        mode: Mode::Enforce,
+        entries: (0..n).map(|i| entry(format!("{}/128", Ipv6Addr::from(base + i as u128)), 1024 + (i % 60_000) as u16)).collect(),
+        ..Default::default()
+    }
+}
+
+/// `n` IPv4 (address, port) entries over the documentation ranges (no traffic goes to them),
+/// plus 192.0.2.2 tcp/5201 for iperf3, last.
+fn v4_entries(n: usize) -> Vec<(Ipv4Addr, u16)> {
+    let mut v: Vec<(Ipv4Addr, u16)> = (0..n.saturating_sub(1))
+        .map(|i| {
+            let host = i % 508;
+            let net = if host < 254 { [198, 51, 100, 1 + host as u8] } else { [203, 0, 113, 1 + (host - 254) as u8] };
+            (Ipv4Addr::from(net), 10_000 + (i / 508) as u16)
+        })
+        .collect();
+    v.push((Ipv4Addr::new(192, 0, 2, 2), 5201));
+    v
+}
+
+fn run_ns(dp: &mut Datapath, prog: &str, frame: &[u8], repeat: u32) -> f64 {
+    let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+    let Program::SchedClassifier(p) = dp.program_mut(prog).unwrap() else { unreachable!() };
+    let r = SchedClassifier::test_run(p, opts).expect("test run");
+    r.duration.as_nanos() as f64
+}
+
+fn per_packet(smoke: bool) {
+    println!("## Cost per packet (BPF_PROG_TEST_RUN, ns/packet)\n");
+    println!("| entries | allowed, table hit | allowed by rule (no table) | allowed, new flow | denied | unprotected | not IP (floor) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let sizes: &[usize] = if smoke { &[10, 1_000] } else { &[10, 1_000, 100_000] };
+    let repeat = if smoke { 100_000 } else { 5_000_000 };
+    let new_flows = if smoke { 2_000 } else { 50_000 };
+    for &n in sizes {
+        let mut dp = Datapath::load().unwrap();
+        let mut p = v6_policy(n);
+        // A cluster subnet allowed to the guarded node port 8000: a rule lookup with no table.
+        p.entries.push(Entry {
+            direction: Direction::Ingress,
+            dst: None,
+            src: Some("2001:db8:ffff:1::/64".parse().unwrap()),
+            ports: PortRange::single(8000),
+            proto: Proto::Tcp,
+            purpose: "bench".into(),
+            backend: None,
+            source: "bench".into(),
+        });
+        p.guarded.push(trident_ports_agent::policy::Guard { port: 8000, proto: Proto::Tcp, purpose: "bench".into() });
+        dp.apply(&p, 1_000_000_000).unwrap();
+        // The last entry: the one inserted last into the maps.
+        let i = n - 1;
+        let dst = Ipv6Addr::from(u128::from("2001:db8:100::".parse::<Ipv6Addr>().unwrap()) + i as u128).to_string();
+        let port = 1024 + (i % 60_000) as u16;
+        // The kernel reports the mean per run; a single run also carries the syscall's own
+        // timing overhead, which a frame the programs pass at once (ARP) measures.
+        let arp = ether(&[], 0x0806, &[0u8; 28]);
+        let single = |dp: &mut Datapath, frames: &mut dyn Iterator<Item = Vec<u8>>| {
+            let (mut total, mut count) = (0.0, 0);
+            for f in frames {
+                total += run_ns(dp, programs::TC_EGRESS, &f, 1);
+                count += 1;
+            }
+            total / count as f64
+        };
+        let baseline = single(&mut dp, &mut std::iter::repeat_n(arp.clone(), new_flows));
+        let mut flows = (0..new_flows).map(|k| v6(ipv6("2001:db8::1", &dst, TCP, &tcp(1 + (k % 60_000) as u16, port, SYN))));
+        let new_flow = single(&mut dp, &mut flows) - baseline;
+        let f = v6(ipv6("2001:db8::1", &dst, TCP, &tcp(61_000, port, ACK)));
+        run_ns(&mut dp, programs::TC_EGRESS, &f, 1);
+        let hit = run_ns(&mut dp, programs::TC_EGRESS, &f, repeat);
+        let cluster = v6(ipv6("2001:db8:ffff:1::5", "2001:db8::1", TCP, &tcp(50_000, 8000, SYN)));
+        let rule = run_ns(&mut dp, programs::TC_INGRESS, &cluster, repeat);
+        let denied_f = v6(ipv6("2001:db8::1", &dst, TCP, &tcp(61_001, port.wrapping_add(1).max(1), SYN)));
+        let denied = run_ns(&mut dp, programs::TC_EGRESS, &denied_f, repeat);
+        let other = v6(ipv6("2001:db8::1", "2001:db8:ffff::1", TCP, &tcp(61_002, 443, SYN)));
+        let unprotected = run_ns(&mut dp, programs::TC_EGRESS, &other, repeat);
+        let floor = run_ns(&mut dp, programs::TC_EGRESS, &arp, repeat);
+        let c = dp.counters().unwrap();
+        assert!(c.get(DIR_EGRESS, counter::DENIED) >= repeat as u64, "the denied packet was denied");
+        assert!(c.get(DIR_EGRESS, counter::CONNTRACK_HIT) >= repeat as u64, "the table-hit packet hit the table");
+        println!("| {n} | {hit:.1} | {rule:.1} | {new_flow:.1} | {denied:.1} | {unprotected:.1} | {floor:.1} |");
+    }
+    println!(
+        "\nIPv6 policies of n storage addresses with a port each (n peers and n rules). Table hit, rule, denied and unprotected: \
+         the kernel's mean over one run of {repeat} repetitions. New flow (rule lookup plus a connection-table insert): \
+         the mean of {new_flows} single-packet runs, each a new flow, minus the mean of as many single runs of a frame \
+         the program passes at once (the syscall's timing overhead). Denied packets pass the per-flow event gate (1 s).\n"
+    );
+}
+
+fn sh(ns: &str, cmd: &str) {
+    let ok = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).stdout(Stdio::null()).status().unwrap();
+    assert!(ok.success(), "{cmd}");
+}
+
+fn nft_rules(entries: &[(Ipv4Addr, u16)]) -> String {
+    let elems: Vec<String> = entries.iter().map(|(a, p)| format!("{a} . tcp . {p}")).collect();
+    let mut addrs: Vec<String> = entries.iter().map(|(a, _)| a.to_string()).collect();
+    addrs.sort();
+    addrs.dedup();
+    format!(
+        "table inet bench {{\n\
+         \tset egress {{\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\telements = {{ {} }}\n\t}}\n\
+         \tset protected {{\n\t\ttype ipv4_addr\n\t\telements = {{ {} }}\n\t}}\n\
+         \tchain output {{\n\t\ttype filter hook output priority filter; policy accept;\n\
+         \t\tip daddr . meta l4proto . th dport @egress accept\n\t\tip daddr @protected drop\n\t}}\n\
+         \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tct state established,related accept\n\t\tip saddr @protected drop\n\t}}\n}}\n",
+        elems.join(", "),
+        addrs.join(", ")
+    )
+}
+
+fn iptables_rules(entries: &[(Ipv4Addr, u16)]) -> String {
+    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    s.push_str("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    for (a, p) in entries {
+        s.push_str(&format!("-A OUTPUT -d {a}/32 -p tcp -m tcp --dport {p} -j ACCEPT\n"));
+    }
+    s.push_str("-A OUTPUT -d 192.0.2.2/32 -j DROP\nCOMMIT\n");
+    s
+}
+
+fn iperf(pair: &Pair, seconds: u32) -> f64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pair.node.name, "iperf3", "-c", "192.0.2.2", "-t", &seconds.to_string(), "-J"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "iperf3: {}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e9
+}
+
+fn throughput(smoke: bool) {
+    println!("## TCP throughput over a veth pair (iperf3, one stream, Gbit/s)\n");
+    let seconds = if smoke { 1 } else { 4 };
+    let pair = Pair::standard();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &pair.storage.name, "iperf3", "-s", "-B", "192.0.2.2"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let base = iperf(&pair, seconds);
+    println!("| entries | no filter | trident-ports | nftables (sets) | iptables (rules) |");
+    println!("|---:|---:|---:|---:|---:|");
+    let sizes: &[usize] = if smoke { &[10] } else { &[10, 1_000, 10_000] };
+    let node = pair.node.name.clone();
+    for &n in sizes {
+        let entries = v4_entries(n);
+        // trident-ports, in the node namespace, in process.
+        let tp = {
+            let node_if = pair.node_if.clone();
+            let policy = Policy {
+                role: "worker".into(),
+                entries: entries.iter().map(|(a, p)| entry(format!("{a}/32"), *p)).collect(),
+                ..Default::default()
+            };
+            let dp = pair.node.within(move || {
+                let mut dp = Datapath::load().unwrap();
+                dp.apply(&policy, 1_000_000_000).unwrap();
+                dp.attach(&node_if, Default::default(), Default::default()).unwrap();
+                dp
+            });
+            let g = iperf(&pair, seconds);
+            drop(dp);
+            g
+        };
+        let nft_file = std::env::temp_dir().join(format!("tp-bench-{}.nft", std::process::id()));
+        std::fs::write(&nft_file, nft_rules(&entries)).unwrap();
+        sh(&node, &format!("nft -f {}", nft_file.display()));
+        let nft = iperf(&pair, seconds);
+        sh(&node, "nft delete table inet bench");
+        let ipt_file = std::env::temp_dir().join(format!("tp-bench-{}.ipt", std::process::id()));
+        std::fs::write(&ipt_file, iptables_rules(&entries)).unwrap();
+        sh(&node, &format!("iptables-restore < {}", ipt_file.display()));
+        let ipt = iperf(&pair, seconds);
+        sh(&node, "iptables -F && iptables -X");
+        let pct = |g: f64| format!("{g:.2} ({:.0}%)", 100.0 * g / base);
+        println!("| {n} | {base:.2} | {} | {} | {} |", pct(tp), pct(nft), pct(ipt));
+        let _ = std::fs::remove_file(nft_file);
+        let _ = std::fs::remove_file(ipt_file);
+    }
+    println!("\nEach figure is one {seconds}-second iperf3 run from the node namespace to the storage namespace; the filters sit on the node side (trident-ports: TC egress and ingress programs; nftables/iptables: output and input hooks), with the iperf3 flow's entry last.\n");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn apply_and_events(smoke: bool) {
+    println!("## Policy switch, event stream, memory\n");
+    let n = if smoke { 10_000 } else { 100_000 };
+    let mut dp = Datapath::load().unwrap();
+    let p = v6_policy(n);
+    let t = Instant::now();
+    dp.apply(&p, 0).unwrap();
+    let first = t.elapsed();
+    let t = Instant::now();
+    dp.apply(&p, 0).unwrap();
+    let second = t.elapsed();
+    println!("- Applying a {n}-entry policy ({n} peers, {n} rules per direction as needed): {first:.2?} into empty maps, {second:.2?} as a switch from a running generation (write new, flip, delete old).");
+
+    // Events: a producer makes one denied packet per flow as fast as test runs go; the consumer
+    // drains the ring buffer into JSON lines as the agent does.
+    let mut rb = dp.take_events().unwrap();
+    let explainer = Explainer::new(&p);
+    let clock = Clock::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let duration = Duration::from_secs(if smoke { 1 } else { 3 });
+    let dst = "2001:db8:100::1".to_string();
+    let frames: Vec<Vec<u8>> = (0..60_000u16).map(|k| v6(ipv6("2001:db8::1", &dst, TCP, &tcp(1 + k, 9, SYN)))).collect();
+    let s = stop.clone();
+    let consumer = std::thread::spawn(move || {
+        let mut lines = 0u64;
+        let mut bytes = 0usize;
+        let mut out = Vec::with_capacity(1 << 20);
+        loop {
+            let mut got = false;
+            while let Some(item) = rb.next() {
+                got = true;
+                let ev = decode(&item).unwrap();
+                let mut rec = Record::from_event(&ev, &clock);
+                explainer.explain(&ev, &mut rec);
+                serde_json::to_writer(&mut out, &rec).unwrap();
+                out.push(b'\n');
+                lines += 1;
+                if out.len() > (1 << 20) {
+                    bytes += out.len();
+                    out.clear();
+                }
+            }
+            if !got && s.load(Ordering::Relaxed) {
+                break;
+            }
+            if !got {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        (lines, bytes + out.len())
+    });
+    let start = Instant::now();
+    let mut produced = 0u64;
+    while start.elapsed() < duration {
+        let f = &frames[(produced % frames.len() as u64) as usize];
+        run_ns(&mut dp, programs::TC_EGRESS, f, 1);
+        produced += 1;
+    }
+    let elapsed = start.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (lines, bytes) = consumer.join().unwrap();
+    let c = dp.counters().unwrap();
+    let lost = c.get(DIR_EGRESS, counter::EVENTS_LOST);
+    let suppressed = c.get(DIR_EGRESS, counter::EVENTS_SUPPRESSED);
+    println!(
+        "- Events: {produced} denied packets in {elapsed:.2?} ({:.0}/s), {lines} JSON lines written ({:.0} lines/s, {:.1} MB), {lost} lost, {suppressed} suppressed (flows repeat after 60,000).",
+        produced as f64 / elapsed.as_secs_f64(),
+        lines as f64 / elapsed.as_secs_f64(),
+        bytes as f64 / 1e6
+    );
+    drop(dp);
+    rss(n);
+}
+
+fn rss(n: usize) {
+    // The agent binary with an n-entry allow list, in its own namespace.
+    let pair = Pair::standard();
+    let dir = std::env::temp_dir().join(format!("tp-bench-rss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = String::from("events: {interval: 1s}\nallow:\n");
+    for (a, p) in v4_entries(n) {
+        cfg.push_str(&format!("  - {{dst: {a}, ports: {p}, proto: tcp, reason: bench}}\n"));
+    }
+    std::fs::write(dir.join("node.yaml"), cfg).unwrap();
+    for (label, config) in [("a 1-entry policy", None), (&*format!("a {n}-entry policy"), Some(dir.join("node.yaml")))] {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pair.node.name]).arg(trident_ports_tests::agent::binary()).arg("run");
+        let small = dir.join("small.yaml");
+        std::fs::write(&small, "allow:\n  - {dst: 192.0.2.2, ports: 2049, proto: tcp, reason: bench}\n").unwrap();
+        cmd.args(["--config", config.as_ref().unwrap_or(&small).to_str().unwrap(), "--iface", &pair.node_if, "--socket", dir.join("s.sock").to_str().unwrap()]);
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let t = Instant::now();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        use std::io::BufRead;
+        while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("attached") {
+            line.clear();
+        }
+        let ready = t.elapsed();
+        std::thread::sleep(Duration::from_millis(500));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap().split_whitespace().nth(1).unwrap().to_string();
+        println!("- Agent (release build) with {label}: {} MiB resident, attached {ready:.2?} after start.", rss.parse::<f64>().unwrap() / 1024.0);
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    println!();
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmarks load eBPF programs and create namespaces: run as root");
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    println!("# trident-ports benchmarks{}\n", if smoke { " (smoke)" } else { "" });
+    println!("Kernel {}, {} CPUs.\n", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim(), std::thread::available_parallelism().unwrap());
+    if want("packet") {
+        per_packet(smoke);
+    }
+    if want("throughput") {
+        throughput(smoke);
+    }
+    if want("events") {
+        apply_and_events(smoke);
+    }
+}
