@@ -258,11 +258,12 @@ const _: () = {
 };
 
 /// IPv4-mapped IPv6 form of an IPv4 address (network byte order in, 16 bytes out).
+///
+/// Built from an integer rather than an array literal: the literal's run of zero bytes makes
+/// LLVM call `memset`, whose pointer arithmetic kernels before 6.x reject in BPF.
 #[inline(always)]
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-    ]
+    ((0xffff_u128 << 32) | u32::from_be_bytes(octets) as u128).to_be_bytes()
 }
 
 #[cfg(feature = "user")]
@@ -280,4 +281,15 @@ mod pod {
     unsafe impl aya::Pod for GateKey {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    #[test]
+    fn v4_mapped_matches_the_standard_library() {
+        let a = std::net::Ipv4Addr::new(192, 0, 2, 7);
+        assert_eq!(super::v4_mapped(a.octets()), a.to_ipv6_mapped().octets());
+    }
 }

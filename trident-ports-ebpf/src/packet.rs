@@ -6,19 +6,38 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 pub const MAX_OFFSET: usize = 1024;
 
 pub trait Packet {
-    /// Reads a `T` at `off` bytes from the start of the frame, or `None` if the frame is shorter.
-    fn load<T: Copy>(&self, off: usize) -> Option<T>;
+    /// Reads a `T` at `off` bytes from the start of the frame; false when the frame is shorter,
+    /// and the value is then zero. Never an `Option`: LLVM computes an `Option`'s payload before
+    /// testing its tag, and a `None`'s undefined payload can sit in any register, even one that
+    /// holds a pointer, which verifiers before 6.x reject on paths they cannot prune.
+    fn read<T: Copy>(&self, off: usize) -> (bool, T);
     fn ifindex(&self) -> u32;
+}
+
+#[inline(always)]
+fn zeroed<T: Copy>() -> T {
+    // SAFETY: only used for the plain integer and byte-array types the parser reads.
+    unsafe { core::mem::MaybeUninit::<T>::zeroed().assume_init() }
 }
 
 impl Packet for TcContext {
     #[inline(always)]
-    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+    fn read<T: Copy>(&self, off: usize) -> (bool, T) {
+        let mut out = zeroed::<T>();
         if off > MAX_OFFSET {
-            return None;
+            return (false, out);
         }
         // bpf_skb_load_bytes also reads non-linear (paged) skb data.
-        TcContext::load::<T>(self, off).ok()
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `out`.
+        let ret = unsafe {
+            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+                self.skb.skb as *const core::ffi::c_void,
+                off as u32,
+                &mut out as *mut T as *mut core::ffi::c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        (ret == 0, out)
     }
 
     #[inline(always)]
@@ -33,26 +52,21 @@ impl Packet for XdpContext {
     /// direct reads at offsets that depend on header lengths, and the helper also reads
     /// multi-buffer frames.
     #[inline(always)]
-    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+    fn read<T: Copy>(&self, off: usize) -> (bool, T) {
+        let mut out = zeroed::<T>();
         if off > MAX_OFFSET {
-            return None;
+            return (false, out);
         }
-        let mut out = core::mem::MaybeUninit::<T>::uninit();
-        // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `out`.
         let ret = unsafe {
             aya_ebpf::helpers::generated::bpf_xdp_load_bytes(
                 self.ctx,
                 off as u32,
-                out.as_mut_ptr() as *mut core::ffi::c_void,
+                &mut out as *mut T as *mut core::ffi::c_void,
                 core::mem::size_of::<T>() as u32,
             )
         };
-        if ret == 0 {
-            // SAFETY: the helper succeeded, so every byte is written.
-            Some(unsafe { out.assume_init() })
-        } else {
-            None
-        }
+        (ret == 0, out)
     }
 
     #[inline(always)]

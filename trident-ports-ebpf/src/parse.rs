@@ -8,6 +8,17 @@ use trident_ports_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, v4_ma
 
 use crate::packet::Packet;
 
+/// Reads a `$t` at `$off`, or evaluates `$fail` (a `return`) when the frame is shorter.
+macro_rules! read {
+    ($pkt:expr, $t:ty, $off:expr, $fail:expr) => {{
+        let (ok, v) = $pkt.read::<$t>($off);
+        if !ok {
+            $fail
+        }
+        v
+    }};
+}
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -34,7 +45,8 @@ pub mod kind {
     pub const OTHER: u8 = 6;
 }
 
-#[repr(C)]
+/// Aligned so that address copies are word stores, not `memcpy`/`memset` calls.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Parsed {
     pub src: [u8; 16],
@@ -61,19 +73,14 @@ pub struct Parsed {
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &P, out: &mut Parsed) -> bool {
     let mut off = ETH_HLEN - 2;
-    let Some(mut ethertype) = pkt.load::<u16>(off).map(u16::from_be) else {
-        return false;
-    };
+    let mut ethertype = u16::from_be(read!(pkt, u16, off, return false));
     off += 2;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
         // A tag is 2 bytes of TCI followed by the next ethertype.
-        let Some(next) = pkt.load::<u16>(off + 2) else {
-            return false;
-        };
-        ethertype = u16::from_be(next);
+        ethertype = u16::from_be(read!(pkt, u16, off + 2, return false));
         off += 4;
     }
     out.kind = kind::TRUNCATED;
@@ -86,14 +93,10 @@ pub fn parse<P: Packet>(pkt: &P, out: &mut Parsed) -> bool {
 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
-    let (Some(vihl), Some(proto), Some(src), Some(dst)) = (
-        pkt.load::<u8>(off),
-        pkt.load::<u8>(off + 9),
-        pkt.load::<[u8; 4]>(off + 12),
-        pkt.load::<[u8; 4]>(off + 16),
-    ) else {
-        return false;
-    };
+    let vihl = read!(pkt, u8, off, return false);
+    let proto = read!(pkt, u8, off + 9, return false);
+    let src = read!(pkt, [u8; 4], off + 12, return false);
+    let dst = read!(pkt, [u8; 4], off + 16, return false);
     out.family = 4;
     out.src = v4_mapped(src);
     out.dst = v4_mapped(dst);
@@ -102,9 +105,7 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
     if vihl >> 4 != 4 || ihl < 20 {
         return true;
     }
-    let Some(frag) = pkt.load::<u16>(off + 6) else {
-        return true;
-    };
+    let frag = read!(pkt, u16, off + 6, return true);
     if u16::from_be(frag) & 0x1fff != 0 {
         out.kind = kind::LATER_FRAGMENT;
         return true;
@@ -115,33 +116,25 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
-    let (Some(src), Some(dst)) = (pkt.load::<[u8; 16]>(off + 8), pkt.load::<[u8; 16]>(off + 24))
-    else {
-        return false;
-    };
+    let src = read!(pkt, [u8; 16], off + 8, return false);
+    let dst = read!(pkt, [u8; 16], off + 24, return false);
     out.family = 6;
     out.src = src;
     out.dst = dst;
-    let Some(mut next) = pkt.load::<u8>(off + 6) else {
-        return true;
-    };
+    let mut next = read!(pkt, u8, off + 6, return true);
     let mut cur = off + 40;
     let mut found = false;
     for _ in 0..MAX_IPV6_EXT {
         match next {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let Some(hdr) = pkt.load::<[u8; 2]>(cur) else {
-                    return true;
-                };
+                let hdr = read!(pkt, [u8; 2], cur, return true);
                 next = hdr[0];
                 cur += (hdr[1] as usize + 1) * 8;
             }
             // Fragment header: 8 bytes; offset in the upper 13 bits of bytes 2..4.
             44 => {
-                let Some(hdr) = pkt.load::<[u8; 4]>(cur) else {
-                    return true;
-                };
+                let hdr = read!(pkt, [u8; 4], cur, return true);
                 next = hdr[0];
                 if u16::from_be_bytes([hdr[2], hdr[3]]) >> 3 != 0 {
                     out.proto = next;
@@ -152,9 +145,7 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
             }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
-                let Some(hdr) = pkt.load::<[u8; 2]>(cur) else {
-                    return true;
-                };
+                let hdr = read!(pkt, [u8; 2], cur, return true);
                 next = hdr[0];
                 cur += (hdr[1] as usize + 2) * 4;
             }
@@ -176,7 +167,9 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
 fn parse_l4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) {
     match out.proto {
         PROTO_TCP => {
-            if let (Some(p), Some(flags)) = (pkt.load::<[u8; 4]>(off), pkt.load::<u8>(off + 13)) {
+            let (ok_ports, p) = pkt.read::<[u8; 4]>(off);
+            let (ok_flags, flags) = pkt.read::<u8>(off + 13);
+            if ok_ports && ok_flags {
                 out.sport = u16::from_be_bytes([p[0], p[1]]);
                 out.dport = u16::from_be_bytes([p[2], p[3]]);
                 out.tcp_flags = flags;
@@ -184,7 +177,8 @@ fn parse_l4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) {
             }
         }
         PROTO_UDP => {
-            if let Some(p) = pkt.load::<[u8; 4]>(off) {
+            let (ok, p) = pkt.read::<[u8; 4]>(off);
+            if ok {
                 out.sport = u16::from_be_bytes([p[0], p[1]]);
                 out.dport = u16::from_be_bytes([p[2], p[3]]);
                 out.kind = kind::PORTS;
@@ -198,9 +192,7 @@ fn parse_l4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) {
 
 #[inline(always)]
 fn parse_icmp<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) {
-    let Some(ty) = pkt.load::<u8>(off) else {
-        return;
-    };
+    let ty = read!(pkt, u8, off, return);
     let (informational, error) = if v6 {
         // 1-4: errors; 128/129 echo; 130-137 MLD, router/neighbour discovery; 143 MLDv2.
         (matches!(ty, 128..=137 | 143), matches!(ty, 1..=4))
@@ -222,26 +214,15 @@ fn parse_icmp<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) {
 fn parse_quoted<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) -> bool {
     let l4off;
     if v6 {
-        let (Some(src), Some(dst), Some(proto)) = (
-            pkt.load::<[u8; 16]>(off + 8),
-            pkt.load::<[u8; 16]>(off + 24),
-            pkt.load::<u8>(off + 6),
-        ) else {
-            return false;
-        };
-        out.q_src = src;
-        out.q_dst = dst;
-        out.q_proto = proto;
+        out.q_src = read!(pkt, [u8; 16], off + 8, return false);
+        out.q_dst = read!(pkt, [u8; 16], off + 24, return false);
+        out.q_proto = read!(pkt, u8, off + 6, return false);
         l4off = off + 40;
     } else {
-        let (Some(vihl), Some(src), Some(dst), Some(proto)) = (
-            pkt.load::<u8>(off),
-            pkt.load::<[u8; 4]>(off + 12),
-            pkt.load::<[u8; 4]>(off + 16),
-            pkt.load::<u8>(off + 9),
-        ) else {
-            return false;
-        };
+        let vihl = read!(pkt, u8, off, return false);
+        let src = read!(pkt, [u8; 4], off + 12, return false);
+        let dst = read!(pkt, [u8; 4], off + 16, return false);
+        let proto = read!(pkt, u8, off + 9, return false);
         let ihl = ((vihl & 0x0f) as usize) * 4;
         if ihl < 20 {
             return false;
@@ -254,9 +235,7 @@ fn parse_quoted<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) -> b
     if out.q_proto != PROTO_TCP && out.q_proto != PROTO_UDP {
         return false;
     }
-    let Some(p) = pkt.load::<[u8; 4]>(l4off) else {
-        return false;
-    };
+    let p = read!(pkt, [u8; 4], l4off, return false);
     out.q_sport = u16::from_be_bytes([p[0], p[1]]);
     out.q_dport = u16::from_be_bytes([p[2], p[3]]);
     true
