@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | build | run | test`.
 mod demo;
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -32,6 +33,9 @@ enum Cmd {
     },
     /// Run every test: unit tests and the privileged integration tests (root).
     Test {
+        /// Run the privileged suites in a QEMU VM per kernel instead (5.10, 6.1, 6.12).
+        #[arg(long, num_args = 1.., value_name = "KERNEL")]
+        vm: Vec<String>,
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -114,7 +118,11 @@ fn main() -> anyhow::Result<()> {
             let agent = build(false)?;
             demo::run(&agent, seconds)
         }
-        Cmd::Test { args } => {
+        Cmd::Test { vm, args } if !vm.is_empty() => {
+            let agent = build(false)?;
+            vm::test(&vm, &agent, &args)
+        }
+        Cmd::Test { vm: _, args } => {
             build(false)?;
             validate_manifests()?;
             let mut c = cargo();
