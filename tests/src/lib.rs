@@ -21,3 +21,24 @@ pub fn require_root(test: &str) -> bool {
     eprintln!("skipping {test}: needs root");
     false
 }
+
+/// The running kernel's (major, minor).
+pub fn kernel() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = r.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// False (with the reason printed) when the kernel predates a feature a test needs: the only
+/// skip allowed under CI=true, since the feature does not exist there.
+pub fn kernel_has(test: &str, at_least: (u32, u32), feature: &str) -> bool {
+    let k = kernel();
+    if k >= at_least {
+        return true;
+    }
+    eprintln!("skipping {test} on kernel {}.{}: {feature} needs {}.{}", k.0, k.1, at_least.0, at_least.1);
+    false
+}
+
+/// XDP ingress needs bpf_xdp_load_bytes.
+pub const XDP_KERNEL: (u32, u32) = (5, 18);

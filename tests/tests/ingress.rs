@@ -95,7 +95,7 @@ fn ingress_with_tc() {
 
 #[test]
 fn ingress_with_xdp() {
-    if require_root("ingress_with_xdp") {
+    if require_root("ingress_with_xdp") && trident_ports_tests::kernel_has("ingress_with_xdp", trident_ports_tests::XDP_KERNEL, "bpf_xdp_load_bytes") {
         ingress_checks(&["--ingress", "xdp"], "ingress-xdp");
     }
 }

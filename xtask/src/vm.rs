@@ -217,7 +217,7 @@ fn initramfs(kernel_root: &Path, release: &str, agent: &Path, bins: &[(String, P
     let mut runs = String::new();
     for (name, _) in bins {
         runs.push_str(&format!(
-            "echo \"VM-SUITE-BEGIN {name}\"; ./{name} --test-threads=1 {}; echo \"VM-SUITE-END {name} $?\"\n",
+            "echo \"VM-SUITE-BEGIN {name}\"; ./{name} --test-threads=1 --show-output {}; echo \"VM-SUITE-END {name} $?\"\n",
             filter.join(" ")
         ));
     }
