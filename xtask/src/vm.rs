@@ -24,6 +24,7 @@ const KERNELS: &[Kernel] = &[
     Kernel { name: "5.10", suite: "bullseye", prefix: "linux-image-5.10.0-" },
     Kernel { name: "6.1", suite: "bookworm", prefix: "linux-image-6.1.0-" },
     Kernel { name: "6.12", suite: "bookworm-backports", prefix: "linux-image-6.12." },
+    Kernel { name: "7", suite: "sid", prefix: "linux-image-7." },
 ];
 
 /// Test binaries run in the guest, and what each needs.
@@ -98,17 +99,31 @@ fn fetch(k: &Kernel) -> anyhow::Result<(PathBuf, String)> {
         .collect();
     names.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
     let pkg = names.last().with_context(|| format!("no {}*-amd64 package in {}", k.prefix, k.suite))?;
-    run_checked(Command::new("apt-get").args(&opts).args(["-qq", "download", pkg]).current_dir(&dir))
-        .with_context(|| format!("downloading {pkg}"))?;
-    let deb = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(pkg.as_str())) && p.extension().is_some_and(|x| x == "deb"))
-        .context("downloaded package not found")?;
+    // Newer kernels split the image into linux-binary-<version> (vmlinuz) and
+    // linux-modules-<version> (modules) besides linux-image-<version>.
+    let mut wanted = vec![pkg.clone()];
+    for part in ["linux-binary-", "linux-modules-"] {
+        let companion = pkg.replacen("linux-image-", part, 1);
+        let listed = String::from_utf8_lossy(&Command::new("apt-cache").args(&opts).args(["pkgnames", &companion]).output()?.stdout)
+            .lines()
+            .any(|l| l == companion);
+        if listed {
+            wanted.push(companion);
+        }
+    }
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    let _ = std::fs::remove_file(&deb);
+    for p in &wanted {
+        run_checked(Command::new("apt-get").args(&opts).args(["-qq", "download", p]).current_dir(&dir))
+            .with_context(|| format!("downloading {p}"))?;
+        let deb = std::fs::read_dir(&dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{p}_"))) && f.extension().is_some_and(|x| x == "deb"))
+            .context("downloaded package not found")?;
+        run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        let _ = std::fs::remove_file(&deb);
+    }
     let release = unpacked_release(&root).context("no kernel image in the package")?;
     eprintln!("vm: {pkg} ({release}) fetched in {:.1?}", started.elapsed());
     Ok((root, release))
@@ -118,10 +133,38 @@ fn version_key(name: &str) -> Vec<u64> {
     name.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok()).collect()
 }
 
+/// The kernel image and its release: /boot/vmlinuz-<release>, or on merged-/usr packages
+/// /usr/lib/modules/<release>/vmlinuz.
+fn kernel_image(root: &Path) -> Option<(PathBuf, String)> {
+    if let Ok(rd) = std::fs::read_dir(root.join("boot")) {
+        for e in rd.flatten() {
+            if let Some(rel) = e.file_name().to_string_lossy().strip_prefix("vmlinuz-") {
+                return Some((e.path(), rel.to_string()));
+            }
+        }
+    }
+    for base in ["usr/lib/modules", "lib/modules"] {
+        for e in std::fs::read_dir(root.join(base)).ok()?.flatten() {
+            let image = e.path().join("vmlinuz");
+            if image.is_file() {
+                return Some((image, e.file_name().to_string_lossy().into_owned()));
+            }
+        }
+    }
+    None
+}
+
 fn unpacked_release(root: &Path) -> Option<String> {
-    std::fs::read_dir(root.join("boot")).ok()?.flatten().find_map(|e| {
-        e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_string)
-    })
+    kernel_image(root).map(|(_, r)| r)
+}
+
+fn vmlinuz(root: &Path) -> Option<PathBuf> {
+    kernel_image(root).map(|(p, _)| p)
+}
+
+fn modules_dir(root: &Path, release: &str) -> PathBuf {
+    let merged = root.join("usr/lib/modules").join(release).join("kernel");
+    if merged.exists() { merged } else { root.join("lib/modules").join(release).join("kernel") }
 }
 
 /// The test binaries cargo built, by suite name.
@@ -198,7 +241,7 @@ fn initramfs(kernel_root: &Path, release: &str, agent: &Path, bins: &[(String, P
         std::fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
     }
     // veth, clsact and cls_bpf are modules in Debian's kernels; compressed ones are unpacked.
-    let modules = kernel_root.join("lib/modules").join(release).join("kernel");
+    let modules = modules_dir(kernel_root, release);
     for m in ["drivers/net/veth.ko", "net/sched/sch_ingress.ko", "net/sched/cls_bpf.ko"] {
         let name = Path::new(m).file_name().unwrap();
         let plain = modules.join(m);
@@ -274,7 +317,7 @@ pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Resu
             .arg("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
             .arg("-kernel")
-            .arg(root.join("boot").join(format!("vmlinuz-{release}")))
+            .arg(vmlinuz(&root).context("no vmlinuz")?)
             .arg("-initrd")
             .arg(&image)
             .args(["-append", "console=ttyS0 panic=-1 quiet"])
