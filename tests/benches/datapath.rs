@@ -46,7 +46,14 @@ fn v6_policy(n: usize) -> Policy {
     Policy {
         role: "worker".into(),
         mode: Mode::Enforce,
-        entries: (0..n).map(|i| entry(format!("{}/128", Ipv6Addr::from(base + i as u128)), 1024 + (i % 60_000) as u16)).collect(),
+        entries: (0..n)
+            .map(|i| {
+                entry(
+                    format!("{}/128", Ipv6Addr::from(base + i as u128)),
+                    1024 + (i % 60_000) as u16,
+                )
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -57,7 +64,11 @@ fn v4_entries(n: usize) -> Vec<(Ipv4Addr, u16)> {
     let mut v: Vec<(Ipv4Addr, u16)> = (0..n.saturating_sub(1))
         .map(|i| {
             let host = i % 508;
-            let net = if host < 254 { [198, 51, 100, 1 + host as u8] } else { [203, 0, 113, 1 + (host - 254) as u8] };
+            let net = if host < 254 {
+                [198, 51, 100, 1 + host as u8]
+            } else {
+                [203, 0, 113, 1 + (host - 254) as u8]
+            };
             (Ipv4Addr::from(net), 10_000 + (i / 508) as u16)
         })
         .collect();
@@ -66,17 +77,29 @@ fn v4_entries(n: usize) -> Vec<(Ipv4Addr, u16)> {
 }
 
 fn run_ns(dp: &mut Datapath, prog: &str, frame: &[u8], repeat: u32) -> f64 {
-    let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
-    let Program::SchedClassifier(p) = dp.program_mut(prog).unwrap() else { unreachable!() };
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    };
+    let Program::SchedClassifier(p) = dp.program_mut(prog).unwrap() else {
+        unreachable!()
+    };
     let r = SchedClassifier::test_run(p, opts).expect("test run");
     r.duration.as_nanos() as f64
 }
 
 fn per_packet(smoke: bool) {
     println!("## Cost per packet (BPF_PROG_TEST_RUN, ns/packet)\n");
-    println!("| entries | allowed, table hit | allowed by rule (no table) | allowed, new flow | denied | unprotected | not IP (floor) |");
+    println!(
+        "| entries | allowed, table hit | allowed by rule (no table) | allowed, new flow | denied | unprotected | not IP (floor) |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    let sizes: &[usize] = if smoke { &[10, 1_000] } else { &[10, 1_000, 100_000] };
+    let sizes: &[usize] = if smoke {
+        &[10, 1_000]
+    } else {
+        &[10, 1_000, 100_000]
+    };
     let repeat = if smoke { 100_000 } else { 5_000_000 };
     let new_flows = if smoke { 2_000 } else { 50_000 };
     for &n in sizes {
@@ -93,11 +116,17 @@ fn per_packet(smoke: bool) {
             backend: None,
             source: "bench".into(),
         });
-        p.guarded.push(trident_ports_agent::policy::Guard { port: 8000, proto: Proto::Tcp, purpose: "bench".into() });
+        p.guarded.push(trident_ports_agent::policy::Guard {
+            port: 8000,
+            proto: Proto::Tcp,
+            purpose: "bench".into(),
+        });
         dp.apply(&p, 1_000_000_000).unwrap();
         // The last entry: the one inserted last into the maps.
         let i = n - 1;
-        let dst = Ipv6Addr::from(u128::from("2001:db8:100::".parse::<Ipv6Addr>().unwrap()) + i as u128).to_string();
+        let dst =
+            Ipv6Addr::from(u128::from("2001:db8:100::".parse::<Ipv6Addr>().unwrap()) + i as u128)
+                .to_string();
         let port = 1024 + (i % 60_000) as u16;
         // The kernel reports the mean per run; a single run also carries the syscall's own
         // timing overhead, which a frame the programs pass at once (ARP) measures.
@@ -111,22 +140,52 @@ fn per_packet(smoke: bool) {
             total / count as f64
         };
         let baseline = single(&mut dp, &mut std::iter::repeat_n(arp.clone(), new_flows));
-        let mut flows = (0..new_flows).map(|k| v6(ipv6("2001:db8::1", &dst, TCP, &tcp(1 + (k % 60_000) as u16, port, SYN))));
+        let mut flows = (0..new_flows).map(|k| {
+            v6(ipv6(
+                "2001:db8::1",
+                &dst,
+                TCP,
+                &tcp(1 + (k % 60_000) as u16, port, SYN),
+            ))
+        });
         let new_flow = single(&mut dp, &mut flows) - baseline;
         let f = v6(ipv6("2001:db8::1", &dst, TCP, &tcp(61_000, port, ACK)));
         run_ns(&mut dp, programs::TC_EGRESS, &f, 1);
         let hit = run_ns(&mut dp, programs::TC_EGRESS, &f, repeat);
-        let cluster = v6(ipv6("2001:db8:ffff:1::5", "2001:db8::1", TCP, &tcp(50_000, 8000, SYN)));
+        let cluster = v6(ipv6(
+            "2001:db8:ffff:1::5",
+            "2001:db8::1",
+            TCP,
+            &tcp(50_000, 8000, SYN),
+        ));
         let rule = run_ns(&mut dp, programs::TC_INGRESS, &cluster, repeat);
-        let denied_f = v6(ipv6("2001:db8::1", &dst, TCP, &tcp(61_001, port.wrapping_add(1).max(1), SYN)));
+        let denied_f = v6(ipv6(
+            "2001:db8::1",
+            &dst,
+            TCP,
+            &tcp(61_001, port.wrapping_add(1).max(1), SYN),
+        ));
         let denied = run_ns(&mut dp, programs::TC_EGRESS, &denied_f, repeat);
-        let other = v6(ipv6("2001:db8::1", "2001:db8:ffff::1", TCP, &tcp(61_002, 443, SYN)));
+        let other = v6(ipv6(
+            "2001:db8::1",
+            "2001:db8:ffff::1",
+            TCP,
+            &tcp(61_002, 443, SYN),
+        ));
         let unprotected = run_ns(&mut dp, programs::TC_EGRESS, &other, repeat);
         let floor = run_ns(&mut dp, programs::TC_EGRESS, &arp, repeat);
         let c = dp.counters().unwrap();
-        assert!(c.get(DIR_EGRESS, counter::DENIED) >= repeat as u64, "the denied packet was denied");
-        assert!(c.get(DIR_EGRESS, counter::CONNTRACK_HIT) >= repeat as u64, "the table-hit packet hit the table");
-        println!("| {n} | {hit:.1} | {rule:.1} | {new_flow:.1} | {denied:.1} | {unprotected:.1} | {floor:.1} |");
+        assert!(
+            c.get(DIR_EGRESS, counter::DENIED) >= repeat as u64,
+            "the denied packet was denied"
+        );
+        assert!(
+            c.get(DIR_EGRESS, counter::CONNTRACK_HIT) >= repeat as u64,
+            "the table-hit packet hit the table"
+        );
+        println!(
+            "| {n} | {hit:.1} | {rule:.1} | {new_flow:.1} | {denied:.1} | {unprotected:.1} | {floor:.1} |"
+        );
     }
     println!(
         "\nIPv6 policies of n storage addresses with a port each (n peers and n rules). Table hit, rule, denied and unprotected: \
@@ -137,12 +196,19 @@ fn per_packet(smoke: bool) {
 }
 
 fn sh(ns: &str, cmd: &str) {
-    let ok = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).stdout(Stdio::null()).status().unwrap();
+    let ok = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", cmd])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(ok.success(), "{cmd}");
 }
 
 fn nft_rules(entries: &[(Ipv4Addr, u16)]) -> String {
-    let elems: Vec<String> = entries.iter().map(|(a, p)| format!("{a} . tcp . {p}")).collect();
+    let elems: Vec<String> = entries
+        .iter()
+        .map(|(a, p)| format!("{a} . tcp . {p}"))
+        .collect();
     let mut addrs: Vec<String> = entries.iter().map(|(a, _)| a.to_string()).collect();
     addrs.sort();
     addrs.dedup();
@@ -160,10 +226,13 @@ fn nft_rules(entries: &[(Ipv4Addr, u16)]) -> String {
 }
 
 fn iptables_rules(entries: &[(Ipv4Addr, u16)]) -> String {
-    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let mut s =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     s.push_str("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
     for (a, p) in entries {
-        s.push_str(&format!("-A OUTPUT -d {a}/32 -p tcp -m tcp --dport {p} -j ACCEPT\n"));
+        s.push_str(&format!(
+            "-A OUTPUT -d {a}/32 -p tcp -m tcp --dport {p} -j ACCEPT\n"
+        ));
     }
     s.push_str("-A OUTPUT -d 192.0.2.2/32 -j DROP\nCOMMIT\n");
     s
@@ -171,12 +240,29 @@ fn iptables_rules(entries: &[(Ipv4Addr, u16)]) -> String {
 
 fn iperf(pair: &Pair, seconds: u32) -> f64 {
     let out = Command::new("ip")
-        .args(["netns", "exec", &pair.node.name, "iperf3", "-c", "192.0.2.2", "-t", &seconds.to_string(), "-J"])
+        .args([
+            "netns",
+            "exec",
+            &pair.node.name,
+            "iperf3",
+            "-c",
+            "192.0.2.2",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "iperf3: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e9
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+        / 1e9
 }
 
 fn throughput(smoke: bool) {
@@ -184,7 +270,15 @@ fn throughput(smoke: bool) {
     let seconds = if smoke { 1 } else { 4 };
     let pair = Pair::standard();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &pair.storage.name, "iperf3", "-s", "-B", "192.0.2.2"])
+        .args([
+            "netns",
+            "exec",
+            &pair.storage.name,
+            "iperf3",
+            "-s",
+            "-B",
+            "192.0.2.2",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -201,13 +295,17 @@ fn throughput(smoke: bool) {
             let node_if = pair.node_if.clone();
             let policy = Policy {
                 role: "worker".into(),
-                entries: entries.iter().map(|(a, p)| entry(format!("{a}/32"), *p)).collect(),
+                entries: entries
+                    .iter()
+                    .map(|(a, p)| entry(format!("{a}/32"), *p))
+                    .collect(),
                 ..Default::default()
             };
             let dp = pair.node.within(move || {
                 let mut dp = Datapath::load().unwrap();
                 dp.apply(&policy, 1_000_000_000).unwrap();
-                dp.attach(&node_if, Default::default(), Default::default()).unwrap();
+                dp.attach(&node_if, Default::default(), Default::default())
+                    .unwrap();
                 dp
             });
             let g = iperf(&pair, seconds);
@@ -225,11 +323,18 @@ fn throughput(smoke: bool) {
         let ipt = iperf(&pair, seconds);
         sh(&node, "iptables -F && iptables -X");
         let pct = |g: f64| format!("{g:.2} ({:.0}%)", 100.0 * g / base);
-        println!("| {n} | {base:.2} | {} | {} | {} |", pct(tp), pct(nft), pct(ipt));
+        println!(
+            "| {n} | {base:.2} | {} | {} | {} |",
+            pct(tp),
+            pct(nft),
+            pct(ipt)
+        );
         let _ = std::fs::remove_file(nft_file);
         let _ = std::fs::remove_file(ipt_file);
     }
-    println!("\nEach figure is one {seconds}-second iperf3 run from the node namespace to the storage namespace; the filters sit on the node side (trident-ports: TC egress and ingress programs; nftables/iptables: output and input hooks), with the iperf3 flow's entry last.\n");
+    println!(
+        "\nEach figure is one {seconds}-second iperf3 run from the node namespace to the storage namespace; the filters sit on the node side (trident-ports: TC egress and ingress programs; nftables/iptables: output and input hooks), with the iperf3 flow's entry last.\n"
+    );
     let _ = server.kill();
     let _ = server.wait();
 }
@@ -245,7 +350,9 @@ fn apply_and_events(smoke: bool) {
     let t = Instant::now();
     dp.apply(&p, 0).unwrap();
     let second = t.elapsed();
-    println!("- Applying a {n}-entry policy ({n} peers, {n} rules per direction as needed): {first:.2?} into empty maps, {second:.2?} as a switch from a running generation (write new, flip, delete old).");
+    println!(
+        "- Applying a {n}-entry policy ({n} peers, {n} rules per direction as needed): {first:.2?} into empty maps, {second:.2?} as a switch from a running generation (write new, flip, delete old)."
+    );
 
     // Events: a producer makes one denied packet per flow as fast as test runs go; the consumer
     // drains the ring buffer into JSON lines as the agent does.
@@ -255,7 +362,9 @@ fn apply_and_events(smoke: bool) {
     let stop = Arc::new(AtomicBool::new(false));
     let duration = Duration::from_secs(if smoke { 1 } else { 3 });
     let dst = "2001:db8:100::1".to_string();
-    let frames: Vec<Vec<u8>> = (0..60_000u16).map(|k| v6(ipv6("2001:db8::1", &dst, TCP, &tcp(1 + k, 9, SYN)))).collect();
+    let frames: Vec<Vec<u8>> = (0..60_000u16)
+        .map(|k| v6(ipv6("2001:db8::1", &dst, TCP, &tcp(1 + k, 9, SYN))))
+        .collect();
     let s = stop.clone();
     let consumer = std::thread::spawn(move || {
         let mut lines = 0u64;
@@ -316,16 +425,38 @@ fn rss(n: usize) {
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = String::from("events: {interval: 1s}\nallow:\n");
     for (a, p) in v4_entries(n) {
-        cfg.push_str(&format!("  - {{dst: {a}, ports: {p}, proto: tcp, reason: bench}}\n"));
+        cfg.push_str(&format!(
+            "  - {{dst: {a}, ports: {p}, proto: tcp, reason: bench}}\n"
+        ));
     }
     std::fs::write(dir.join("node.yaml"), cfg).unwrap();
-    for (label, config) in [("a 1-entry policy", None), (&*format!("a {n}-entry policy"), Some(dir.join("node.yaml")))] {
+    for (label, config) in [
+        ("a 1-entry policy", None),
+        (&*format!("a {n}-entry policy"), Some(dir.join("node.yaml"))),
+    ] {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pair.node.name]).arg(trident_ports_tests::agent::binary()).arg("run");
+        cmd.args(["netns", "exec", &pair.node.name])
+            .arg(trident_ports_tests::agent::binary())
+            .arg("run");
         let small = dir.join("small.yaml");
-        std::fs::write(&small, "allow:\n  - {dst: 192.0.2.2, ports: 2049, proto: tcp, reason: bench}\n").unwrap();
-        cmd.args(["--config", config.as_ref().unwrap_or(&small).to_str().unwrap(), "--iface", &pair.node_if, "--socket", dir.join("s.sock").to_str().unwrap()]);
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        std::fs::write(
+            &small,
+            "allow:\n  - {dst: 192.0.2.2, ports: 2049, proto: tcp, reason: bench}\n",
+        )
+        .unwrap();
+        cmd.args([
+            "--config",
+            config.as_ref().unwrap_or(&small).to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+            "--socket",
+            dir.join("s.sock").to_str().unwrap(),
+        ]);
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let t = Instant::now();
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
@@ -336,8 +467,18 @@ fn rss(n: usize) {
         let ready = t.elapsed();
         std::thread::sleep(Duration::from_millis(500));
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-        let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap().split_whitespace().nth(1).unwrap().to_string();
-        println!("- Agent (release build) with {label}: {} MiB resident, attached {ready:.2?} after start.", rss.parse::<f64>().unwrap() / 1024.0);
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        println!(
+            "- Agent (release build) with {label}: {} MiB resident, attached {ready:.2?} after start.",
+            rss.parse::<f64>().unwrap() / 1024.0
+        );
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();
     }
@@ -347,12 +488,28 @@ fn rss(n: usize) {
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmarks load eBPF programs and create namespaces: run as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the benchmarks load eBPF programs and create namespaces: run as root"
+    );
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    println!("# trident-ports benchmarks{}\n", if smoke { " (smoke)" } else { "" });
-    println!("Kernel {}, {} CPUs.\n", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim(), std::thread::available_parallelism().unwrap());
+    println!(
+        "# trident-ports benchmarks{}\n",
+        if smoke { " (smoke)" } else { "" }
+    );
+    println!(
+        "Kernel {}, {} CPUs.\n",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim(),
+        std::thread::available_parallelism().unwrap()
+    );
     if want("packet") {
         per_packet(smoke);
     }

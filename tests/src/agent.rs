@@ -18,7 +18,11 @@ pub fn binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug/trident-ports-agent");
-    assert!(p.exists(), "{} is missing: run `cargo xtask test`, which builds it", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask test`, which builds it",
+        p.display()
+    );
     p
 }
 
@@ -34,12 +38,17 @@ impl Agent {
     /// Starts `trident-ports-agent <args>` in `ns` and waits until it has attached.
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
         let mut cmd = ns.command(binary().to_str().unwrap());
-        let socket = std::env::temp_dir().join(format!("{}.sock", crate::netns::unique("tp-agent-")));
+        let socket =
+            std::env::temp_dir().join(format!("{}.sock", crate::netns::unique("tp-agent-")));
         let mut args: Vec<&str> = args.to_vec();
         if args.first() == Some(&"run") && !args.contains(&"--socket") {
             args.extend(["--socket", socket.to_str().unwrap()]);
         }
-        cmd.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        cmd.args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
         let mut child = cmd.spawn().expect("starting the agent");
         let events = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -47,7 +56,8 @@ impl Agent {
         let ev = events.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
                 ev.lock().unwrap().push(v);
             }
         });
@@ -60,7 +70,12 @@ impl Agent {
                 s.push('\n');
             }
         });
-        let mut agent = Agent { child: Some(child), socket, events, stderr };
+        let mut agent = Agent {
+            child: Some(child),
+            socket,
+            events,
+            stderr,
+        };
         agent.wait_for_log("attached", Duration::from_secs(20));
         agent
     }
@@ -72,11 +87,17 @@ impl Agent {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent exited ({status}) before `{needle}`:\n{}", self.stderr.lock().unwrap());
+                panic!(
+                    "agent exited ({status}) before `{needle}`:\n{}",
+                    self.stderr.lock().unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("agent did not log `{needle}` within {timeout:?}:\n{}", self.stderr.lock().unwrap());
+        panic!(
+            "agent did not log `{needle}` within {timeout:?}:\n{}",
+            self.stderr.lock().unwrap()
+        );
     }
 
     /// Waits until at least `n` events arrived, and returns all of them.
@@ -104,7 +125,11 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "agent exited with {status}:\n{}", self.stderr.lock().unwrap());
+                assert!(
+                    status.success(),
+                    "agent exited with {status}:\n{}",
+                    self.stderr.lock().unwrap()
+                );
                 return;
             }
             assert!(Instant::now() < deadline, "agent did not stop");

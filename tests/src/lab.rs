@@ -37,9 +37,25 @@ impl Lab {
     /// 2001:db8::1.
     pub fn start() -> Self {
         let serial = LAB.lock().unwrap_or_else(|e| e.into_inner());
-        for tool in ["ganesha.nfsd", "rpcbind", "rpc.statd", "tgtd", "smbd", "nfs-ls", "iscsi-inq", "smbclient", "curl", "openssl"] {
+        for tool in [
+            "ganesha.nfsd",
+            "rpcbind",
+            "rpc.statd",
+            "tgtd",
+            "smbd",
+            "nfs-ls",
+            "iscsi-inq",
+            "smbclient",
+            "curl",
+            "openssl",
+        ] {
             assert!(
-                Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().unwrap().success(),
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {tool}")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success(),
                 "{tool} is missing: .ci/run installs the lab's Debian packages"
             );
         }
@@ -49,7 +65,12 @@ impl Lab {
         });
         let dir = std::env::temp_dir().join(unique("tp-lab-"));
         std::fs::create_dir_all(dir.join("export")).unwrap();
-        let mut lab = Lab { pair, dir, children: Vec::new(), _serial: serial };
+        let mut lab = Lab {
+            pair,
+            dir,
+            children: Vec::new(),
+            _serial: serial,
+        };
         lab.start_nfs();
         lab.start_iscsi();
         lab.start_smb();
@@ -117,10 +138,21 @@ impl Lab {
             std::fs::create_dir_all(self.dir.join("smb").join(sub)).unwrap();
         }
         write(&self.dir.join("smb/share/smb.txt"), "smb\n");
-        let _ = Command::new("chmod").args(["777", &format!("{d}/smb/share")]).status();
+        let _ = Command::new("chmod")
+            .args(["777", &format!("{d}/smb/share")])
+            .status();
         // samba needs a real unix account behind its user.
-        if !Command::new("id").arg(CHAP_USER).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success() {
-            let _ = Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", CHAP_USER]).status();
+        if !Command::new("id")
+            .arg(CHAP_USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            let _ = Command::new("useradd")
+                .args(["-M", "-s", "/usr/sbin/nologin", CHAP_USER])
+                .status();
         }
         let conf = self.dir.join("smb.conf");
         write(
@@ -141,16 +173,30 @@ impl Lab {
             .spawn()
             .unwrap();
         use std::io::Write;
-        add.stdin.take().unwrap().write_all(format!("{CHAP_SECRET}\n{CHAP_SECRET}\n").as_bytes()).unwrap();
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{CHAP_SECRET}\n{CHAP_SECRET}\n").as_bytes())
+            .unwrap();
         assert!(add.wait().unwrap().success(), "smbpasswd");
-        self.spawn_in_storage(&format!("exec smbd -F --no-process-group -s {d}/smb.conf"), "smbd.out");
+        self.spawn_in_storage(
+            &format!("exec smbd -F --no-process-group -s {d}/smb.conf"),
+            "smbd.out",
+        );
     }
 
     fn start_https(&mut self) {
         let d = self.dir.display().to_string();
         let ok = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lab"])
-            .args(["-keyout", &format!("{d}/key.pem"), "-out", &format!("{d}/cert.pem")])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lab",
+            ])
+            .args([
+                "-keyout",
+                &format!("{d}/key.pem"),
+                "-out",
+                &format!("{d}/cert.pem"),
+            ])
             .stderr(Stdio::null())
             .status()
             .unwrap();
@@ -169,8 +215,21 @@ impl Lab {
         let checks: [(&str, &[&str]); 4] = [
             ("nfs", &["nfs-ls", "nfs://192.0.2.2/export?version=4"]),
             ("iscsi", &["iscsi-inq", &self.iscsi_url("192.0.2.2")]),
-            ("smb", &["smbclient", "//192.0.2.2/share", "-U", "labuser%labsecret123", "-c", "ls"]),
-            ("https", &["curl", "-skf", "-o", "/dev/null", "https://192.0.2.2:8443/"]),
+            (
+                "smb",
+                &[
+                    "smbclient",
+                    "//192.0.2.2/share",
+                    "-U",
+                    "labuser%labsecret123",
+                    "-c",
+                    "ls",
+                ],
+            ),
+            (
+                "https",
+                &["curl", "-skf", "-o", "/dev/null", "https://192.0.2.2:8443/"],
+            ),
         ];
         for (what, cmd) in checks {
             loop {
@@ -181,8 +240,18 @@ impl Lab {
                     let logs: String = std::fs::read_dir(&self.dir)
                         .unwrap()
                         .flatten()
-                        .filter(|e| e.path().extension().is_some_and(|x| x == "out" || x == "log"))
-                        .map(|e| format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                        .filter(|e| {
+                            e.path()
+                                .extension()
+                                .is_some_and(|x| x == "out" || x == "log")
+                        })
+                        .map(|e| {
+                            format!(
+                                "--- {}\n{}",
+                                e.path().display(),
+                                std::fs::read_to_string(e.path()).unwrap_or_default()
+                            )
+                        })
                         .collect();
                     panic!("the lab's {what} server did not come up:\n{logs}");
                 }
@@ -198,7 +267,8 @@ impl Lab {
     /// Runs a client in the node namespace; Ok(stdout) or Err(stderr and stdout).
     pub fn client(&self, cmd: &[&str]) -> Result<String, String> {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.pair.node.name, "timeout", "10"]).args(cmd);
+        c.args(["netns", "exec", &self.pair.node.name, "timeout", "10"])
+            .args(cmd);
         let out = c.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
@@ -218,11 +288,28 @@ impl Lab {
     }
 
     pub fn smb_ls(&self, host: &str) -> Result<String, String> {
-        self.client(&["smbclient", &format!("//{host}/share"), "-U", &format!("{CHAP_USER}%{CHAP_SECRET}"), "-c", "ls"])
+        self.client(&[
+            "smbclient",
+            &format!("//{host}/share"),
+            "-U",
+            &format!("{CHAP_USER}%{CHAP_SECRET}"),
+            "-c",
+            "ls",
+        ])
     }
 
     pub fn https(&self, url: &str) -> Result<String, String> {
-        self.client(&["curl", "-skf", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}", url])
+        self.client(&[
+            "curl",
+            "-skf",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
     }
 }
 
@@ -230,7 +317,21 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // tgtd ignores SIGTERM while a target exists: remove it first, then stop everything.
         let _ = Command::new("ip")
-            .args(["netns", "exec", &self.pair.storage.name, "tgtadm", "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force"])
+            .args([
+                "netns",
+                "exec",
+                &self.pair.storage.name,
+                "tgtadm",
+                "--lld",
+                "iscsi",
+                "--op",
+                "delete",
+                "--mode",
+                "target",
+                "--tid",
+                "1",
+                "--force",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -240,7 +341,10 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         // Anything else left in the namespace (forked daemons).
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.pair.storage.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.pair.storage.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(p) = pid.parse::<i32>() {
                     unsafe { libc::kill(p, libc::SIGKILL) };

@@ -2,11 +2,11 @@
 //! pairs, sockets opened inside a namespace, and the agent binary run inside one.
 //!
 //! Every namespace a test creates is removed when its guard drops, also when the test fails.
-pub mod netns;
-pub mod traffic;
 pub mod agent;
 pub mod lab;
+pub mod netns;
 pub mod packet;
+pub mod traffic;
 
 /// Under CI=true a privileged test must run; elsewhere it may skip when not root.
 /// Returns false when the caller should skip.
@@ -25,7 +25,10 @@ pub fn require_root(test: &str) -> bool {
 /// The running kernel's (major, minor).
 pub fn kernel() -> (u32, u32) {
     let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut it = r.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut it = r
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
@@ -36,7 +39,10 @@ pub fn kernel_has(test: &str, at_least: (u32, u32), feature: &str) -> bool {
     if k >= at_least {
         return true;
     }
-    eprintln!("skipping {test} on kernel {}.{}: {feature} needs {}.{}", k.0, k.1, at_least.0, at_least.1);
+    eprintln!(
+        "skipping {test} on kernel {}.{}: {feature} needs {}.{}",
+        k.0, k.1, at_least.0, at_least.1
+    );
     false
 }
 

@@ -37,19 +37,33 @@ impl NetNs {
         let ns = NetNs { name, owned: true };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         // Without this, IPv6 stays unusable for a second or two after link-up (link-local DAD).
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
         ns
     }
 
     /// A handle to the same namespace for another thread; dropping it deletes nothing.
     pub fn borrow(&self) -> NetNs {
-        NetNs { name: self.name.clone(), owned: false }
+        NetNs {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// Runs a command inside the namespace and asserts it succeeded; returns stdout.
     pub fn exec(&self, args: &[&str]) -> String {
         let out = self.try_exec(args);
-        assert!(out.status.success(), "in {}: {}: {}", self.name, args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "in {}: {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -72,7 +86,10 @@ impl NetNs {
     }
 
     /// Runs `f` on a new thread that has entered this namespace: sockets it opens live here.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let file = self.file();
         std::thread::spawn(move || {
             enter(&file);
@@ -98,7 +115,9 @@ impl Drop for NetNs {
         if !self.owned {
             return;
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -122,7 +141,20 @@ impl Pair {
         let storage = NetNs::new("tps");
         let node_if = unique("vn");
         let storage_if = unique("vs");
-        ip(&["link", "add", &node_if, "netns", &node.name, "type", "veth", "peer", "name", &storage_if, "netns", &storage.name]);
+        ip(&[
+            "link",
+            "add",
+            &node_if,
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &storage_if,
+            "netns",
+            &storage.name,
+        ]);
         for a in addrs.node {
             let flags: &[&str] = if a.contains(':') { &["nodad"] } else { &[] };
             let mut args = vec!["ip", "addr", "add", a, "dev", &node_if];
@@ -137,7 +169,12 @@ impl Pair {
         }
         node.exec(&["ip", "link", "set", &node_if, "up"]);
         storage.exec(&["ip", "link", "set", &storage_if, "up"]);
-        let pair = Pair { node, storage, node_if, storage_if };
+        let pair = Pair {
+            node,
+            storage,
+            node_if,
+            storage_if,
+        };
         for a in addrs.storage.iter().filter(|a| a.contains(':')) {
             pair.prime_neighbour(a.split('/').next().unwrap());
         }
@@ -156,7 +193,10 @@ impl Pair {
                 let _ = u.send_to(b"", target);
             });
             let neigh = self.node.exec(&["ip", "-6", "neigh", "show", addr]);
-            if ["REACHABLE", "STALE", "DELAY"].iter().any(|s| neigh.contains(s)) {
+            if ["REACHABLE", "STALE", "DELAY"]
+                .iter()
+                .any(|s| neigh.contains(s))
+            {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -169,7 +209,13 @@ impl Pair {
     pub fn standard() -> Self {
         Self::new(Addrs {
             node: &["192.0.2.1/24", "2001:db8::1/64"],
-            storage: &["192.0.2.2/24", "192.0.2.3/24", "192.0.2.4/24", "2001:db8::2/64", "2001:db8::3/64"],
+            storage: &[
+                "192.0.2.2/24",
+                "192.0.2.3/24",
+                "192.0.2.4/24",
+                "2001:db8::2/64",
+                "2001:db8::3/64",
+            ],
         })
     }
 }

@@ -79,20 +79,30 @@ impl Drop for Echo {
 /// Connects over TCP from inside `ns`, sends a message and expects it echoed back.
 pub fn tcp_echo(ns: &NetNs, to: SocketAddr, timeout: Duration) -> Result<(), String> {
     ns.within(move || {
-        let mut c = TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect {to}: {e}"))?;
+        let mut c =
+            TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect {to}: {e}"))?;
         c.set_read_timeout(Some(timeout)).unwrap();
         let msg = b"trident-ports";
         c.write_all(msg).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 13];
-        c.read_exact(&mut buf).map_err(|e| format!("read from {to}: {e}"))?;
-        if &buf == msg { Ok(()) } else { Err("echo mismatch".into()) }
+        c.read_exact(&mut buf)
+            .map_err(|e| format!("read from {to}: {e}"))?;
+        if &buf == msg {
+            Ok(())
+        } else {
+            Err("echo mismatch".into())
+        }
     })
 }
 
 /// Sends a UDP datagram from inside `ns` and waits for its echo.
 pub fn udp_echo(ns: &NetNs, to: SocketAddr, timeout: Duration) -> Result<(), String> {
     ns.within(move || {
-        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        let bind: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
         let u = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
         u.set_read_timeout(Some(timeout)).unwrap();
         u.send_to(b"ping", to).map_err(|e| e.to_string())?;
@@ -125,30 +135,49 @@ pub fn sa(s: &str) -> SocketAddr {
 }
 
 /// TCP echo from a chosen source address inside `ns`.
-pub fn tcp_echo_from(ns: &NetNs, from: std::net::IpAddr, to: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub fn tcp_echo_from(
+    ns: &NetNs,
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
     ns.within(move || {
         use socket2::{Domain, Socket, Type};
-        let domain = if to.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+        let domain = if to.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
         let s = Socket::new(domain, Type::STREAM, None).map_err(|e| e.to_string())?;
-        s.bind(&SocketAddr::new(from, 0).into()).map_err(|e| format!("bind {from}: {e}"))?;
-        s.connect_timeout(&to.into(), timeout).map_err(|e| format!("connect {from} -> {to}: {e}"))?;
+        s.bind(&SocketAddr::new(from, 0).into())
+            .map_err(|e| format!("bind {from}: {e}"))?;
+        s.connect_timeout(&to.into(), timeout)
+            .map_err(|e| format!("connect {from} -> {to}: {e}"))?;
         let mut c: TcpStream = s.into();
         c.set_read_timeout(Some(timeout)).unwrap();
         c.write_all(b"trident-ports").map_err(|e| e.to_string())?;
         let mut buf = [0u8; 13];
-        c.read_exact(&mut buf).map_err(|e| format!("read from {to}: {e}"))?;
+        c.read_exact(&mut buf)
+            .map_err(|e| format!("read from {to}: {e}"))?;
         Ok(())
     })
 }
 
 /// UDP echo from a chosen source address and port inside `ns`.
-pub fn udp_echo_from(ns: &NetNs, from: SocketAddr, to: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub fn udp_echo_from(
+    ns: &NetNs,
+    from: SocketAddr,
+    to: SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
     ns.within(move || {
         let u = UdpSocket::bind(from).map_err(|e| format!("bind {from}: {e}"))?;
         u.set_read_timeout(Some(timeout)).unwrap();
         u.send_to(b"ping", to).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 16];
-        u.recv_from(&mut buf).map(|_| ()).map_err(|e| format!("no echo {from} -> {to}: {e}"))
+        u.recv_from(&mut buf)
+            .map(|_| ())
+            .map_err(|e| format!("no echo {from} -> {to}: {e}"))
     })
 }
 
@@ -175,7 +204,8 @@ impl Stream {
             let l = TcpListener::bind(addr).expect("bind stream server");
             tx.send(()).unwrap();
             let (mut c, _) = l.accept().expect("accept");
-            c.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+            c.set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let chunk = [0x5au8; 16384];
             while !s.load(Ordering::Relaxed) {
                 let _ = c.write(&chunk);
@@ -187,8 +217,10 @@ impl Stream {
         let s = stop.clone();
         let r = received.clone();
         threads.push(client.run(move || {
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect stream");
-            c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let mut c =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect stream");
+            c.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let mut buf = [0u8; 65536];
             while !s.load(Ordering::Relaxed) {
                 if let Ok(n) = c.read(&mut buf) {
@@ -196,7 +228,12 @@ impl Stream {
                 }
             }
         }));
-        Stream { received, retransmits, stop, threads }
+        Stream {
+            received,
+            retransmits,
+            stop,
+            threads,
+        }
     }
 
     pub fn retransmits(&self) -> u64 {
@@ -223,7 +260,13 @@ fn total_retrans(c: &TcpStream) -> u64 {
     unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        libc::getsockopt(c.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut info as *mut _ as *mut libc::c_void, &mut len);
+        libc::getsockopt(
+            c.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        );
         info.tcpi_total_retrans as u64
     }
 }

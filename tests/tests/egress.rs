@@ -30,7 +30,12 @@ fn egress_allow_list_with_events_and_clean_detach() {
     let pair = Pair::standard();
     let _echo = Echo::start(
         &pair.storage,
-        &[sa("192.0.2.2:2049"), sa("192.0.2.2:3260"), sa("192.0.2.3:3260"), sa("192.0.2.2:111")],
+        &[
+            sa("192.0.2.2:2049"),
+            sa("192.0.2.2:3260"),
+            sa("192.0.2.3:3260"),
+            sa("192.0.2.2:111"),
+        ],
     );
     let cfg = write_config(
         &tmpdir("egress"),
@@ -42,7 +47,10 @@ fn egress_allow_list_with_events_and_clean_detach() {
     // Before the agent, everything flows.
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
 
-    let mut agent = Agent::start(&pair.node, &["run", "--config", &cfg, "--iface", &pair.node_if]);
+    let mut agent = Agent::start(
+        &pair.node,
+        &["run", "--config", &cfg, "--iface", &pair.node_if],
+    );
     // Allowed (ip, port, proto) connects and exchanges data, TCP and UDP.
     tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
     udp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap();
@@ -55,8 +63,14 @@ fn egress_allow_list_with_events_and_clean_detach() {
     tcp_echo(&pair.node, sa("192.0.2.3:3260"), T).unwrap();
 
     let events = agent.wait_events(2, Duration::from_secs(3));
-    let tcp: Vec<_> = events.iter().filter(|e| e["dst"] == "192.0.2.2:3260").collect();
-    assert!(!tcp.is_empty(), "no event for the denied TCP connect: {events:?}");
+    let tcp: Vec<_> = events
+        .iter()
+        .filter(|e| e["dst"] == "192.0.2.2:3260")
+        .collect();
+    assert!(
+        !tcp.is_empty(),
+        "no event for the denied TCP connect: {events:?}"
+    );
     let e = tcp[0].as_object().unwrap();
     assert_eq!(e["verdict"], "denied");
     assert_eq!(e["direction"], "egress");
@@ -64,13 +78,31 @@ fn egress_allow_list_with_events_and_clean_detach() {
     assert_eq!(e["proto"], "tcp");
     assert_eq!(e["reason"], "no-rule");
     assert_eq!(e["tcp_flags"], "SYN");
-    assert!(e["src"].as_str().unwrap().starts_with("192.0.2.1:"), "{e:?}");
+    assert!(
+        e["src"].as_str().unwrap().starts_with("192.0.2.1:"),
+        "{e:?}"
+    );
     let ts = e["ts"].as_str().unwrap();
     humantime_check(ts);
-    assert!(events.iter().any(|e| e["dst"] == "192.0.2.2:2049" && e["proto"] == "udp"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["dst"] == "192.0.2.2:2049" && e["proto"] == "udp"),
+        "{events:?}"
+    );
     // Nothing for allowed or unprotected traffic.
-    assert!(!events.iter().any(|e| e["dst"] == "192.0.2.2:2049" && e["proto"] == "tcp"), "{events:?}");
-    assert!(!events.iter().any(|e| e["dst"].as_str().unwrap().starts_with("192.0.2.3")), "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["dst"] == "192.0.2.2:2049" && e["proto"] == "tcp"),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["dst"].as_str().unwrap().starts_with("192.0.2.3")),
+        "{events:?}"
+    );
 
     agent.stop(libc::SIGTERM);
     // Nothing stays attached: the denied port works again and no tc/tcx/xdp program remains.
@@ -87,8 +119,13 @@ fn humantime_check(ts: &str) {
 
 pub fn assert_nothing_attached(pair: &Pair) {
     for dir in ["egress", "ingress"] {
-        let filters = pair.node.exec(&["tc", "filter", "show", "dev", &pair.node_if, dir]);
-        assert!(filters.trim().is_empty(), "tc {dir} filters remain: {filters}");
+        let filters = pair
+            .node
+            .exec(&["tc", "filter", "show", "dev", &pair.node_if, dir]);
+        assert!(
+            filters.trim().is_empty(),
+            "tc {dir} filters remain: {filters}"
+        );
     }
     let link = pair.node.exec(&["ip", "-d", "link", "show", &pair.node_if]);
     assert!(!link.contains("xdp"), "xdp remains: {link}");

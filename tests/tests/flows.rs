@@ -30,13 +30,28 @@ fn lab(name: &str, interval: &str) -> (Pair, PathBuf) {
          nfsMountOptions: nfsvers=4.1}\n",
     )
     .unwrap();
-    std::fs::write(dir.join("node.yaml"), format!("backends: {{sources: [backends]}}\nevents: {{interval: {interval}}}\n")).unwrap();
+    std::fs::write(
+        dir.join("node.yaml"),
+        format!("backends: {{sources: [backends]}}\nevents: {{interval: {interval}}}\n"),
+    )
+    .unwrap();
     (pair, dir)
 }
 
 fn start(pair: &Pair, dir: &std::path::Path) -> Agent {
     let cfg = dir.join("node.yaml");
-    Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if, "--metrics", METRICS])
+    Agent::start(
+        &pair.node,
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+            "--metrics",
+            METRICS,
+        ],
+    )
 }
 
 /// Sends `n` UDP datagrams from one source port (one flow) as fast as possible.
@@ -53,7 +68,8 @@ fn blast(ns: &NetNs, from_port: u16, to: SocketAddr, n: usize) {
 fn scrape(ns: &NetNs) -> String {
     ns.within(|| {
         let mut c = TcpStream::connect(METRICS).expect("metrics endpoint");
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut s = String::new();
         c.read_to_string(&mut s).unwrap();
         let (head, body) = s.split_once("\r\n\r\n").unwrap();
@@ -80,15 +96,33 @@ fn events_explain_themselves() {
     udp_echo(&pair.node, sa("192.0.2.2:111"), Duration::from_millis(300)).unwrap_err();
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), Duration::from_millis(300)).unwrap_err();
     let events = agent.wait_events(2, Duration::from_secs(3));
-    let rpc = events.iter().find(|e| e["dst"] == "192.0.2.2:111").expect("rpcbind event");
+    let rpc = events
+        .iter()
+        .find(|e| e["dst"] == "192.0.2.2:111")
+        .expect("rpcbind event");
     assert_eq!(rpc["backend"], "nas-prod");
     assert_eq!(rpc["purpose"], "RPCBIND/portmapper, needed only for NFSv3");
     let hint = rpc["hint"].as_str().unwrap();
-    assert!(hint.contains("backend nas-prod mounts NFSv4 (nfsvers=4.1)"), "{hint}");
-    assert!(hint.contains("192.0.2.2 is storage of backend nas-prod"), "{hint}");
-    let iscsi = events.iter().find(|e| e["dst"] == "192.0.2.2:3260").expect("iscsi event");
+    assert!(
+        hint.contains("backend nas-prod mounts NFSv4 (nfsvers=4.1)"),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("192.0.2.2 is storage of backend nas-prod"),
+        "{hint}"
+    );
+    let iscsi = events
+        .iter()
+        .find(|e| e["dst"] == "192.0.2.2:3260")
+        .expect("iscsi event");
     assert_eq!(iscsi["purpose"], "iSCSI target (discovery/data/CHAP)");
-    assert!(iscsi["hint"].as_str().unwrap().contains("no backend needs 3260/tcp there"), "{iscsi}");
+    assert!(
+        iscsi["hint"]
+            .as_str()
+            .unwrap()
+            .contains("no backend needs 3260/tcp there"),
+        "{iscsi}"
+    );
     agent.stop(libc::SIGTERM);
 }
 
@@ -118,25 +152,62 @@ fn flood_of_denied_packets_is_bounded_and_counted() {
     let mut events;
     loop {
         events = agent.wait_events(0, Duration::ZERO);
-        let total: u64 = events.iter().map(|e| 1 + e["suppressed"].as_u64().unwrap()).sum();
+        let total: u64 = events
+            .iter()
+            .map(|e| 1 + e["suppressed"].as_u64().unwrap())
+            .sum();
         if total >= sent || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let total: u64 = events.iter().map(|e| 1 + e["suppressed"].as_u64().unwrap()).sum();
-    assert_eq!(total, sent, "events plus suppressed counts equal the packets denied");
+    let total: u64 = events
+        .iter()
+        .map(|e| 1 + e["suppressed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total, sent,
+        "events plus suppressed counts equal the packets denied"
+    );
     // At most one event per flow per second: 21 flows, over the blast and the final packet.
     let windows = blasted.as_secs() + 2;
-    assert!(events.len() as u64 <= 21 * windows, "{} events for 21 flows in {blasted:?}", events.len());
+    assert!(
+        events.len() as u64 <= 21 * windows,
+        "{} events for 21 flows in {blasted:?}",
+        events.len()
+    );
     let text = scrape(&pair.node);
-    assert_eq!(metric(&text, "trident_ports_packets_total{direction=\"egress\",verdict=\"denied\"}"), sent);
-    assert_eq!(metric(&text, "trident_ports_dropped_packets_total{direction=\"egress\",reason=\"no-rule\"}"), sent);
-    let emitted = metric(&text, "trident_ports_events_total{direction=\"egress\",result=\"emitted\"}");
-    let suppressed = metric(&text, "trident_ports_events_total{direction=\"egress\",result=\"suppressed\"}");
+    assert_eq!(
+        metric(
+            &text,
+            "trident_ports_packets_total{direction=\"egress\",verdict=\"denied\"}"
+        ),
+        sent
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "trident_ports_dropped_packets_total{direction=\"egress\",reason=\"no-rule\"}"
+        ),
+        sent
+    );
+    let emitted = metric(
+        &text,
+        "trident_ports_events_total{direction=\"egress\",result=\"emitted\"}",
+    );
+    let suppressed = metric(
+        &text,
+        "trident_ports_events_total{direction=\"egress\",result=\"suppressed\"}",
+    );
     assert_eq!(emitted + suppressed, sent);
     assert_eq!(emitted, events.len() as u64);
-    assert_eq!(metric(&text, "trident_ports_events_total{direction=\"egress\",result=\"lost\"}"), 0);
+    assert_eq!(
+        metric(
+            &text,
+            "trident_ports_events_total{direction=\"egress\",result=\"lost\"}"
+        ),
+        0
+    );
     agent.stop(libc::SIGTERM);
 }
 
@@ -150,12 +221,19 @@ fn flows(agent: &Agent, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
-fn read_lines(child: &mut std::process::Child, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+fn read_lines(
+    child: &mut std::process::Child,
+    n: usize,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(serde_json::from_str::<serde_json::Value>(&l).unwrap()).is_err() {
+            if tx
+                .send(serde_json::from_str::<serde_json::Value>(&l).unwrap())
+                .is_err()
+            {
                 break;
             }
         }
@@ -183,20 +261,51 @@ fn flows_followers_filters_history_and_metrics() {
     blast(&pair.node, 40_001, sa("192.0.2.2:635"), 1);
     agent.wait_events(2, Duration::from_secs(2));
     let mut iscsi = flows(&agent, &["--follow", "--port", "3260"]);
-    let mut egress = flows(&agent, &["--follow", "--direction", "egress", "--dst", "192.0.2.0/24", "--since", "1ms"]);
-    let mut backend = flows(&agent, &["--follow", "--backend", "nas-prod", "--proto", "udp"]);
+    let mut egress = flows(
+        &agent,
+        &[
+            "--follow",
+            "--direction",
+            "egress",
+            "--dst",
+            "192.0.2.0/24",
+            "--since",
+            "1ms",
+        ],
+    );
+    let mut backend = flows(
+        &agent,
+        &["--follow", "--backend", "nas-prod", "--proto", "udp"],
+    );
     std::thread::sleep(Duration::from_millis(300));
     blast(&pair.node, 40_002, sa("192.0.2.2:3260"), 1);
     blast(&pair.node, 40_003, sa("192.0.2.2:2050"), 1);
     let a = read_lines(&mut iscsi, 1, Duration::from_secs(3));
     let b = read_lines(&mut egress, 2, Duration::from_secs(3));
     let c = read_lines(&mut backend, 4, Duration::from_secs(3));
-    assert_eq!(a.iter().map(|e| e["dst"].as_str().unwrap()).collect::<Vec<_>>(), vec!["192.0.2.2:3260"]);
-    assert_eq!(b.iter().map(|e| e["dst"].as_str().unwrap()).collect::<Vec<_>>(), vec!["192.0.2.2:3260", "192.0.2.2:2050"]);
+    assert_eq!(
+        a.iter()
+            .map(|e| e["dst"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["192.0.2.2:3260"]
+    );
+    assert_eq!(
+        b.iter()
+            .map(|e| e["dst"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["192.0.2.2:3260", "192.0.2.2:2050"]
+    );
     // No --since: the whole history first, then live.
     assert_eq!(
-        c.iter().map(|e| e["dst"].as_str().unwrap()).collect::<Vec<_>>(),
-        vec!["192.0.2.2:111", "192.0.2.2:635", "192.0.2.2:3260", "192.0.2.2:2050"]
+        c.iter()
+            .map(|e| e["dst"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec![
+            "192.0.2.2:111",
+            "192.0.2.2:635",
+            "192.0.2.2:3260",
+            "192.0.2.2:2050"
+        ]
     );
     for mut ch in [iscsi, egress, backend] {
         let _ = ch.kill();
@@ -204,24 +313,65 @@ fn flows_followers_filters_history_and_metrics() {
     }
     // Without --follow: history only, then exit.
     let out = Command::new(binary())
-        .args(["flows", "--socket", agent.socket.to_str().unwrap(), "--port", "635"])
+        .args([
+            "flows",
+            "--socket",
+            agent.socket.to_str().unwrap(),
+            "--port",
+            "635",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(text.contains("192.0.2.2:635") && text.contains("no-rule") && text.contains("mountd") || text.contains("Mount daemon"), "{text}");
+    assert!(
+        text.contains("192.0.2.2:635") && text.contains("no-rule") && text.contains("mountd")
+            || text.contains("Mount daemon"),
+        "{text}"
+    );
     // Metrics match what was sent: 4 denied, then 3 allowed exchanges (6 packets).
     let before = scrape(&pair.node);
-    assert_eq!(metric(&before, "trident_ports_packets_total{direction=\"egress\",verdict=\"denied\"}"), 4);
-    assert_eq!(metric(&before, "trident_ports_events_total{direction=\"egress\",result=\"emitted\"}"), 4);
-    assert_eq!(metric(&before, "trident_ports_reloads_total{result=\"success\"}"), 1);
+    assert_eq!(
+        metric(
+            &before,
+            "trident_ports_packets_total{direction=\"egress\",verdict=\"denied\"}"
+        ),
+        4
+    );
+    assert_eq!(
+        metric(
+            &before,
+            "trident_ports_events_total{direction=\"egress\",result=\"emitted\"}"
+        ),
+        4
+    );
+    assert_eq!(
+        metric(&before, "trident_ports_reloads_total{result=\"success\"}"),
+        1
+    );
     assert!(metric(&before, "trident_ports_policy_entries{kind=\"peers\"}") >= 1);
-    let promtool = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
-    let mut promtool = promtool.expect("promtool (Debian package prometheus) is installed by .ci/run");
-    promtool.stdin.take().unwrap().write_all(before.as_bytes()).unwrap();
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut promtool =
+        promtool.expect("promtool (Debian package prometheus) is installed by .ci/run");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(before.as_bytes())
+        .unwrap();
     let checked = promtool.wait_with_output().unwrap();
-    assert!(checked.status.success(), "promtool: {}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     agent.stop(libc::SIGTERM);
 }
 
@@ -235,7 +385,8 @@ fn slow_follower_is_told_what_it_missed() {
     let (pair, dir) = lab("slow", "0s");
     let mut agent = start(&pair, &dir);
     let mut slow = UnixStream::connect(&agent.socket).unwrap();
-    slow.write_all(b"{\"since_ms\": 0, \"follow\": true}\n").unwrap();
+    slow.write_all(b"{\"since_ms\": 0, \"follow\": true}\n")
+        .unwrap();
     let mut fast = flows(&agent, &["--follow", "--port", "7777"]);
     std::thread::sleep(Duration::from_millis(200));
     // 20,000 denied packets from distinct source ports: 20,000 events, far beyond what the slow
@@ -260,8 +411,14 @@ fn slow_follower_is_told_what_it_missed() {
     assert!(published > 10_000, "{published}");
     blast(&pair.node, 7777, sa("192.0.2.2:9"), 1);
     let got = read_lines(&mut fast, 1, Duration::from_secs(10));
-    assert_eq!(got.len(), 1, "the fast follower got its event while another follower was stuck");
-    let published = agent.wait_events(published + 1, Duration::from_secs(5)).len() as u64;
+    assert_eq!(
+        got.len(),
+        1,
+        "the fast follower got its event while another follower was stuck"
+    );
+    let published = agent
+        .wait_events(published + 1, Duration::from_secs(5))
+        .len() as u64;
     // Now read the slow follower: a `missed` notice, and the count of what it got adds up.
     slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut received = 0u64;
@@ -274,7 +431,11 @@ fn slow_follower_is_told_what_it_missed() {
         }
     }
     assert!(missed > 0, "the slow follower was told it missed events");
-    assert_eq!(received + missed, published, "received {received} + missed {missed}");
+    assert_eq!(
+        received + missed,
+        published,
+        "received {received} + missed {missed}"
+    );
     let _ = fast.kill();
     agent.stop(libc::SIGTERM);
 }

@@ -22,7 +22,13 @@ fn ip(s: &str) -> IpAddr {
 fn lab(name: &str, extra_config: &str) -> (Pair, PathBuf) {
     let pair = Pair::new(Addrs {
         node: &["192.0.2.1/24", "2001:db8::1/64"],
-        storage: &["192.0.2.2/24", "192.0.2.3/24", "192.0.2.4/24", "2001:db8::2/64", "2001:db8::4/64"],
+        storage: &[
+            "192.0.2.2/24",
+            "192.0.2.3/24",
+            "192.0.2.4/24",
+            "2001:db8::2/64",
+            "2001:db8::4/64",
+        ],
     });
     let dir = std::env::temp_dir().join(format!("tp-{}-{name}", std::process::id()));
     std::fs::create_dir_all(dir.join("backends")).unwrap();
@@ -46,11 +52,26 @@ fn ingress_checks(extra_args: &[&str], name: &str) {
     let (pair, dir) = lab(name, "");
     let _node_servers = Echo::start(
         &pair.node,
-        &[sa("0.0.0.0:8000"), sa("0.0.0.0:17546"), sa("0.0.0.0:22"), sa("0.0.0.0:40000"), sa("[::]:2222")],
+        &[
+            sa("0.0.0.0:8000"),
+            sa("0.0.0.0:17546"),
+            sa("0.0.0.0:22"),
+            sa("0.0.0.0:40000"),
+            sa("[::]:2222"),
+        ],
     );
-    let _storage = Echo::start(&pair.storage, &[sa("192.0.2.2:2049"), sa("[2001:db8::2]:2049")]);
+    let _storage = Echo::start(
+        &pair.storage,
+        &[sa("192.0.2.2:2049"), sa("[2001:db8::2]:2049")],
+    );
     let cfg = dir.join("node.yaml");
-    let mut args = vec!["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if];
+    let mut args = vec![
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--iface",
+        &pair.node_if,
+    ];
     args.extend_from_slice(extra_args);
     let mut agent = Agent::start(&pair.node, &args);
     let st = &pair.storage;
@@ -77,11 +98,32 @@ fn ingress_checks(extra_args: &[&str], name: &str) {
                 && e["reason"] == reason
         })
     };
-    assert!(has("192.0.2.1:8000", "192.0.2.4:", "source-not-allowed"), "{events:?}");
-    assert!(has("192.0.2.1:17546", "192.0.2.3:", "source-not-allowed"), "{events:?}");
-    assert!(has("192.0.2.1:22", "192.0.2.2:", "unsolicited-inbound"), "{events:?}");
-    assert!(has("[2001:db8::1]:2222", "[2001:db8::2]:", "unsolicited-inbound"), "{events:?}");
-    assert!(!events.iter().any(|e| e["dst"] == "192.0.2.1:40000" || e["src"] == "192.0.2.2:2049"), "{events:?}");
+    assert!(
+        has("192.0.2.1:8000", "192.0.2.4:", "source-not-allowed"),
+        "{events:?}"
+    );
+    assert!(
+        has("192.0.2.1:17546", "192.0.2.3:", "source-not-allowed"),
+        "{events:?}"
+    );
+    assert!(
+        has("192.0.2.1:22", "192.0.2.2:", "unsolicited-inbound"),
+        "{events:?}"
+    );
+    assert!(
+        has(
+            "[2001:db8::1]:2222",
+            "[2001:db8::2]:",
+            "unsolicited-inbound"
+        ),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["dst"] == "192.0.2.1:40000" || e["src"] == "192.0.2.2:2049"),
+        "{events:?}"
+    );
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -95,7 +137,13 @@ fn ingress_with_tc() {
 
 #[test]
 fn ingress_with_xdp() {
-    if require_root("ingress_with_xdp") && trident_ports_tests::kernel_has("ingress_with_xdp", trident_ports_tests::XDP_KERNEL, "bpf_xdp_load_bytes") {
+    if require_root("ingress_with_xdp")
+        && trident_ports_tests::kernel_has(
+            "ingress_with_xdp",
+            trident_ports_tests::XDP_KERNEL,
+            "bpf_xdp_load_bytes",
+        )
+    {
         ingress_checks(&["--ingress", "xdp"], "ingress-xdp");
     }
 }
@@ -120,25 +168,60 @@ fn pre_existing_stream_survives_enforcement_start() {
     let allowed = Stream::start(&pair.storage, &pair.node, sa("192.0.2.2:2049"));
     let denied = Stream::start(&pair.storage, &pair.node, sa("192.0.2.2:3260"));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(allowed.bytes() > 0 && denied.bytes() > 0, "streams run before the agent");
+    assert!(
+        allowed.bytes() > 0 && denied.bytes() > 0,
+        "streams run before the agent"
+    );
     let retrans_before = allowed.retransmits();
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if]);
+    let mut agent = Agent::start(
+        &pair.node,
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+        ],
+    );
     let (a0, d0) = (allowed.bytes(), denied.bytes());
     std::thread::sleep(Duration::from_millis(1500));
     let (a1, d1) = (allowed.bytes(), denied.bytes());
     let retrans_after = allowed.retransmits();
-    assert!(a1 > a0 + 5_000_000, "the allowed stream kept flowing: {a0} -> {a1}");
+    assert!(
+        a1 > a0 + 5_000_000,
+        "the allowed stream kept flowing: {a0} -> {a1}"
+    );
     // The denied stream stops within a moment (what was in flight may still arrive).
     std::thread::sleep(Duration::from_millis(300));
     let d2 = denied.bytes();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(denied.bytes(), d2, "the stream to a port the policy does not allow stopped ({d0} -> {d1} -> {d2})");
+    assert_eq!(
+        denied.bytes(),
+        d2,
+        "the stream to a port the policy does not allow stopped ({d0} -> {d1} -> {d2})"
+    );
     let events = agent.wait_events(1, Duration::from_secs(2));
-    assert!(events.iter().all(|e| e["src"] != "192.0.2.2:2049" && e["dst"] != "192.0.2.2:2049"), "allowed stream hit a drop: {events:?}");
-    assert!(events.iter().any(|e| e["src"] == "192.0.2.2:3260" || e["dst"] == "192.0.2.2:3260"), "{events:?}");
-    assert_eq!(retrans_after, retrans_before, "the allowed stream retransmitted: a segment was dropped");
-    assert!(denied.retransmits() > 0, "the denied stream's segments were dropped and retransmitted");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["src"] != "192.0.2.2:2049" && e["dst"] != "192.0.2.2:2049"),
+        "allowed stream hit a drop: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["src"] == "192.0.2.2:3260" || e["dst"] == "192.0.2.2:3260"),
+        "{events:?}"
+    );
+    assert_eq!(
+        retrans_after, retrans_before,
+        "the allowed stream retransmitted: a segment was dropped"
+    );
+    assert!(
+        denied.retransmits() > 0,
+        "the denied stream's segments were dropped and retransmitted"
+    );
     drop(denied);
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();
@@ -176,7 +259,8 @@ fn idle_connection_where_storage_speaks_first() {
         let mut c = TcpStream::connect("192.0.2.2:2049").unwrap();
         conn_tx.send(()).unwrap();
         read_rx.recv().unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
         let start = Instant::now();
         let mut buf = [0u8; 5];
         let r = c.read_exact(&mut buf).map(|_| start.elapsed());
@@ -186,13 +270,28 @@ fn idle_connection_where_storage_speaks_first() {
     // Let the handshake's last ACK leave before the agent starts: the connection is idle.
     std::thread::sleep(Duration::from_millis(200));
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if]);
+    let mut agent = Agent::start(
+        &pair.node,
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+        ],
+    );
     read_tx.send(()).unwrap();
     go_tx.send(()).unwrap();
     let took = client.join().unwrap().expect("the reply arrived");
-    assert!(took < Duration::from_millis(150), "the reply took {took:?}: its first transmission was dropped");
+    assert!(
+        took < Duration::from_millis(150),
+        "the reply took {took:?}: its first transmission was dropped"
+    );
     let events = agent.wait_events(1, Duration::from_millis(500));
-    assert!(events.iter().all(|e| e["src"] != "192.0.2.2:2049"), "{events:?}");
+    assert!(
+        events.iter().all(|e| e["src"] != "192.0.2.2:2049"),
+        "{events:?}"
+    );
     let _ = server.join();
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();

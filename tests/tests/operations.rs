@@ -29,7 +29,10 @@ impl BpfFs {
     fn new() -> Self {
         let p = std::env::temp_dir().join(unique("tp-bpffs-"));
         std::fs::create_dir_all(&p).unwrap();
-        let ok = Command::new("mount").args(["-t", "bpf", "bpf", p.to_str().unwrap()]).status().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "bpf", "bpf", p.to_str().unwrap()])
+            .status()
+            .unwrap();
         assert!(ok.success(), "mounting a bpf filesystem");
         BpfFs(p)
     }
@@ -54,7 +57,11 @@ struct Traffic {
 impl Traffic {
     fn start(pair: &Pair) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed, passed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (ok, failed, passed) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let (node, node2) = (pair.node.borrow(), pair.node.borrow());
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
         let allowed = std::thread::spawn(move || {
@@ -74,7 +81,13 @@ impl Traffic {
                 }
             }
         });
-        Traffic { stop, allowed_ok: ok, allowed_failed: failed, denied_passed: passed, threads: vec![allowed, denied] }
+        Traffic {
+            stop,
+            allowed_ok: ok,
+            allowed_failed: failed,
+            denied_passed: passed,
+            threads: vec![allowed, denied],
+        }
     }
 
     fn finish(mut self) -> (u64, u64, u64) {
@@ -82,17 +95,32 @@ impl Traffic {
         for t in self.threads.drain(..) {
             t.join().unwrap();
         }
-        (self.allowed_ok.load(Ordering::Relaxed), self.allowed_failed.load(Ordering::Relaxed), self.denied_passed.load(Ordering::Relaxed))
+        (
+            self.allowed_ok.load(Ordering::Relaxed),
+            self.allowed_failed.load(Ordering::Relaxed),
+            self.denied_passed.load(Ordering::Relaxed),
+        )
     }
 }
 
 fn lab(name: &str) -> (Pair, PathBuf, Echo) {
     let pair = Pair::standard();
-    let echo = Echo::start(&pair.storage, &[sa("192.0.2.2:2049"), sa("192.0.2.2:3260"), sa("192.0.2.2:111")]);
+    let echo = Echo::start(
+        &pair.storage,
+        &[
+            sa("192.0.2.2:2049"),
+            sa("192.0.2.2:3260"),
+            sa("192.0.2.2:111"),
+        ],
+    );
     let dir = std::env::temp_dir().join(format!("tp-{}-{name}", std::process::id()));
     std::fs::create_dir_all(dir.join("backends")).unwrap();
     write_backend(&dir, "4.1");
-    std::fs::write(dir.join("node.yaml"), "backends: {sources: [backends]}\nevents: {interval: 0s}\n").unwrap();
+    std::fs::write(
+        dir.join("node.yaml"),
+        "backends: {sources: [backends]}\nevents: {interval: 0s}\n",
+    )
+    .unwrap();
     (pair, dir, echo)
 }
 
@@ -110,14 +138,27 @@ fn attached_programs(pair: &Pair) -> usize {
         use aya::programs::{SchedClassifier, TcAttachType};
         [TcAttachType::Egress, TcAttachType::Ingress]
             .into_iter()
-            .map(|t| SchedClassifier::query_tcx(&iface, t).map(|(_, p)| p.len()).unwrap_or(0))
+            .map(|t| {
+                SchedClassifier::query_tcx(&iface, t)
+                    .map(|(_, p)| p.len())
+                    .unwrap_or(0)
+            })
             .sum::<usize>()
     });
     let filters: usize = ["egress", "ingress"]
         .iter()
-        .map(|d| pair.node.exec(&["tc", "filter", "show", "dev", &pair.node_if, d]).lines().filter(|l| l.contains("tp_tc_")).count())
+        .map(|d| {
+            pair.node
+                .exec(&["tc", "filter", "show", "dev", &pair.node_if, d])
+                .lines()
+                .filter(|l| l.contains("tp_tc_"))
+                .count()
+        })
         .sum();
-    let xdp = pair.node.exec(&["ip", "-d", "link", "show", &pair.node_if]).contains("prog/xdp") as usize;
+    let xdp = pair
+        .node
+        .exec(&["ip", "-d", "link", "show", &pair.node_if])
+        .contains("prog/xdp") as usize;
     tcx + filters + xdp
 }
 
@@ -126,7 +167,15 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     let pin = fs.0.join("trident-ports");
     let (pair, dir, _echo) = lab(name);
     let cfg = dir.join("node.yaml");
-    let mut args = vec!["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if, "--pin-dir", pin.to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--iface",
+        &pair.node_if,
+        "--pin-dir",
+        pin.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let a = Agent::start(&pair.node, &args);
     let traffic = Traffic::start(&pair);
@@ -135,27 +184,62 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
     drop(a);
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(attached_programs(&pair), expected_attachments, "attachments survive kill -9");
-    assert!(tcp_echo(&pair.node, sa("192.0.2.2:3260"), Duration::from_millis(300)).is_err(), "still enforced after kill -9");
+    assert_eq!(
+        attached_programs(&pair),
+        expected_attachments,
+        "attachments survive kill -9"
+    );
+    assert!(
+        tcp_echo(&pair.node, sa("192.0.2.2:3260"), Duration::from_millis(300)).is_err(),
+        "still enforced after kill -9"
+    );
     // A new agent adopts the pinned state.
     let mut b = Agent::start(&pair.node, &args);
     b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(attached_programs(&pair), expected_attachments, "adoption replaced, not added");
+    assert_eq!(
+        attached_programs(&pair),
+        expected_attachments,
+        "adoption replaced, not added"
+    );
     let events = b.wait_events(1, Duration::from_secs(3));
-    assert!(events.iter().any(|e| e["dst"] == "192.0.2.2:3260"), "the new agent reads the pinned event stream: {events:?}");
+    assert!(
+        events.iter().any(|e| e["dst"] == "192.0.2.2:3260"),
+        "the new agent reads the pinned event stream: {events:?}"
+    );
     // SIGTERM with pins: enforcement stays.
     b.stop(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     let (ok, failed, passed) = traffic.finish();
     assert!(ok > 10, "allowed exchanges: {ok}");
-    assert_eq!(failed, 0, "no allowed exchange failed across kill -9 and adoption ({ok} succeeded)");
+    assert_eq!(
+        failed, 0,
+        "no allowed exchange failed across kill -9 and adoption ({ok} succeeded)"
+    );
     assert_eq!(passed, 0, "the denied port never passed");
-    assert_eq!(attached_programs(&pair), expected_attachments, "SIGTERM of a pinned agent leaves enforcement in place");
+    assert_eq!(
+        attached_programs(&pair),
+        expected_attachments,
+        "SIGTERM of a pinned agent leaves enforcement in place"
+    );
     // uninstall: nothing left.
-    let out = pair.node.command(binary().to_str().unwrap()).args(["uninstall", "--pin-dir", pin.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("removed {expected_attachments} attachment(s)")), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = pair
+        .node
+        .command(binary().to_str().unwrap())
+        .args(["uninstall", "--pin-dir", pin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("removed {expected_attachments} attachment(s)")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(attached_programs(&pair), 0);
     assert!(!pin.exists(), "the pin directory is gone");
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
@@ -192,7 +276,11 @@ fn metric(pair: &Pair, name: &str) -> u64 {
         c.read_to_string(&mut s).unwrap();
         s
     });
-    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).map(|v| v.parse::<f64>().unwrap() as u64).unwrap_or(0)
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
 }
 
 #[test]
@@ -202,15 +290,41 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
     }
     let (pair, dir, _echo) = lab("reloads");
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if, "--watch-interval", "1h"]);
+    let mut agent = Agent::start(
+        &pair.node,
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+            "--watch-interval",
+            "1h",
+        ],
+    );
     let traffic = Traffic::start(&pair);
     for i in 1..=100 {
         // Alternate between two policies that both allow 2049 and deny 3260.
-        let extra = if i % 2 == 0 { "" } else { "allow:\n  - {dst: 198.51.100.9, ports: 80, proto: tcp, reason: reload test}\n" };
-        std::fs::write(&cfg, format!("backends: {{sources: [backends]}}\nevents: {{interval: 0s}}\n{extra}")).unwrap();
+        let extra = if i % 2 == 0 {
+            ""
+        } else {
+            "allow:\n  - {dst: 198.51.100.9, ports: 80, proto: tcp, reason: reload test}\n"
+        };
+        std::fs::write(
+            &cfg,
+            format!("backends: {{sources: [backends]}}\nevents: {{interval: 0s}}\n{extra}"),
+        )
+        .unwrap();
         unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while agent.stderr.lock().unwrap().matches("policy reloaded").count() < i {
+        while agent
+            .stderr
+            .lock()
+            .unwrap()
+            .matches("policy reloaded")
+            .count()
+            < i
+        {
             assert!(Instant::now() < deadline, "reload {i} did not happen");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -219,15 +333,37 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
     }
     let (ok, failed, passed) = traffic.finish();
     assert!(ok > 10, "allowed exchanges during the reloads: {ok}");
-    assert_eq!(failed, 0, "an allowed exchange failed during 100 reloads ({ok} succeeded)");
+    assert_eq!(
+        failed, 0,
+        "an allowed exchange failed during 100 reloads ({ok} succeeded)"
+    );
     assert_eq!(passed, 0, "the denied port passed during a reload");
-    assert_eq!(metric(&pair, "trident_ports_reloads_total{result=\"success\"}"), 101);
+    assert_eq!(
+        metric(&pair, "trident_ports_reloads_total{result=\"success\"}"),
+        101
+    );
     // A bad backend file: the running policy stays, the failure is logged and counted.
-    std::fs::write(dir.join("backends/nas.yaml"), "version: 1\nstorageDriverName: ontap-nass\nmanagementLIF: 192.0.2.2\n").unwrap();
+    std::fs::write(
+        dir.join("backends/nas.yaml"),
+        "version: 1\nstorageDriverName: ontap-nass\nmanagementLIF: 192.0.2.2\n",
+    )
+    .unwrap();
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
-    agent.wait_for_log("reload failed, keeping the running policy", Duration::from_secs(5));
-    assert!(agent.stderr.lock().unwrap().contains("unknown driver `ontap-nass`"));
-    assert_eq!(metric(&pair, "trident_ports_reloads_total{result=\"failure\"}"), 1);
+    agent.wait_for_log(
+        "reload failed, keeping the running policy",
+        Duration::from_secs(5),
+    );
+    assert!(
+        agent
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("unknown driver `ontap-nass`")
+    );
+    assert_eq!(
+        metric(&pair, "trident_ports_reloads_total{result=\"failure\"}"),
+        1
+    );
     tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap_err();
     agent.stop(libc::SIGTERM);
@@ -254,14 +390,32 @@ fn configmap_symlink_swap_reloads() {
     }
     symlink("..v1", cm.join("..data")).unwrap();
     symlink("..data/nas.yaml", cm.join("nas.yaml")).unwrap();
-    std::fs::write(dir.join("node.yaml"), "backends: {sources: [cm]}\nevents: {interval: 0s}\n").unwrap();
+    std::fs::write(
+        dir.join("node.yaml"),
+        "backends: {sources: [cm]}\nevents: {interval: 0s}\n",
+    )
+    .unwrap();
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if, "--watch-interval", "200ms"]);
+    let mut agent = Agent::start(
+        &pair.node,
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+            "--watch-interval",
+            "200ms",
+        ],
+    );
     tcp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap_err();
     // The atomic swap Kubernetes does: a new symlink renamed over ..data.
     symlink("..v2", cm.join("..data_tmp")).unwrap();
     std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
-    agent.wait_for_log("configuration or backend files changed", Duration::from_secs(5));
+    agent.wait_for_log(
+        "configuration or backend files changed",
+        Duration::from_secs(5),
+    );
     agent.wait_for_log("policy reloaded", Duration::from_secs(5));
     tcp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap();
     agent.stop(libc::SIGTERM);
@@ -275,11 +429,31 @@ fn audit_and_enforce_switch_live() {
     }
     let (pair, dir, _echo) = lab("audit");
     let cfg = dir.join("node.yaml");
-    std::fs::write(&cfg, "mode: audit\nbackends: {sources: [backends]}\nevents: {interval: 0s}\n").unwrap();
-    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if]);
+    std::fs::write(
+        &cfg,
+        "mode: audit\nbackends: {sources: [backends]}\nevents: {interval: 0s}\n",
+    )
+    .unwrap();
+    let mut agent = Agent::start(
+        &pair.node,
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+        ],
+    );
     let mode = |m: &str| {
-        let out = Command::new(binary()).args(["mode", m, "--socket", agent.socket.to_str().unwrap()]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(binary())
+            .args(["mode", m, "--socket", agent.socket.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     // Audit: passes, and reports what enforce would drop.
@@ -295,7 +469,16 @@ fn audit_and_enforce_switch_live() {
     // Back to the configuration's mode.
     assert_eq!(mode("config"), "mode: audit");
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
-    assert!(agent.stderr.lock().unwrap().matches("policy loaded").count() == 1, "no program or policy reload");
+    assert!(
+        agent
+            .stderr
+            .lock()
+            .unwrap()
+            .matches("policy loaded")
+            .count()
+            == 1,
+        "no program or policy reload"
+    );
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();
 }

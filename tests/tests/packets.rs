@@ -18,8 +18,16 @@ fn entry(direction: Direction, peer: &str, from: u16, to: u16, proto: Proto) -> 
     let net = Some(peer.parse().unwrap());
     Entry {
         direction,
-        dst: if direction == Direction::Egress { net } else { None },
-        src: if direction == Direction::Ingress { net } else { None },
+        dst: if direction == Direction::Egress {
+            net
+        } else {
+            None
+        },
+        src: if direction == Direction::Ingress {
+            net
+        } else {
+            None
+        },
         ports: PortRange { from, to },
         proto,
         purpose: "test".into(),
@@ -46,8 +54,16 @@ fn policy() -> Policy {
             entry(Ingress, "203.0.113.0/24", 8000, 8000, Proto::Tcp),
         ],
         guarded: vec![
-            Guard { port: 8000, proto: Proto::Tcp, purpose: "rest".into() },
-            Guard { port: 17546, proto: Proto::Tcp, purpose: "probe".into() },
+            Guard {
+                port: 8000,
+                proto: Proto::Tcp,
+                purpose: "rest".into(),
+            },
+            Guard {
+                port: 17546,
+                proto: Proto::Tcp,
+                purpose: "probe".into(),
+            },
         ],
         protected: vec![],
         warnings: vec![],
@@ -74,7 +90,10 @@ impl Lab {
     }
 
     fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
-        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        };
         match self.dp.program_mut(prog).unwrap() {
             Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
             Program::Xdp(p) => Xdp::test_run(p, opts),
@@ -93,14 +112,34 @@ impl Lab {
     }
 
     /// Runs a frame and checks verdict, the one counter that must move, and the event.
-    fn check(&mut self, what: &str, prog: &str, frame: &[u8], verdict: u32, ctr: u32, ev: Option<u8>) {
-        let dir = if prog == programs::TC_EGRESS { DIR_EGRESS } else { DIR_INGRESS };
+    fn check(
+        &mut self,
+        what: &str,
+        prog: &str,
+        frame: &[u8],
+        verdict: u32,
+        ctr: u32,
+        ev: Option<u8>,
+    ) {
+        let dir = if prog == programs::TC_EGRESS {
+            DIR_EGRESS
+        } else {
+            DIR_INGRESS
+        };
         let before = self.dp.counters().unwrap();
         let got = self.run(prog, frame);
         let after = self.dp.counters().unwrap();
         assert_eq!(got, verdict, "{what}: verdict");
-        assert_eq!(after.get(dir, ctr) - before.get(dir, ctr), 1, "{what}: counter {ctr}");
-        assert_eq!(self.reasons(), ev.into_iter().collect::<Vec<_>>(), "{what}: events");
+        assert_eq!(
+            after.get(dir, ctr) - before.get(dir, ctr),
+            1,
+            "{what}: counter {ctr}"
+        );
+        assert_eq!(
+            self.reasons(),
+            ev.into_iter().collect::<Vec<_>>(),
+            "{what}: events"
+        );
     }
 }
 
@@ -115,18 +154,102 @@ fn egress_verdicts_ipv4_cidr_ranges_and_unprotected() {
     }
     let mut lab = Lab::new(Mode::Enforce);
     let e = programs::TC_EGRESS;
-    lab.check("allowed port", e, &egress_syn("192.0.2.2", 2049), TC_PASS, counter::ALLOWED, None);
-    lab.check("denied port", e, &egress_syn("192.0.2.2", 3260), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
-    lab.check("udp to a tcp-only port", e, &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 0, &udp(700, 2049))), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
-    lab.check("subnet member", e, &egress_syn("198.51.100.77", 3260), TC_PASS, counter::ALLOWED, None);
-    lab.check("subnet, other port", e, &egress_syn("198.51.100.77", 2049), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
-    lab.check("range start", e, &egress_syn("192.0.2.5", 5000), TC_PASS, counter::ALLOWED, None);
-    lab.check("range end", e, &egress_syn("192.0.2.5", 5100), TC_PASS, counter::ALLOWED, None);
-    lab.check("past the range", e, &egress_syn("192.0.2.5", 5101), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
-    lab.check("unprotected address", e, &egress_syn("192.0.2.3", 3260), TC_PASS, counter::PASSED, None);
-    lab.check("ARP", e, &ether(&[], 0x0806, &[0u8; 28]), TC_PASS, counter::PASSED, None);
-    lab.check("other protocol to storage", e, &v4(ipv4("192.0.2.1", "192.0.2.2", 132, 0, &[0u8; 12])), TC_DROP, counter::DENIED, Some(reason::PROTOCOL));
-    lab.check("ping to storage", e, &v4(ipv4("192.0.2.1", "192.0.2.2", ICMP, 0, &icmp(8, 0, &[]))), TC_PASS, counter::PASSED, None);
+    lab.check(
+        "allowed port",
+        e,
+        &egress_syn("192.0.2.2", 2049),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "denied port",
+        e,
+        &egress_syn("192.0.2.2", 3260),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "udp to a tcp-only port",
+        e,
+        &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 0, &udp(700, 2049))),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "subnet member",
+        e,
+        &egress_syn("198.51.100.77", 3260),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "subnet, other port",
+        e,
+        &egress_syn("198.51.100.77", 2049),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "range start",
+        e,
+        &egress_syn("192.0.2.5", 5000),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "range end",
+        e,
+        &egress_syn("192.0.2.5", 5100),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "past the range",
+        e,
+        &egress_syn("192.0.2.5", 5101),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "unprotected address",
+        e,
+        &egress_syn("192.0.2.3", 3260),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
+    lab.check(
+        "ARP",
+        e,
+        &ether(&[], 0x0806, &[0u8; 28]),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
+    lab.check(
+        "other protocol to storage",
+        e,
+        &v4(ipv4("192.0.2.1", "192.0.2.2", 132, 0, &[0u8; 12])),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::PROTOCOL),
+    );
+    lab.check(
+        "ping to storage",
+        e,
+        &v4(ipv4("192.0.2.1", "192.0.2.2", ICMP, 0, &icmp(8, 0, &[]))),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
 }
 
 #[test]
@@ -141,37 +264,109 @@ fn truncated_at_every_layer() {
     // runs the same parser. Up to 14+19 bytes the addresses are incomplete: no peer, and the IP
     // layer drops such frames itself.
     let x = programs::XDP_INGRESS;
-    let xdp = kernel_has("truncated_at_every_layer (XDP part)", XDP_KERNEL, "bpf_xdp_load_bytes");
+    let xdp = kernel_has(
+        "truncated_at_every_layer (XDP part)",
+        XDP_KERNEL,
+        "bpf_xdp_load_bytes",
+    );
     let inbound = v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 22, SYN)));
     for len in [14, 15, 20, 33] {
         if xdp {
-            lab.check(&format!("cut at {len}"), x, &inbound[..len], XDP_PASS, counter::PASSED, None);
+            lab.check(
+                &format!("cut at {len}"),
+                x,
+                &inbound[..len],
+                XDP_PASS,
+                counter::PASSED,
+                None,
+            );
         }
     }
     if xdp {
-        lab.check("inbound cut at 36", x, &inbound[..36], XDP_DROP, counter::DENIED, Some(reason::MALFORMED));
+        lab.check(
+            "inbound cut at 36",
+            x,
+            &inbound[..36],
+            XDP_DROP,
+            counter::DENIED,
+            Some(reason::MALFORMED),
+        );
     }
     // Addresses known, transport cut short: a protected peer gets a defined drop.
     for len in [34, 36, 47] {
-        lab.check(&format!("cut at {len}"), e, &full[..len], TC_DROP, counter::DENIED, Some(reason::MALFORMED));
+        lab.check(
+            &format!("cut at {len}"),
+            e,
+            &full[..len],
+            TC_DROP,
+            counter::DENIED,
+            Some(reason::MALFORMED),
+        );
     }
     // The same cuts towards an unprotected address pass.
     let other = egress_syn("192.0.2.3", 3260);
-    lab.check("cut, unprotected", e, &other[..36], TC_PASS, counter::PASSED, None);
+    lab.check(
+        "cut, unprotected",
+        e,
+        &other[..36],
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
     // IPv4 header length below 20.
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
-    lab.check("ihl 4", e, &bad_ihl, TC_DROP, counter::DENIED, Some(reason::MALFORMED));
+    lab.check(
+        "ihl 4",
+        e,
+        &bad_ihl,
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::MALFORMED),
+    );
     // A VLAN tag with nothing behind it.
-    lab.check("bare vlan tag", e, &ether(&[0x8100], 0x0800, &[])[..16], TC_PASS, counter::PASSED, None);
+    lab.check(
+        "bare vlan tag",
+        e,
+        &ether(&[0x8100], 0x0800, &[])[..16],
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
     // IPv6 cut inside the fixed header, and inside an extension header.
-    let v6full = v6(ipv6("2001:db8::1", "2001:db8::2", 0, &[ext(TCP, 0), tcp(700, 3260, SYN)].concat()));
+    let v6full = v6(ipv6(
+        "2001:db8::1",
+        "2001:db8::2",
+        0,
+        &[ext(TCP, 0), tcp(700, 3260, SYN)].concat(),
+    ));
     let v6in = v6(ipv6("2001:db8::2", "2001:db8::1", TCP, &tcp(2049, 22, SYN)));
     if xdp {
-        lab.check("ipv6 cut at 50", x, &v6in[..50], XDP_PASS, counter::PASSED, None);
-        lab.check("ipv6 cut at 56", x, &v6in[..56], XDP_DROP, counter::DENIED, Some(reason::MALFORMED));
+        lab.check(
+            "ipv6 cut at 50",
+            x,
+            &v6in[..50],
+            XDP_PASS,
+            counter::PASSED,
+            None,
+        );
+        lab.check(
+            "ipv6 cut at 56",
+            x,
+            &v6in[..56],
+            XDP_DROP,
+            counter::DENIED,
+            Some(reason::MALFORMED),
+        );
     }
-    lab.check("ipv6 cut in ext header", e, &v6full[..55], TC_DROP, counter::DENIED, Some(reason::MALFORMED));
+    lab.check(
+        "ipv6 cut in ext header",
+        e,
+        &v6full[..55],
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::MALFORMED),
+    );
 }
 
 #[test]
@@ -182,8 +377,22 @@ fn ipv6_extension_headers_and_fragments() {
     let mut lab = Lab::new(Mode::Enforce);
     let e = programs::TC_EGRESS;
     let chain = |dport: u16| [ext(43, 1), ext(60, 0), ext(TCP, 2), tcp(700, dport, SYN)].concat();
-    lab.check("hbh+routing+dstopts, allowed", e, &v6(ipv6("2001:db8::1", "2001:db8::2", 0, &chain(2049))), TC_PASS, counter::ALLOWED, None);
-    lab.check("hbh+routing+dstopts, denied", e, &v6(ipv6("2001:db8::1", "2001:db8::2", 0, &chain(4045))), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
+    lab.check(
+        "hbh+routing+dstopts, allowed",
+        e,
+        &v6(ipv6("2001:db8::1", "2001:db8::2", 0, &chain(2049))),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "hbh+routing+dstopts, denied",
+        e,
+        &v6(ipv6("2001:db8::1", "2001:db8::2", 0, &chain(4045))),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
     // Nine extension headers: more than the walk takes; a defined drop towards storage.
     let mut long = tcp(700, 2049, SYN);
     let mut next = TCP;
@@ -191,15 +400,93 @@ fn ipv6_extension_headers_and_fragments() {
         long = [ext(next, 0), long].concat();
         next = 60;
     }
-    lab.check("nine ext headers", e, &v6(ipv6("2001:db8::1", "2001:db8::2", 60, &long)), TC_DROP, counter::DENIED, Some(reason::MALFORMED));
+    lab.check(
+        "nine ext headers",
+        e,
+        &v6(ipv6("2001:db8::1", "2001:db8::2", 60, &long)),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::MALFORMED),
+    );
     // Fragments: the first carries the ports and is judged; later ones carry none and pass.
-    lab.check("v6 first fragment, denied port", e, &v6(ipv6("2001:db8::1", "2001:db8::2", 44, &[frag6(UDP, 0, true), udp(700, 4045)].concat())), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
-    lab.check("v6 later fragment", e, &v6(ipv6("2001:db8::1", "2001:db8::2", 44, &[frag6(UDP, 185, false), vec![0u8; 16]].concat())), TC_PASS, counter::FRAGMENT, None);
-    lab.check("v4 first fragment, denied port", e, &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 0x2000, &udp(700, 4045))), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
-    lab.check("v4 first fragment, allowed", e, &v4(ipv4("192.0.2.1", "192.0.2.2", TCP, 0x2000, &tcp(700, 2049, ACK))), TC_PASS, counter::ALLOWED, None);
-    lab.check("v4 later fragment", e, &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 0x2000 | 185, &[0u8; 16])), TC_PASS, counter::FRAGMENT, None);
-    lab.check("v4 last fragment", e, &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 185, &[0u8; 16])), TC_PASS, counter::FRAGMENT, None);
-    lab.check("v4 later fragment, unprotected", e, &v4(ipv4("192.0.2.1", "192.0.2.3", UDP, 185, &[0u8; 16])), TC_PASS, counter::PASSED, None);
+    lab.check(
+        "v6 first fragment, denied port",
+        e,
+        &v6(ipv6(
+            "2001:db8::1",
+            "2001:db8::2",
+            44,
+            &[frag6(UDP, 0, true), udp(700, 4045)].concat(),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "v6 later fragment",
+        e,
+        &v6(ipv6(
+            "2001:db8::1",
+            "2001:db8::2",
+            44,
+            &[frag6(UDP, 185, false), vec![0u8; 16]].concat(),
+        )),
+        TC_PASS,
+        counter::FRAGMENT,
+        None,
+    );
+    lab.check(
+        "v4 first fragment, denied port",
+        e,
+        &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 0x2000, &udp(700, 4045))),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "v4 first fragment, allowed",
+        e,
+        &v4(ipv4(
+            "192.0.2.1",
+            "192.0.2.2",
+            TCP,
+            0x2000,
+            &tcp(700, 2049, ACK),
+        )),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "v4 later fragment",
+        e,
+        &v4(ipv4(
+            "192.0.2.1",
+            "192.0.2.2",
+            UDP,
+            0x2000 | 185,
+            &[0u8; 16],
+        )),
+        TC_PASS,
+        counter::FRAGMENT,
+        None,
+    );
+    lab.check(
+        "v4 last fragment",
+        e,
+        &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 185, &[0u8; 16])),
+        TC_PASS,
+        counter::FRAGMENT,
+        None,
+    );
+    lab.check(
+        "v4 later fragment, unprotected",
+        e,
+        &v4(ipv4("192.0.2.1", "192.0.2.3", UDP, 185, &[0u8; 16])),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
 }
 
 #[test]
@@ -210,12 +497,45 @@ fn vlan_tagged_frames_are_judged() {
     let mut lab = Lab::new(Mode::Enforce);
     let e = programs::TC_EGRESS;
     for tags in [vec![0x8100], vec![0x88a8, 0x8100]] {
-        let ok = ether(&tags, 0x0800, &ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(40000, 2049, SYN)));
-        let bad = ether(&tags, 0x0800, &ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(40000, 111, SYN)));
-        let bad6 = ether(&tags, 0x86dd, &ipv6("2001:db8::1", "2001:db8::2", TCP, &tcp(700, 111, SYN)));
-        lab.check(&format!("{tags:x?} allowed"), e, &ok, TC_PASS, counter::ALLOWED, None);
-        lab.check(&format!("{tags:x?} denied"), e, &bad, TC_DROP, counter::DENIED, Some(reason::NO_RULE));
-        lab.check(&format!("{tags:x?} denied v6"), e, &bad6, TC_DROP, counter::DENIED, Some(reason::NO_RULE));
+        let ok = ether(
+            &tags,
+            0x0800,
+            &ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(40000, 2049, SYN)),
+        );
+        let bad = ether(
+            &tags,
+            0x0800,
+            &ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(40000, 111, SYN)),
+        );
+        let bad6 = ether(
+            &tags,
+            0x86dd,
+            &ipv6("2001:db8::1", "2001:db8::2", TCP, &tcp(700, 111, SYN)),
+        );
+        lab.check(
+            &format!("{tags:x?} allowed"),
+            e,
+            &ok,
+            TC_PASS,
+            counter::ALLOWED,
+            None,
+        );
+        lab.check(
+            &format!("{tags:x?} denied"),
+            e,
+            &bad,
+            TC_DROP,
+            counter::DENIED,
+            Some(reason::NO_RULE),
+        );
+        lab.check(
+            &format!("{tags:x?} denied v6"),
+            e,
+            &bad6,
+            TC_DROP,
+            counter::DENIED,
+            Some(reason::NO_RULE),
+        );
     }
 }
 
@@ -226,52 +546,322 @@ fn ingress_replies_callbacks_guards_and_icmp_errors() {
     }
     let mut lab = Lab::new(Mode::Enforce);
     let (e, i) = (programs::TC_EGRESS, programs::TC_INGRESS);
-    let syn_ack = v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 40000, SYN | ACK)));
-    lab.check("reply before any request", i, &syn_ack, TC_DROP, counter::DENIED, Some(reason::UNSOLICITED));
-    lab.check("request", e, &egress_syn("192.0.2.2", 2049), TC_PASS, counter::ALLOWED, None);
+    let syn_ack = v4(ipv4(
+        "192.0.2.2",
+        "192.0.2.1",
+        TCP,
+        0,
+        &tcp(2049, 40000, SYN | ACK),
+    ));
+    lab.check(
+        "reply before any request",
+        i,
+        &syn_ack,
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::UNSOLICITED),
+    );
+    lab.check(
+        "request",
+        e,
+        &egress_syn("192.0.2.2", 2049),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
     lab.check("reply", i, &syn_ack, TC_PASS, counter::CONNTRACK_HIT, None);
-    lab.check("egress again: table hit", e, &egress_syn("192.0.2.2", 2049), TC_PASS, counter::CONNTRACK_HIT, None);
-    lab.check("unsolicited from storage", i, &v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 22, SYN))), TC_DROP, counter::DENIED, Some(reason::UNSOLICITED));
-    lab.check("from storage to a subnet member port", i, &v4(ipv4("198.51.100.9", "192.0.2.1", TCP, 0, &tcp(3260, 50000, SYN))), TC_DROP, counter::DENIED, Some(reason::UNSOLICITED));
-    lab.check("NFSv3 callback", i, &v4(ipv4("192.0.2.2", "192.0.2.1", UDP, 0, &udp(4045, 33000))), TC_PASS, counter::ALLOWED, None);
+    lab.check(
+        "egress again: table hit",
+        e,
+        &egress_syn("192.0.2.2", 2049),
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
+    lab.check(
+        "unsolicited from storage",
+        i,
+        &v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 22, SYN))),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::UNSOLICITED),
+    );
+    lab.check(
+        "from storage to a subnet member port",
+        i,
+        &v4(ipv4(
+            "198.51.100.9",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(3260, 50000, SYN),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::UNSOLICITED),
+    );
+    lab.check(
+        "NFSv3 callback",
+        i,
+        &v4(ipv4("192.0.2.2", "192.0.2.1", UDP, 0, &udp(4045, 33000))),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
     // The callback's reply goes out through the table.
-    lab.check("callback reply", e, &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 0, &udp(33000, 4045))), TC_PASS, counter::CONNTRACK_HIT, None);
-    lab.check("cluster to 8000", i, &v4(ipv4("203.0.113.7", "192.0.2.1", TCP, 0, &tcp(50000, 8000, SYN))), TC_PASS, counter::ALLOWED, None);
-    lab.check("outsider to 8000", i, &v4(ipv4("192.0.2.99", "192.0.2.1", TCP, 0, &tcp(50000, 8000, SYN))), TC_DROP, counter::DENIED, Some(reason::SOURCE_NOT_ALLOWED));
-    lab.check("cluster to the probe port", i, &v4(ipv4("203.0.113.7", "192.0.2.1", TCP, 0, &tcp(50000, 17546, SYN))), TC_DROP, counter::DENIED, Some(reason::SOURCE_NOT_ALLOWED));
-    lab.check("outsider to an unguarded port", i, &v4(ipv4("192.0.2.99", "192.0.2.1", TCP, 0, &tcp(50000, 22, SYN))), TC_PASS, counter::PASSED, None);
+    lab.check(
+        "callback reply",
+        e,
+        &v4(ipv4("192.0.2.1", "192.0.2.2", UDP, 0, &udp(33000, 4045))),
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
+    lab.check(
+        "cluster to 8000",
+        i,
+        &v4(ipv4(
+            "203.0.113.7",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(50000, 8000, SYN),
+        )),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "outsider to 8000",
+        i,
+        &v4(ipv4(
+            "192.0.2.99",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(50000, 8000, SYN),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::SOURCE_NOT_ALLOWED),
+    );
+    lab.check(
+        "cluster to the probe port",
+        i,
+        &v4(ipv4(
+            "203.0.113.7",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(50000, 17546, SYN),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::SOURCE_NOT_ALLOWED),
+    );
+    lab.check(
+        "outsider to an unguarded port",
+        i,
+        &v4(ipv4(
+            "192.0.2.99",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(50000, 22, SYN),
+        )),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
     // ICMP errors: fragmentation needed for the allowed flow passes (PMTU discovery); for an
     // unknown flow it is dropped; a redirect from storage is dropped; neighbour discovery passes.
     let quoted = ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(40000, 2049, ACK));
-    lab.check("frag needed, known flow", i, &v4(ipv4("192.0.2.2", "192.0.2.1", ICMP, 0, &icmp(3, 4, &quoted))), TC_PASS, counter::ALLOWED, None);
+    lab.check(
+        "frag needed, known flow",
+        i,
+        &v4(ipv4(
+            "192.0.2.2",
+            "192.0.2.1",
+            ICMP,
+            0,
+            &icmp(3, 4, &quoted),
+        )),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
     let unknown = ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(40001, 2049, ACK));
-    lab.check("frag needed, unknown flow", i, &v4(ipv4("192.0.2.2", "192.0.2.1", ICMP, 0, &icmp(3, 4, &unknown))), TC_DROP, counter::DENIED, Some(reason::ICMP_UNRELATED));
-    lab.check("redirect from storage", i, &v4(ipv4("192.0.2.2", "192.0.2.1", ICMP, 0, &icmp(5, 1, &quoted))), TC_DROP, counter::DENIED, Some(reason::ICMP_UNRELATED));
-    lab.check("echo reply from storage", i, &v4(ipv4("192.0.2.2", "192.0.2.1", ICMP, 0, &icmp(0, 0, &[]))), TC_PASS, counter::PASSED, None);
+    lab.check(
+        "frag needed, unknown flow",
+        i,
+        &v4(ipv4(
+            "192.0.2.2",
+            "192.0.2.1",
+            ICMP,
+            0,
+            &icmp(3, 4, &unknown),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::ICMP_UNRELATED),
+    );
+    lab.check(
+        "redirect from storage",
+        i,
+        &v4(ipv4(
+            "192.0.2.2",
+            "192.0.2.1",
+            ICMP,
+            0,
+            &icmp(5, 1, &quoted),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::ICMP_UNRELATED),
+    );
+    lab.check(
+        "echo reply from storage",
+        i,
+        &v4(ipv4("192.0.2.2", "192.0.2.1", ICMP, 0, &icmp(0, 0, &[]))),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
     // IPv6: the same flow rules, packet-too-big for a known flow, neighbour advertisement.
-    lab.check("v6 request", e, &v6(ipv6("2001:db8::1", "2001:db8::2", TCP, &tcp(700, 2049, SYN))), TC_PASS, counter::ALLOWED, None);
-    lab.check("v6 reply", i, &v6(ipv6("2001:db8::2", "2001:db8::1", TCP, &tcp(2049, 700, SYN | ACK))), TC_PASS, counter::CONNTRACK_HIT, None);
+    lab.check(
+        "v6 request",
+        e,
+        &v6(ipv6(
+            "2001:db8::1",
+            "2001:db8::2",
+            TCP,
+            &tcp(700, 2049, SYN),
+        )),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "v6 reply",
+        i,
+        &v6(ipv6(
+            "2001:db8::2",
+            "2001:db8::1",
+            TCP,
+            &tcp(2049, 700, SYN | ACK),
+        )),
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
     let q6 = ipv6("2001:db8::1", "2001:db8::2", TCP, &tcp(700, 2049, ACK));
-    lab.check("v6 packet too big", i, &v6(ipv6("2001:db8::2", "2001:db8::1", ICMPV6, &icmp(2, 0, &q6))), TC_PASS, counter::ALLOWED, None);
-    lab.check("v6 neighbour advertisement", i, &v6(ipv6("2001:db8::2", "2001:db8::1", ICMPV6, &icmp(136, 0, &[0u8; 16]))), TC_PASS, counter::PASSED, None);
-    lab.check("v6 unsolicited", i, &v6(ipv6("2001:db8::2", "2001:db8::1", TCP, &tcp(2049, 9999, SYN))), TC_DROP, counter::DENIED, Some(reason::UNSOLICITED));
+    lab.check(
+        "v6 packet too big",
+        i,
+        &v6(ipv6("2001:db8::2", "2001:db8::1", ICMPV6, &icmp(2, 0, &q6))),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "v6 neighbour advertisement",
+        i,
+        &v6(ipv6(
+            "2001:db8::2",
+            "2001:db8::1",
+            ICMPV6,
+            &icmp(136, 0, &[0u8; 16]),
+        )),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
+    lab.check(
+        "v6 unsolicited",
+        i,
+        &v6(ipv6(
+            "2001:db8::2",
+            "2001:db8::1",
+            TCP,
+            &tcp(2049, 9999, SYN),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::UNSOLICITED),
+    );
 }
 
 #[test]
 fn xdp_ingress_uses_the_same_policy() {
     if !require_root("xdp_ingress_uses_the_same_policy")
-        || !kernel_has("xdp_ingress_uses_the_same_policy", XDP_KERNEL, "bpf_xdp_load_bytes")
+        || !kernel_has(
+            "xdp_ingress_uses_the_same_policy",
+            XDP_KERNEL,
+            "bpf_xdp_load_bytes",
+        )
     {
         return;
     }
     let mut lab = Lab::new(Mode::Enforce);
     let x = programs::XDP_INGRESS;
-    lab.check("xdp unsolicited", x, &v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 22, SYN))), XDP_DROP, counter::DENIED, Some(reason::UNSOLICITED));
-    lab.check("xdp callback", x, &v4(ipv4("192.0.2.2", "192.0.2.1", UDP, 0, &udp(4045, 33000))), XDP_PASS, counter::ALLOWED, None);
-    lab.check("xdp outsider to 8000", x, &v4(ipv4("192.0.2.99", "192.0.2.1", TCP, 0, &tcp(50000, 8000, SYN))), XDP_DROP, counter::DENIED, Some(reason::SOURCE_NOT_ALLOWED));
-    lab.check("xdp vlan v6 unsolicited", x, &ether(&[0x8100], 0x86dd, &ipv6("2001:db8::2", "2001:db8::1", TCP, &tcp(2049, 9999, SYN))), XDP_DROP, counter::DENIED, Some(reason::UNSOLICITED));
-    lab.check("xdp truncated", x, &v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 22, SYN)))[..36], XDP_DROP, counter::DENIED, Some(reason::MALFORMED));
-    lab.check("xdp arp", x, &ether(&[], 0x0806, &[0u8; 28]), XDP_PASS, counter::PASSED, None);
+    lab.check(
+        "xdp unsolicited",
+        x,
+        &v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 22, SYN))),
+        XDP_DROP,
+        counter::DENIED,
+        Some(reason::UNSOLICITED),
+    );
+    lab.check(
+        "xdp callback",
+        x,
+        &v4(ipv4("192.0.2.2", "192.0.2.1", UDP, 0, &udp(4045, 33000))),
+        XDP_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "xdp outsider to 8000",
+        x,
+        &v4(ipv4(
+            "192.0.2.99",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(50000, 8000, SYN),
+        )),
+        XDP_DROP,
+        counter::DENIED,
+        Some(reason::SOURCE_NOT_ALLOWED),
+    );
+    lab.check(
+        "xdp vlan v6 unsolicited",
+        x,
+        &ether(
+            &[0x8100],
+            0x86dd,
+            &ipv6("2001:db8::2", "2001:db8::1", TCP, &tcp(2049, 9999, SYN)),
+        ),
+        XDP_DROP,
+        counter::DENIED,
+        Some(reason::UNSOLICITED),
+    );
+    lab.check(
+        "xdp truncated",
+        x,
+        &v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, 22, SYN)))[..36],
+        XDP_DROP,
+        counter::DENIED,
+        Some(reason::MALFORMED),
+    );
+    lab.check(
+        "xdp arp",
+        x,
+        &ether(&[], 0x0806, &[0u8; 28]),
+        XDP_PASS,
+        counter::PASSED,
+        None,
+    );
 }
 
 #[test]
@@ -281,9 +871,30 @@ fn audit_mode_passes_and_reports() {
     }
     let mut lab = Lab::new(Mode::Audit);
     let e = programs::TC_EGRESS;
-    lab.check("audited", e, &egress_syn("192.0.2.2", 3260), TC_PASS, counter::AUDITED, Some(reason::NO_RULE));
-    lab.check("allowed stays allowed", e, &egress_syn("192.0.2.2", 2049), TC_PASS, counter::ALLOWED, None);
+    lab.check(
+        "audited",
+        e,
+        &egress_syn("192.0.2.2", 3260),
+        TC_PASS,
+        counter::AUDITED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "allowed stays allowed",
+        e,
+        &egress_syn("192.0.2.2", 2049),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
     // Switching to enforce takes effect at once, without reloading programs.
     lab.dp.set_mode(Mode::Enforce).unwrap();
-    lab.check("enforced", e, &egress_syn("192.0.2.2", 3260), TC_DROP, counter::DENIED, Some(reason::NO_RULE));
+    lab.check(
+        "enforced",
+        e,
+        &egress_syn("192.0.2.2", 3260),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
 }

@@ -39,21 +39,46 @@ fn nftables_plan_loads_with_nft_check() {
     .unwrap();
     for role in ["worker", "controller"] {
         let out = Command::new(binary())
-            .args(["plan", "--config", cfg.to_str().unwrap(), "--backends", fixtures().to_str().unwrap(), "--role", role, "--format", "nftables"])
+            .args([
+                "plan",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--backends",
+                fixtures().to_str().unwrap(),
+                "--role",
+                role,
+                "--format",
+                "nftables",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let file = dir.join(format!("{role}.nft"));
         std::fs::write(&file, &out.stdout).unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("ipv4_addr . inet_proto . inet_service"), "{text}");
+        assert!(
+            text.contains("ipv4_addr . inet_proto . inet_service"),
+            "{text}"
+        );
         let check = ns.try_exec(&["nft", "-c", "-f", file.to_str().unwrap()]);
-        assert!(check.status.success(), "nft -c rejects the {role} plan: {}\n{text}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "nft -c rejects the {role} plan: {}\n{text}",
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
     // And a plan with a broken set element would be rejected: the check can fail.
     let bad = dir.join("bad.nft");
     std::fs::write(&bad, "table inet t { set s { type ipv4_addr . inet_proto . inet_service; elements = { 192.0.2.1 . tcp } } }\n").unwrap();
-    assert!(!ns.try_exec(&["nft", "-c", "-f", bad.to_str().unwrap()]).status.success());
+    assert!(
+        !ns.try_exec(&["nft", "-c", "-f", bad.to_str().unwrap()])
+            .status
+            .success()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -84,22 +109,50 @@ fn host_names_resolve_through_the_namespace_hosts_file() {
     .unwrap();
     let out = ns
         .command(binary().to_str().unwrap())
-        .args(["plan", "--backends", backend.to_str().unwrap(), "--format", "json"])
+        .args([
+            "plan",
+            "--backends",
+            backend.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = v["entries"].as_array().unwrap();
-    let mgmt = entries.iter().find(|e| e["ports"][0] == 443).expect("mgmt entry");
+    let mgmt = entries
+        .iter()
+        .find(|e| e["ports"][0] == 443)
+        .expect("mgmt entry");
     assert_eq!(mgmt["dst"], "192.0.2.90/32");
-    assert!(mgmt["source"].as_str().unwrap().contains("managementLIF (svm-mgmt.storage.test -> 192.0.2.90)"), "{mgmt}");
-    let data = entries.iter().find(|e| e["ports"][0] == 2049).expect("data entry");
+    assert!(
+        mgmt["source"]
+            .as_str()
+            .unwrap()
+            .contains("managementLIF (svm-mgmt.storage.test -> 192.0.2.90)"),
+        "{mgmt}"
+    );
+    let data = entries
+        .iter()
+        .find(|e| e["ports"][0] == 2049)
+        .expect("data entry");
     assert_eq!(data["dst"], "2001:db8::91/128");
     // Outside the namespace the name does not resolve: a clear error, not a partial policy.
-    let out = Command::new(binary()).args(["plan", "--backends", backend.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(binary())
+        .args(["plan", "--backends", backend.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("managementLIF") && err.contains("does not resolve"), "{err}");
+    assert!(
+        err.contains("managementLIF") && err.contains("does not resolve"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -113,7 +166,14 @@ fn run_enforces_the_plan_compiled_from_backends() {
     let pair = Pair::standard();
     let _echo = Echo::start(
         &pair.storage,
-        &[sa("192.0.2.2:443"), sa("192.0.2.2:2049"), sa("192.0.2.2:111"), sa("192.0.2.2:635"), sa("[2001:db8::2]:2049"), sa("[2001:db8::2]:111")],
+        &[
+            sa("192.0.2.2:443"),
+            sa("192.0.2.2:2049"),
+            sa("192.0.2.2:111"),
+            sa("192.0.2.2:635"),
+            sa("[2001:db8::2]:2049"),
+            sa("[2001:db8::2]:111"),
+        ],
     );
     let dir = tmpdir("run-plan");
     std::fs::create_dir_all(dir.join("backends")).unwrap();
@@ -125,9 +185,22 @@ fn run_enforces_the_plan_compiled_from_backends() {
          dataLIF: \"[2001:db8::2]\"\nnfsMountOptions: nfsvers=4\n",
     )
     .unwrap();
-    std::fs::write(dir.join("node.yaml"), "backends: {sources: [backends]}\nevents: {interval: 0s}\n").unwrap();
+    std::fs::write(
+        dir.join("node.yaml"),
+        "backends: {sources: [backends]}\nevents: {interval: 0s}\n",
+    )
+    .unwrap();
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(&pair.node, &["run", "--config", cfg.to_str().unwrap(), "--iface", &pair.node_if]);
+    let mut agent = Agent::start(
+        &pair.node,
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+        ],
+    );
     tcp_echo(&pair.node, sa("192.0.2.2:443"), T).unwrap();
     tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
     tcp_echo(&pair.node, sa("[2001:db8::2]:2049"), T).unwrap();
@@ -137,9 +210,16 @@ fn run_enforces_the_plan_compiled_from_backends() {
     udp_echo(&pair.node, sa("[2001:db8::2]:111"), T).unwrap_err();
     udp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap_err();
     let events = agent.wait_events(5, Duration::from_secs(3));
-    for (dst, proto) in [("192.0.2.2:111", "tcp"), ("192.0.2.2:111", "udp"), ("192.0.2.2:635", "tcp"), ("[2001:db8::2]:111", "udp")] {
+    for (dst, proto) in [
+        ("192.0.2.2:111", "tcp"),
+        ("192.0.2.2:111", "udp"),
+        ("192.0.2.2:635", "tcp"),
+        ("[2001:db8::2]:111", "udp"),
+    ] {
         assert!(
-            events.iter().any(|e| e["dst"] == dst && e["proto"] == proto && e["reason"] == "no-rule"),
+            events
+                .iter()
+                .any(|e| e["dst"] == dst && e["proto"] == proto && e["reason"] == "no-rule"),
             "no event for {proto} {dst}: {events:?}"
         );
     }

@@ -15,7 +15,16 @@ fn agent(lab: &Lab, name: &str, backends: &str, node: &str) -> (Agent, PathBuf) 
     std::fs::write(dir.join("backends/backends.yaml"), backends).unwrap();
     std::fs::write(dir.join("node.yaml"), node).unwrap();
     let cfg = dir.join("node.yaml");
-    let a = Agent::start(lab.node(), &["run", "--config", cfg.to_str().unwrap(), "--iface", &lab.pair.node_if]);
+    let a = Agent::start(
+        lab.node(),
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--iface",
+            &lab.pair.node_if,
+        ],
+    );
     (a, dir)
 }
 
@@ -73,16 +82,28 @@ fn every_protocol_the_backends_need_works() {
     assert!(ok("NFSv4", lab.nfs_ls("192.0.2.2", 4)).contains("hello.txt"));
     assert!(ok("iSCSI with CHAP", lab.iscsi_inq("192.0.2.2")).contains("DIRECT_ACCESS"));
     assert!(ok("SMB", lab.smb_ls("192.0.2.2")).contains("smb.txt"));
-    assert_eq!(ok("ONTAP management", lab.https("https://192.0.2.3/")), "200");
-    assert_eq!(ok("E-Series proxy", lab.https("https://192.0.2.2:8443/")), "200");
+    assert_eq!(
+        ok("ONTAP management", lab.https("https://192.0.2.3/")),
+        "200"
+    );
+    assert_eq!(
+        ok("E-Series proxy", lab.https("https://192.0.2.2:8443/")),
+        "200"
+    );
     // IPv6.
     assert!(ok("NFSv4 over IPv6", lab.nfs_ls("2001:db8::2", 4)).contains("hello.txt"));
     assert!(ok("iSCSI over IPv6", lab.iscsi_inq("[2001:db8::2]")).contains("DIRECT_ACCESS"));
-    assert_eq!(ok("management over IPv6", lab.https("https://[2001:db8::2]/")), "200");
+    assert_eq!(
+        ok("management over IPv6", lab.https("https://[2001:db8::2]/")),
+        "200"
+    );
     // What no backend needs stays closed: management HTTPS on a data-only address.
     lab.https("https://192.0.2.2/").unwrap_err();
     let events = a.wait_events(1, Duration::from_secs(3));
-    assert!(events.iter().any(|e| e["dst"] == "192.0.2.2:443"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["dst"] == "192.0.2.2:443"),
+        "{events:?}"
+    );
     assert!(
         events.iter().all(|e| e["dst"] == "192.0.2.2:443"),
         "nothing the backends need was denied: {events:?}"
@@ -102,13 +123,32 @@ fn nfsv4_only_backend_blocks_an_nfsv3_mount_with_explained_events() {
     assert!(lab.nfs_ls("192.0.2.2", 4).unwrap().contains("hello.txt"));
     lab.nfs_ls("192.0.2.2", 3).unwrap_err();
     // libnfs straight to mountd's port, without the portmapper: the next NFSv3 port closed.
-    lab.client(&["nfs-ls", "nfs://192.0.2.2/export?version=3&mountport=635&nfsport=2049"]).unwrap_err();
+    lab.client(&[
+        "nfs-ls",
+        "nfs://192.0.2.2/export?version=3&mountport=635&nfsport=2049",
+    ])
+    .unwrap_err();
     let events = a.wait_events(2, Duration::from_secs(5));
-    let rpcbind = events.iter().find(|e| e["dst"] == "192.0.2.2:111").unwrap_or_else(|| panic!("{events:?}"));
-    assert_eq!(rpcbind["purpose"], "RPCBIND/portmapper, needed only for NFSv3");
+    let rpcbind = events
+        .iter()
+        .find(|e| e["dst"] == "192.0.2.2:111")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(
+        rpcbind["purpose"],
+        "RPCBIND/portmapper, needed only for NFSv3"
+    );
     assert_eq!(rpcbind["backend"], "nas-prod");
-    assert!(rpcbind["hint"].as_str().unwrap().contains("mounts NFSv4 (nfsvers=4.1)"), "{rpcbind}");
-    let mountd = events.iter().find(|e| e["dst"] == "192.0.2.2:635").unwrap_or_else(|| panic!("{events:?}"));
+    assert!(
+        rpcbind["hint"]
+            .as_str()
+            .unwrap()
+            .contains("mounts NFSv4 (nfsvers=4.1)"),
+        "{rpcbind}"
+    );
+    let mountd = events
+        .iter()
+        .find(|e| e["dst"] == "192.0.2.2:635")
+        .unwrap_or_else(|| panic!("{events:?}"));
     assert_eq!(mountd["purpose"], "Mount daemon, needed only for NFSv3");
     a.stop(libc::SIGTERM);
 }
@@ -121,10 +161,17 @@ fn san_only_node_cannot_reach_nfs() {
     let lab = Lab::start();
     let backend = "version: 1\nstorageDriverName: ontap-san\nbackendName: san-prod\nmanagementLIF: 192.0.2.3\ndataLIF: 192.0.2.2\n";
     let (mut a, _) = agent(&lab, "san", backend, NODE);
-    assert!(lab.iscsi_inq("192.0.2.2").unwrap().contains("DIRECT_ACCESS"));
+    assert!(
+        lab.iscsi_inq("192.0.2.2")
+            .unwrap()
+            .contains("DIRECT_ACCESS")
+    );
     lab.nfs_ls("192.0.2.2", 4).unwrap_err();
     let events = a.wait_events(1, Duration::from_secs(5));
-    let nfs = events.iter().find(|e| e["dst"] == "192.0.2.2:2049").unwrap_or_else(|| panic!("{events:?}"));
+    let nfs = events
+        .iter()
+        .find(|e| e["dst"] == "192.0.2.2:2049")
+        .unwrap_or_else(|| panic!("{events:?}"));
     assert_eq!(nfs["purpose"], "NFS daemon");
     assert_eq!(nfs["backend"], "san-prod");
     a.stop(libc::SIGTERM);
@@ -140,9 +187,18 @@ fn iscsi_login_works_only_to_declared_portals() {
     let backend = "version: 1\nstorageDriverName: ontap-san\nbackendName: san-prod\nmanagementLIF: 192.0.2.3\n";
     let node = "backends:\n  sources: [backends]\n  dataAddresses: {san-prod: [192.0.2.2/32]}\nevents: {interval: 1s}\n";
     let (mut a, _) = agent(&lab, "portals", backend, node);
-    assert!(lab.iscsi_inq("192.0.2.2").unwrap().contains("DIRECT_ACCESS"));
+    assert!(
+        lab.iscsi_inq("192.0.2.2")
+            .unwrap()
+            .contains("DIRECT_ACCESS")
+    );
     lab.iscsi_inq("192.0.2.3").unwrap_err();
     let events = a.wait_events(1, Duration::from_secs(5));
-    assert!(events.iter().any(|e| e["dst"] == "192.0.2.3:3260" && e["reason"] == "no-rule"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["dst"] == "192.0.2.3:3260" && e["reason"] == "no-rule"),
+        "{events:?}"
+    );
     a.stop(libc::SIGTERM);
 }

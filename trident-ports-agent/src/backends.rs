@@ -37,25 +37,42 @@ pub const DRIVERS: [(&str, Driver); 10] = [
     ("ontap-san", Driver::OntapSan),
     ("ontap-san-economy", Driver::OntapSanEconomy),
     ("azure-netapp-files", Driver::AzureNetappFiles),
-    ("google-cloud-netapp-volumes", Driver::GoogleCloudNetappVolumes),
-    ("google-cloud-netapp-volumes-san", Driver::GoogleCloudNetappVolumesSan),
+    (
+        "google-cloud-netapp-volumes",
+        Driver::GoogleCloudNetappVolumes,
+    ),
+    (
+        "google-cloud-netapp-volumes-san",
+        Driver::GoogleCloudNetappVolumesSan,
+    ),
     ("solidfire-san", Driver::SolidfireSan),
     ("eseries-iscsi", Driver::EseriesIscsi),
 ];
 
 impl Driver {
     pub fn name(self) -> &'static str {
-        DRIVERS.iter().find(|(_, d)| *d == self).map(|(n, _)| *n).unwrap()
+        DRIVERS
+            .iter()
+            .find(|(_, d)| *d == self)
+            .map(|(n, _)| *n)
+            .unwrap()
     }
 
     fn parse(s: &str) -> Option<Self> {
-        DRIVERS.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)).map(|(_, d)| *d)
+        DRIVERS
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, d)| *d)
     }
 
     fn is_ontap(self) -> bool {
         matches!(
             self,
-            Driver::OntapNas | Driver::OntapNasEconomy | Driver::OntapNasFlexgroup | Driver::OntapSan | Driver::OntapSanEconomy
+            Driver::OntapNas
+                | Driver::OntapNasEconomy
+                | Driver::OntapNasFlexgroup
+                | Driver::OntapSan
+                | Driver::OntapSanEconomy
         )
     }
 
@@ -149,7 +166,9 @@ pub fn load(sources: &[PathBuf]) -> Result<Vec<Backend>> {
                 .filter(|p| {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                     !name.starts_with("..")
-                        && (name.ends_with(".json") || name.ends_with(".yaml") || name.ends_with(".yml"))
+                        && (name.ends_with(".json")
+                            || name.ends_with(".yaml")
+                            || name.ends_with(".yml"))
                         && p.is_file()
                 })
                 .collect();
@@ -180,7 +199,10 @@ pub fn load(sources: &[PathBuf]) -> Result<Vec<Backend>> {
     let mut seen = BTreeMap::new();
     for b in &backends {
         if let Some(prev) = seen.insert(b.name.clone(), b.origin.clone()) {
-            return Err(err(Path::new(&b.origin), format!("backendName `{}` is also defined in {prev}", b.name)));
+            return Err(err(
+                Path::new(&b.origin),
+                format!("backendName `{}` is also defined in {prev}", b.name),
+            ));
         }
     }
     Ok(backends)
@@ -189,10 +211,15 @@ pub fn load(sources: &[PathBuf]) -> Result<Vec<Backend>> {
 /// Parses one file into (path, origin, document) triples.
 pub fn documents(path: &Path, text: &str) -> Result<Vec<(PathBuf, String, Value)>> {
     let display = path.display().to_string();
-    let is_json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
     if is_json {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| err(path, format!("line {} column {}: {e}", e.line(), e.column())))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            err(
+                path,
+                format!("line {} column {}: {e}", e.line(), e.column()),
+            )
+        })?;
         let v: Value = serde_yaml::to_value(v).map_err(|e| err(path, e.to_string()))?;
         return Ok(vec![(path.to_path_buf(), display, v)]);
     }
@@ -249,10 +276,16 @@ impl<'a> Obj<'a> {
 }
 
 fn kind(v: &Value) -> Option<&str> {
-    v.as_mapping().and_then(|m| Obj(m).get("kind")).and_then(Value::as_str)
+    v.as_mapping()
+        .and_then(|m| Obj(m).get("kind"))
+        .and_then(Value::as_str)
 }
 
-fn collect_secret(path: &Path, v: &Value, secrets: &mut BTreeMap<String, (String, u16)>) -> Result<()> {
+fn collect_secret(
+    path: &Path,
+    v: &Value,
+    secrets: &mut BTreeMap<String, (String, u16)>,
+) -> Result<()> {
     let m = Obj(v.as_mapping().unwrap());
     let Some(name) = m.obj("metadata").and_then(|md| md.str("name")) else {
         return Ok(());
@@ -260,10 +293,18 @@ fn collect_secret(path: &Path, v: &Value, secrets: &mut BTreeMap<String, (String
     let endpoint = m
         .obj("stringData")
         .and_then(|d| d.str("EndPoint"))
-        .or_else(|| m.obj("data").and_then(|d| d.str("EndPoint")).and_then(|b| base64_decode(&b)));
+        .or_else(|| {
+            m.obj("data")
+                .and_then(|d| d.str("EndPoint"))
+                .and_then(|b| base64_decode(&b))
+        });
     if let Some(url) = endpoint {
-        let hp = url_host_port(&url)
-            .ok_or_else(|| err(path, format!("Secret {name}: EndPoint is not an http(s) URL with a host")))?;
+        let hp = url_host_port(&url).ok_or_else(|| {
+            err(
+                path,
+                format!("Secret {name}: EndPoint is not an http(s) URL with a host"),
+            )
+        })?;
         secrets.insert(name, hp);
     }
     Ok(())
@@ -283,9 +324,16 @@ fn backend(
         Some("TridentBackendConfig") => {
             let api = top.str("apiVersion").unwrap_or_default();
             if !api.starts_with("trident.netapp.io/") {
-                return Err(err(at, format!("TridentBackendConfig with apiVersion `{api}`; expected trident.netapp.io/v1")));
+                return Err(err(
+                    at,
+                    format!(
+                        "TridentBackendConfig with apiVersion `{api}`; expected trident.netapp.io/v1"
+                    ),
+                ));
             }
-            let spec = top.obj("spec").ok_or_else(|| err(at, "TridentBackendConfig without spec"))?;
+            let spec = top
+                .obj("spec")
+                .ok_or_else(|| err(at, "TridentBackendConfig without spec"))?;
             (spec, top.obj("metadata").and_then(|m| m.str("name")))
         }
         // Other Kubernetes objects (Secrets, StorageClasses, ...) are not backends.
@@ -298,11 +346,20 @@ fn backend(
         .ok_or_else(|| field_err("storageDriverName", "missing".into()))?;
     let driver = Driver::parse(&driver_name).ok_or_else(|| {
         let known: Vec<&str> = DRIVERS.iter().map(|(n, _)| *n).collect();
-        field_err("storageDriverName", format!("unknown driver `{driver_name}`; known drivers: {}", known.join(", ")))
+        field_err(
+            "storageDriverName",
+            format!(
+                "unknown driver `{driver_name}`; known drivers: {}",
+                known.join(", ")
+            ),
+        )
     })?;
     if let Some(version) = spec.str("version") {
         if version != "1" {
-            return Err(field_err("version", format!("`{version}` is not supported; Trident backends are version 1")));
+            return Err(field_err(
+                "version",
+                format!("`{version}` is not supported; Trident backends are version 1"),
+            ));
         }
     }
     let mut b = Backend {
@@ -338,8 +395,16 @@ fn backend(
                 None if l.0 != spec.0 => {} // a pool without nasType inherits the backend's
                 None | Some("nfs") => {
                     any_nfs = true;
-                    let opts = l.str("nfsMountOptions").or_else(|| spec.str("nfsMountOptions"));
-                    match opts.as_deref().map(nfs_version).transpose().map_err(|m| field_err("nfsMountOptions", m))?.flatten() {
+                    let opts = l
+                        .str("nfsMountOptions")
+                        .or_else(|| spec.str("nfsMountOptions"));
+                    match opts
+                        .as_deref()
+                        .map(nfs_version)
+                        .transpose()
+                        .map_err(|m| field_err("nfsMountOptions", m))?
+                        .flatten()
+                    {
                         Some(3) => {
                             nfs.v3 = true;
                             nfs.pinned = true;
@@ -355,7 +420,9 @@ fn backend(
                     }
                 }
                 Some("smb") => b.protocols.smb = true,
-                Some(other) => return Err(field_err("nasType", format!("`{other}` is not nfs or smb"))),
+                Some(other) => {
+                    return Err(field_err("nasType", format!("`{other}` is not nfs or smb")));
+                }
             }
         }
         if any_nfs {
@@ -370,12 +437,18 @@ fn backend(
                 None | Some("iscsi") => b.protocols.iscsi = true,
                 Some("nvme") if driver.is_ontap() => b.protocols.nvme = true,
                 Some("fcp") if driver.is_ontap() => b.protocols.fcp = true,
-                Some(other) => return Err(field_err("sanType", format!("`{other}` is not supported by {}", driver.name()))),
+                Some(other) => {
+                    return Err(field_err(
+                        "sanType",
+                        format!("`{other}` is not supported by {}", driver.name()),
+                    ));
+                }
             }
         }
     }
     if b.protocols.fcp {
-        b.notes.push("sanType fcp: fibre-channel data needs no IP rules".into());
+        b.notes
+            .push("sanType fcp: fibre-channel data needs no IP rules".into());
     }
 
     match driver {
@@ -396,15 +469,20 @@ fn backend(
                 b.data_discovered = Some("Trident may also log in to other iSCSI/NVMe data LIFs it discovers (selective LUN map)".into());
             }
         }
-        Driver::AzureNetappFiles | Driver::GoogleCloudNetappVolumes | Driver::GoogleCloudNetappVolumesSan => {
-            b.data_discovered = Some("volume addresses are assigned by the cloud service at run time".into());
+        Driver::AzureNetappFiles
+        | Driver::GoogleCloudNetappVolumes
+        | Driver::GoogleCloudNetappVolumesSan => {
+            b.data_discovered =
+                Some("volume addresses are assigned by the cloud service at run time".into());
             b.notes.push("management goes to the cloud provider's API endpoints, which are not storage addresses and are not policed".into());
         }
         Driver::SolidfireSan => {
             b.mgmt_kind = Some(Mgmt::Solidfire);
             let from_spec = spec.str("Endpoint");
             let (host, port) = match from_spec {
-                Some(url) => url_host_port(&url).ok_or_else(|| field_err("Endpoint", "not an http(s) URL with a host".into()))?,
+                Some(url) => url_host_port(&url).ok_or_else(|| {
+                    field_err("Endpoint", "not an http(s) URL with a host".into())
+                })?,
                 None => {
                     let secret = spec.obj("credentials").and_then(|c| c.str("name"));
                     match secret.as_ref().and_then(|s| secrets.get(s)) {
@@ -423,7 +501,10 @@ fn backend(
                 b.mgmt = endpoint(&host, "Endpoint", None)
                     .map_err(|m| field_err("Endpoint", m))?
                     .into_iter()
-                    .map(|d| Dest { port: Some(port), ..d })
+                    .map(|d| Dest {
+                        port: Some(port),
+                        ..d
+                    })
                     .collect();
             }
             b.data = dest("SVIP", Some(3260))?;
@@ -435,7 +516,10 @@ fn backend(
             let http = spec.bool("webProxyUseHTTP").unwrap_or(false);
             b.mgmt_kind = Some(Mgmt::Eseries { http });
             let port = match spec.str("webProxyPort") {
-                Some(p) => Some(p.parse::<u16>().map_err(|_| field_err("webProxyPort", format!("`{p}` is not a port")))?),
+                Some(p) => Some(
+                    p.parse::<u16>()
+                        .map_err(|_| field_err("webProxyPort", format!("`{p}` is not a port")))?,
+                ),
                 None => None,
             };
             let mut mgmt = dest("webProxyHostname", None)?;
@@ -444,14 +528,25 @@ fn backend(
                 mgmt.extend(dest("controllerA", None)?);
                 mgmt.extend(dest("controllerB", None)?);
             }
-            b.mgmt = mgmt.into_iter().map(|d| Dest { port: port.or(d.port), ..d }).collect();
+            b.mgmt = mgmt
+                .into_iter()
+                .map(|d| Dest {
+                    port: port.or(d.port),
+                    ..d
+                })
+                .collect();
             b.data_discovered = Some("Trident discovers the array's iSCSI target portals at run time (hostDataIP is the node's own address)".into());
         }
         _ => unreachable!("every driver is handled"),
     }
 
     b.name = spec.str("backendName").or(default_name).unwrap_or_else(|| {
-        let addr = b.data.first().or(b.mgmt.first()).map(|d| d.net.addr().to_string()).unwrap_or_default();
+        let addr = b
+            .data
+            .first()
+            .or(b.mgmt.first())
+            .map(|d| d.net.addr().to_string())
+            .unwrap_or_default();
         format!("{}_{}", driver.name(), addr)
     });
     Ok(Some(b))
@@ -464,7 +559,9 @@ pub fn nfs_version(opts: &str) -> std::result::Result<Option<u8>, String> {
     let opts = opts.strip_prefix("-o ").unwrap_or(opts).trim();
     let mut version = None;
     for o in opts.split(',').map(str::trim) {
-        let Some((k, v)) = o.split_once('=') else { continue };
+        let Some((k, v)) = o.split_once('=') else {
+            continue;
+        };
         if k.eq_ignore_ascii_case("nfsvers") || k.eq_ignore_ascii_case("vers") {
             let major = v.split('.').next().unwrap_or("");
             version = Some(
@@ -481,16 +578,30 @@ pub fn nfs_version(opts: &str) -> std::result::Result<Option<u8>, String> {
 
 /// `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`, `host`, `host:443`, or a
 /// CIDR. Host names resolve now (through the system resolver, /etc/hosts included).
-pub fn endpoint(s: &str, field: &str, default_port: Option<u16>) -> std::result::Result<Vec<Dest>, String> {
+pub fn endpoint(
+    s: &str,
+    field: &str,
+    default_port: Option<u16>,
+) -> std::result::Result<Vec<Dest>, String> {
     let s = s.trim();
     if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(vec![Dest { net: net.trunc(), port: default_port, field: field.into() }]);
+        return Ok(vec![Dest {
+            net: net.trunc(),
+            port: default_port,
+            field: field.into(),
+        }]);
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(vec![Dest { net: IpNet::from(ip), port: default_port, field: field.into() }]);
+        return Ok(vec![Dest {
+            net: IpNet::from(ip),
+            port: default_port,
+            field: field.into(),
+        }]);
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p.parse::<u16>().map_err(|_| format!("`{s}`: bad port"))?),
             None if after.is_empty() => default_port,
@@ -498,14 +609,25 @@ pub fn endpoint(s: &str, field: &str, default_port: Option<u16>) -> std::result:
         };
         (h, port)
     } else if let Some((h, p)) = s.rsplit_once(':').filter(|(h, _)| !h.contains(':')) {
-        (h, Some(p.parse::<u16>().map_err(|_| format!("`{s}`: bad port"))?))
+        (
+            h,
+            Some(p.parse::<u16>().map_err(|_| format!("`{s}`: bad port"))?),
+        )
     } else {
         (s, default_port)
     };
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![Dest { net: IpNet::from(ip), port, field: field.into() }]);
+        return Ok(vec![Dest {
+            net: IpNet::from(ip),
+            port,
+            field: field.into(),
+        }]);
     }
-    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
         return Err(format!("`{s}` is not an address or host name"));
     }
     let mut addrs: Vec<IpAddr> = (host, 0)
@@ -517,7 +639,11 @@ pub fn endpoint(s: &str, field: &str, default_port: Option<u16>) -> std::result:
     addrs.dedup();
     Ok(addrs
         .into_iter()
-        .map(|ip| Dest { net: IpNet::from(ip), port, field: format!("{field} ({host} -> {ip})") })
+        .map(|ip| Dest {
+            net: IpNet::from(ip),
+            port,
+            field: format!("{field} ({host} -> {ip})"),
+        })
         .collect())
 }
 
@@ -534,7 +660,13 @@ fn url_host_port(url: &str) -> Option<(String, u16)> {
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
         let (h, after) = r.split_once(']')?;
-        (h.to_string(), after.strip_prefix(':').map(|p| p.parse().ok()).unwrap_or(Some(default))?)
+        (
+            h.to_string(),
+            after
+                .strip_prefix(':')
+                .map(|p| p.parse().ok())
+                .unwrap_or(Some(default))?,
+        )
     } else {
         match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse().ok()?),
@@ -570,7 +702,11 @@ mod tests {
         assert_eq!(nfs_version("nfsvers=3").unwrap(), Some(3));
         assert_eq!(nfs_version("-o nfsvers=4.1,hard").unwrap(), Some(4));
         assert_eq!(nfs_version("vers=4,minorversion=1").unwrap(), Some(4));
-        assert_eq!(nfs_version("nfsvers=4,vers=3").unwrap(), Some(3), "the last one wins");
+        assert_eq!(
+            nfs_version("nfsvers=4,vers=3").unwrap(),
+            Some(3),
+            "the last one wins"
+        );
         assert_eq!(nfs_version("hard,intr").unwrap(), None);
         assert!(nfs_version("nfsvers=2").is_err());
     }
@@ -581,21 +717,45 @@ mod tests {
         assert_eq!(d[0].net.to_string(), "2001:db8::5/128");
         assert_eq!(d[0].port, Some(8443));
         assert_eq!(endpoint("[2001:db8::5]", "f", None).unwrap()[0].port, None);
-        assert_eq!(endpoint("2001:db8::5", "f", None).unwrap()[0].net.to_string(), "2001:db8::5/128");
-        assert_eq!(endpoint("198.51.100.7:3260", "SVIP", Some(3260)).unwrap()[0].port, Some(3260));
-        assert_eq!(endpoint("198.51.100.7", "SVIP", Some(3260)).unwrap()[0].port, Some(3260));
+        assert_eq!(
+            endpoint("2001:db8::5", "f", None).unwrap()[0]
+                .net
+                .to_string(),
+            "2001:db8::5/128"
+        );
+        assert_eq!(
+            endpoint("198.51.100.7:3260", "SVIP", Some(3260)).unwrap()[0].port,
+            Some(3260)
+        );
+        assert_eq!(
+            endpoint("198.51.100.7", "SVIP", Some(3260)).unwrap()[0].port,
+            Some(3260)
+        );
         let l = endpoint("localhost", "managementLIF", None).unwrap();
         assert!(l.iter().any(|d| d.net.addr().is_loopback()), "{l:?}");
         assert!(l[0].field.contains("localhost ->"), "{l:?}");
-        assert!(endpoint("no-such-host.invalid", "f", None).unwrap_err().contains("does not resolve"));
+        assert!(
+            endpoint("no-such-host.invalid", "f", None)
+                .unwrap_err()
+                .contains("does not resolve")
+        );
         assert!(endpoint("bad host!", "f", None).is_err());
     }
 
     #[test]
     fn urls_lose_their_credentials() {
-        assert_eq!(url_host_port("https://admin:secret@192.0.2.9/json-rpc/8.0"), Some(("192.0.2.9".into(), 443)));
-        assert_eq!(url_host_port("https://u:p@[2001:db8::9]:8443/x"), Some(("2001:db8::9".into(), 8443)));
+        assert_eq!(
+            url_host_port("https://admin:secret@192.0.2.9/json-rpc/8.0"),
+            Some(("192.0.2.9".into(), 443))
+        );
+        assert_eq!(
+            url_host_port("https://u:p@[2001:db8::9]:8443/x"),
+            Some(("2001:db8::9".into(), 8443))
+        );
         assert_eq!(url_host_port("ftp://x"), None);
-        assert_eq!(base64_decode("aHR0cHM6Ly91OnBAMTkyLjAuMi45L2pzb24tcnBjLzguMA==").as_deref(), Some("https://u:p@192.0.2.9/json-rpc/8.0"));
+        assert_eq!(
+            base64_decode("aHR0cHM6Ly91OnBAMTkyLjAuMi45L2pzb24tcnBjLzguMA==").as_deref(),
+            Some("https://u:p@192.0.2.9/json-rpc/8.0")
+        );
     }
 }

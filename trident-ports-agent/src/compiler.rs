@@ -8,7 +8,7 @@ use crate::{
     backends::{Backend, Dest, Mgmt},
     config::{NodeConfig, Role},
     model::{Condition, Model, Peer, Port},
-    policy::{BackendInfo, Direction, Entry, Guard, Policy, PortRange, Proto, Protected},
+    policy::{BackendInfo, Direction, Entry, Guard, Policy, PortRange, Protected, Proto},
 };
 
 /// Reads the configuration (or the defaults), the backends it names plus `extra_backends`, and
@@ -25,9 +25,22 @@ pub fn load(
     if let Some(r) = role {
         config.role = r;
     }
-    let base = config_path.and_then(|p| p.parent()).map(std::path::Path::to_path_buf).unwrap_or_default();
-    let mut sources: Vec<std::path::PathBuf> =
-        config.backends.sources.iter().map(|s| if s.is_absolute() { s.clone() } else { base.join(s) }).collect();
+    let base = config_path
+        .and_then(|p| p.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut sources: Vec<std::path::PathBuf> = config
+        .backends
+        .sources
+        .iter()
+        .map(|s| {
+            if s.is_absolute() {
+                s.clone()
+            } else {
+                base.join(s)
+            }
+        })
+        .collect();
     sources.extend(extra_backends.iter().cloned());
     let backends = crate::backends::load(&sources)?;
     let policy = compile(&config, &backends);
@@ -48,7 +61,9 @@ pub fn compile(config: &NodeConfig, backends: &[Backend]) -> Policy {
     }
     for name in config.backends.data_addresses.keys() {
         if !backends.iter().any(|b| &b.name == name) {
-            p.warnings.push(format!("backends.dataAddresses names `{name}`, which is not a backend in the sources"));
+            p.warnings.push(format!(
+                "backends.dataAddresses names `{name}`, which is not a backend in the sources"
+            ));
         }
     }
     compile_directory(model, config, &mut p);
@@ -69,7 +84,14 @@ pub fn compile(config: &NodeConfig, backends: &[Backend]) -> Policy {
     p
 }
 
-fn egress(dst: IpNet, ports: PortRange, proto: Proto, port: &Port, backend: Option<&str>, source: String) -> Entry {
+fn egress(
+    dst: IpNet,
+    ports: PortRange,
+    proto: Proto,
+    port: &Port,
+    backend: Option<&str>,
+    source: String,
+) -> Entry {
     Entry {
         direction: Direction::Egress,
         dst: Some(dst),
@@ -82,7 +104,14 @@ fn egress(dst: IpNet, ports: PortRange, proto: Proto, port: &Port, backend: Opti
     }
 }
 
-fn add_port(p: &mut Policy, port: &Port, dests: &[Dest], b: Option<&Backend>, protos: &[Proto], origin: &str) {
+fn add_port(
+    p: &mut Policy,
+    port: &Port,
+    dests: &[Dest],
+    b: Option<&Backend>,
+    protos: &[Proto],
+    origin: &str,
+) {
     for d in dests {
         let ports = match d.port {
             Some(n) if port.port_to.is_none() => PortRange::single(n),
@@ -103,7 +132,8 @@ fn add_port(p: &mut Policy, port: &Port, dests: &[Dest], b: Option<&Backend>, pr
                     source,
                 });
             } else {
-                p.entries.push(egress(d.net, ports, proto, port, backend, source));
+                p.entries
+                    .push(egress(d.net, ports, proto, port, backend, source));
             }
         }
     }
@@ -123,7 +153,8 @@ fn mgmt_port(model: &Model, kind: Mgmt, role: Role) -> &Port {
 fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Policy) {
     let origin = b.origin.as_str();
     for n in &b.notes {
-        p.warnings.push(format!("backend {} ({}): {n}", b.name, b.driver.name()));
+        p.warnings
+            .push(format!("backend {} ({}): {n}", b.name, b.driver.name()));
     }
     if let Some(kind) = b.mgmt_kind {
         let port = mgmt_port(model, kind, config.role);
@@ -159,7 +190,14 @@ fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Poli
                     b.driver.name(),
                     b.name
                 ));
-                data = b.mgmt.iter().map(|d| Dest { port: None, ..d.clone() }).collect();
+                data = b
+                    .mgmt
+                    .iter()
+                    .map(|d| Dest {
+                        port: None,
+                        ..d.clone()
+                    })
+                    .collect();
             } else if data.is_empty() {
                 p.warnings.push(format!(
                     "backend {} ({}): data addresses unknown ({why}); declare them under backends.dataAddresses.{} \
@@ -209,7 +247,10 @@ fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Poli
     }
     let nfs_v3 = pr.nfs.is_some_and(|n| n.v3);
     for c in conditions {
-        for port in model.needed("worker", c).filter(|e| e.peer == Peer::StorageData) {
+        for port in model
+            .needed("worker", c)
+            .filter(|e| e.peer == Peer::StorageData)
+        {
             // SolidFire's iSCSI is its own model entry (SVIP); ONTAP/E-Series use the generic one.
             let solidfire = b.mgmt_kind == Some(Mgmt::Solidfire);
             if (port.id == "solidfire-iscsi") != solidfire && c == Condition::Iscsi {
@@ -234,7 +275,11 @@ fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Poli
 
 fn backend_info(b: &Backend) -> BackendInfo {
     let nfs = b.protocols.nfs.map(|n| {
-        let opts = b.nfs_options.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+        let opts = b
+            .nfs_options
+            .as_deref()
+            .map(|o| format!(" ({o})"))
+            .unwrap_or_default();
         match (n.v3, n.v4, n.pinned) {
             (_, _, false) => "NFSv3 or NFSv4 (no version pinned)".to_string(),
             (true, true, true) => format!("NFSv3 and NFSv4{opts}"),
@@ -268,7 +313,10 @@ fn compile_directory(model: &Model, config: &NodeConfig, p: &mut Policy) {
 }
 
 fn compile_node_ports(model: &Model, config: &NodeConfig, role: &str, p: &mut Policy) {
-    for port in model.all().filter(|e| e.role == role && matches!(e.peer, Peer::Cluster | Peer::Local)) {
+    for port in model
+        .all()
+        .filter(|e| e.role == role && matches!(e.peer, Peer::Cluster | Peer::Local))
+    {
         let wanted = match port.condition {
             Condition::Metrics => config.trident.metrics,
             _ => true,
@@ -314,5 +362,14 @@ fn compile_node_ports(model: &Model, config: &NodeConfig, role: &str, p: &mut Po
 
 fn dedup(entries: &mut Vec<Entry>) {
     let mut seen = BTreeSet::new();
-    entries.retain(|e| seen.insert((e.direction, e.dst, e.src, e.ports, e.proto, e.backend.clone())));
+    entries.retain(|e| {
+        seen.insert((
+            e.direction,
+            e.dst,
+            e.src,
+            e.ports,
+            e.proto,
+            e.backend.clone(),
+        ))
+    });
 }

@@ -14,7 +14,9 @@ use crate::{
     policy::{Mode, PortRange, Proto},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Controller,
@@ -214,7 +216,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D:
 /// Formats a serde_yaml error with its line and column.
 pub fn yaml_error(e: &serde_yaml::Error) -> String {
     match e.location() {
-        Some(l) => format!("line {} column {}: {}", l.line(), l.column(), strip_location(e)),
+        Some(l) => format!(
+            "line {} column {}: {}",
+            l.line(),
+            l.column(),
+            strip_location(e)
+        ),
         None => e.to_string(),
     }
 }
@@ -257,18 +264,27 @@ mod tests {
         assert_eq!(c.cluster.cidrs.len(), 3);
         assert_eq!(c.allow[0].ports, PortRange::single(8009));
         assert_eq!(c.directory.kerberos[0].to_string(), "192.0.2.60/32");
-        assert_eq!(c.backends.data_addresses["san-prod"][0].to_string(), "192.0.2.16/28");
+        assert_eq!(
+            c.backends.data_addresses["san-prod"][0].to_string(),
+            "192.0.2.16/28"
+        );
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
         let text = "role: worker\nallow:\n  - {dst: 198.51.100.10, ports: \"99999\", proto: tcp, reason: x}\n";
-        let e = NodeConfig::from_yaml(Path::new("/etc/tp.yaml"), text).unwrap_err().to_string();
+        let e = NodeConfig::from_yaml(Path::new("/etc/tp.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/etc/tp.yaml: line 3"), "{e}");
         assert!(e.contains("99999"), "{e}");
-        let e = NodeConfig::from_yaml(Path::new("c.yaml"), "rol: worker\n").unwrap_err().to_string();
+        let e = NodeConfig::from_yaml(Path::new("c.yaml"), "rol: worker\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `rol`"), "{e}");
-        let e = NodeConfig::from_yaml(Path::new("c.yaml"), "cluster: {cidrs: [nope]}\n").unwrap_err().to_string();
+        let e = NodeConfig::from_yaml(Path::new("c.yaml"), "cluster: {cidrs: [nope]}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`nope` is not an IP address or CIDR"), "{e}");
     }
 }

@@ -13,7 +13,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("the kernel lacks {feature}: {detail}")]
-    KernelFeature { feature: &'static str, detail: String },
+    KernelFeature {
+        feature: &'static str,
+        detail: String,
+    },
     #[error("loading the eBPF programs: {0}")]
     Load(String),
     #[error("attaching {program} to {iface}: {detail}")]

@@ -26,7 +26,10 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid pointer to a timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
@@ -141,8 +144,18 @@ impl Record {
         let has_ports = has_ports && (ev.src_port != 0 || ev.dst_port != 0);
         Record {
             ts: humantime::format_rfc3339_micros(clock.wall(ev.ts_ns)).to_string(),
-            verdict: if ev.verdict == VERDICT_AUDIT { "audit" } else { "denied" }.into(),
-            direction: if ev.dir == DIR_EGRESS { "egress" } else { "ingress" }.into(),
+            verdict: if ev.verdict == VERDICT_AUDIT {
+                "audit"
+            } else {
+                "denied"
+            }
+            .into(),
+            direction: if ev.dir == DIR_EGRESS {
+                "egress"
+            } else {
+                "ingress"
+            }
+            .into(),
             iface: if_name(ev.ifindex),
             src: endpoint(ev.src, ev.src_port, has_ports),
             dst: endpoint(ev.dst, ev.dst_port, has_ports),
@@ -160,7 +173,14 @@ impl Record {
     pub fn text(&self) -> String {
         let mut s = format!(
             "{} {:<6} {:<7} {} {} -> {} {} {}",
-            self.ts, self.verdict, self.direction, self.iface, self.src, self.dst, self.proto, self.reason
+            self.ts,
+            self.verdict,
+            self.direction,
+            self.iface,
+            self.src,
+            self.dst,
+            self.proto,
+            self.reason
         );
         if let Some(f) = &self.tcp_flags {
             s.push_str(&format!(" [{f}]"));
@@ -207,7 +227,10 @@ mod tests {
         };
         // SAFETY: viewing a POD value as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts(&ev as *const Event as *const u8, std::mem::size_of::<Event>())
+            std::slice::from_raw_parts(
+                &ev as *const Event as *const u8,
+                std::mem::size_of::<Event>(),
+            )
         };
         let back = decode(bytes).unwrap();
         assert_eq!(back, ev);

@@ -1,9 +1,6 @@
 //! Explains a denied packet in Trident's terms: which backend and field the address belongs to,
 //! what the port is for, and what to do about it.
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use ipnet::IpNet;
 use trident_ports_common::{Event, reason};
@@ -30,7 +27,12 @@ impl Explainer {
             .entries
             .iter()
             .map(|e| (e.peer(), (e.backend.clone(), e.source.clone())))
-            .chain(policy.protected.iter().map(|p| (p.addr, (None, p.why.clone()))));
+            .chain(
+                policy
+                    .protected
+                    .iter()
+                    .map(|p| (p.addr, (None, p.why.clone()))),
+            );
         for (net, owner) in owners {
             if net.prefix_len() == net.max_prefix_len() {
                 x.exact.entry(net.addr()).or_insert(owner);
@@ -39,16 +41,28 @@ impl Explainer {
             }
         }
         // Longest prefix first, so that the first match is the most specific.
-        x.nets.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
-        x.backends = policy.backends.iter().map(|b| (b.name.clone(), b.clone())).collect();
-        x.guarded = policy.guarded.iter().map(|g| ((g.proto, g.port), g.purpose.clone())).collect();
+        x.nets
+            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        x.backends = policy
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.clone()))
+            .collect();
+        x.guarded = policy
+            .guarded
+            .iter()
+            .map(|g| ((g.proto, g.port), g.purpose.clone()))
+            .collect();
         x
     }
 
     fn owner(&self, ip: IpAddr) -> Option<&(Option<String>, String)> {
-        self.exact
-            .get(&ip)
-            .or_else(|| self.nets.iter().find(|(n, _)| n.contains(&ip)).map(|(_, o)| o))
+        self.exact.get(&ip).or_else(|| {
+            self.nets
+                .iter()
+                .find(|(n, _)| n.contains(&ip))
+                .map(|(_, o)| o)
+        })
     }
 
     /// Fills `backend`, `purpose` and `hint` of a record.
@@ -73,7 +87,10 @@ impl Explainer {
         rec.hint = Some(match ev.reason {
             reason::NO_RULE => {
                 let v3_only = port_purpose.is_some_and(|p| {
-                    matches!(p.condition, crate::model::Condition::Nfsv3 | crate::model::Condition::Nfsv3Callbacks)
+                    matches!(
+                        p.condition,
+                        crate::model::Condition::Nfsv3 | crate::model::Condition::Nfsv3Callbacks
+                    )
                 }) || (ev.dst_port == 2049 && proto == Some(Proto::Udp));
                 match backend.and_then(|b| b.nfs.as_deref()) {
                     Some(nfs) if v3_only && nfs.starts_with("NFSv4") => format!(
@@ -92,12 +109,22 @@ impl Explainer {
                  opened, and NFSv3 callbacks when nfs.callbacks is on, may come in"
             ),
             reason::SOURCE_NOT_ALLOWED => match &rec.purpose {
-                Some(p) if p.contains("probe") => format!("{port} ({p}) is local only: nothing outside the node may reach it"),
-                _ => format!("{port} accepts only cluster.cidrs; add {remote}'s subnet there if it is part of the cluster"),
+                Some(p) if p.contains("probe") => {
+                    format!("{port} ({p}) is local only: nothing outside the node may reach it")
+                }
+                _ => format!(
+                    "{port} accepts only cluster.cidrs; add {remote}'s subnet there if it is part of the cluster"
+                ),
             },
-            reason::MALFORMED => format!("{whose}; the packet is too short or its header chain invalid, so its ports cannot be checked"),
-            reason::PROTOCOL => format!("{whose}; IP protocol {} is not TCP, UDP or ICMP", ev.proto),
-            reason::ICMP_UNRELATED => format!("{whose}; an ICMP error or redirect that belongs to no flow the node has open"),
+            reason::MALFORMED => format!(
+                "{whose}; the packet is too short or its header chain invalid, so its ports cannot be checked"
+            ),
+            reason::PROTOCOL => {
+                format!("{whose}; IP protocol {} is not TCP, UDP or ICMP", ev.proto)
+            }
+            reason::ICMP_UNRELATED => format!(
+                "{whose}; an ICMP error or redirect that belongs to no flow the node has open"
+            ),
             _ => String::new(),
         });
     }

@@ -72,7 +72,10 @@ impl Hub {
 
     fn filter(h: &VecDeque<(SystemTime, Numbered)>, age: Option<Duration>) -> Vec<Numbered> {
         let cutoff = age.and_then(|a| SystemTime::now().checked_sub(a));
-        h.iter().filter(|(t, _)| cutoff.is_none_or(|c| *t >= c)).map(|(_, r)| r.clone()).collect()
+        h.iter()
+            .filter(|(t, _)| cutoff.is_none_or(|c| *t >= c))
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 }
 
@@ -89,7 +92,13 @@ impl RotatingFile {
     pub fn open(path: PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let written = file.metadata()?.len();
-        Ok(RotatingFile { path, max_bytes, keep, file, written })
+        Ok(RotatingFile {
+            path,
+            max_bytes,
+            keep,
+            file,
+            written,
+        })
     }
 
     pub fn write_line(&mut self, line: &str) -> std::io::Result<()> {
@@ -119,7 +128,11 @@ impl RotatingFile {
         if self.keep > 0 {
             std::fs::rename(&self.path, self.rotated(1))?;
         }
-        self.file = OpenOptions::new().create(true).write(true).truncate(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&self.path)?;
         self.written = 0;
         Ok(())
     }
@@ -155,7 +168,11 @@ mod tests {
         for n in 0..5 {
             hub.publish(rec(n));
         }
-        let kept: Vec<(u64, u32)> = hub.since(None).iter().map(|(i, r)| (*i, r.suppressed)).collect();
+        let kept: Vec<(u64, u32)> = hub
+            .since(None)
+            .iter()
+            .map(|(i, r)| (*i, r.suppressed))
+            .collect();
         assert_eq!(kept, vec![(3, 2), (4, 3), (5, 4)]);
         assert!(hub.since(Some(Duration::from_secs(60))).len() == 3);
         match slow.try_recv() {
@@ -177,13 +194,22 @@ mod tests {
         let path = dir.join("events.json");
         let mut f = RotatingFile::open(path.clone(), 100, 2).unwrap();
         for n in 0..10 {
-            f.write_line(&format!("{{\"n\":{n},\"pad\":\"xxxxxxxxxxxxxxxxxxxx\"}}")).unwrap();
+            f.write_line(&format!("{{\"n\":{n},\"pad\":\"xxxxxxxxxxxxxxxxxxxx\"}}"))
+                .unwrap();
         }
-        let lines = |p: &PathBuf| std::fs::read_to_string(p).map(|s| s.lines().count()).unwrap_or(0);
+        let lines = |p: &PathBuf| {
+            std::fs::read_to_string(p)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        };
         assert!(std::fs::metadata(&path).unwrap().len() <= 100);
         assert!(lines(&dir.join("events.json.1")) > 0 && lines(&dir.join("events.json.2")) > 0);
-        assert!(!dir.join("events.json.3").exists(), "keeps two rotated files");
-        let total = lines(&path) + lines(&dir.join("events.json.1")) + lines(&dir.join("events.json.2"));
+        assert!(
+            !dir.join("events.json.3").exists(),
+            "keeps two rotated files"
+        );
+        let total =
+            lines(&path) + lines(&dir.join("events.json.1")) + lines(&dir.join("events.json.2"));
         assert!(total >= 6, "recent lines are kept: {total}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -42,7 +42,10 @@ pub struct Metrics {
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn dir_name(d: u8) -> &'static str {
@@ -53,7 +56,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("trident_ports");
         let packets = Family::<Labels, Counter>::default();
-        registry.register("packets", "Packets judged, by direction and verdict", packets.clone());
+        registry.register(
+            "packets",
+            "Packets judged, by direction and verdict",
+            packets.clone(),
+        );
         let denied_by_reason = Family::<Labels, Counter>::default();
         registry.register(
             "dropped_packets",
@@ -61,16 +68,30 @@ impl Metrics {
             denied_by_reason.clone(),
         );
         let events = Family::<Labels, Counter>::default();
-        registry.register("events", "Denied-flow events, by direction and result (emitted, suppressed, lost)", events.clone());
+        registry.register(
+            "events",
+            "Denied-flow events, by direction and result (emitted, suppressed, lost)",
+            events.clone(),
+        );
         let entries = Family::<Labels, Gauge>::default();
-        registry.register("policy_entries", "Kernel policy entries by kind", entries.clone());
+        registry.register(
+            "policy_entries",
+            "Kernel policy entries by kind",
+            entries.clone(),
+        );
         let reloads = Family::<Labels, Counter>::default();
         registry.register("reloads", "Policy loads by result", reloads.clone());
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register("last_reload_timestamp_seconds", "Time of the last successful policy load", last_reload.clone());
+        registry.register(
+            "last_reload_timestamp_seconds",
+            "Time of the last successful policy load",
+            last_reload.clone(),
+        );
         let build = Family::<Labels, Gauge>::default();
         registry.register("build_info", "Build information", build.clone());
-        build.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))])).set(1);
+        build
+            .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+            .set(1);
         Metrics {
             registry,
             packets,
@@ -84,10 +105,18 @@ impl Metrics {
     }
 
     pub fn reload(&self, ok: bool, tables: Option<&Tables>) {
-        self.reloads.get_or_create(&labels(&[("result", if ok { "success" } else { "failure" })])).inc();
+        self.reloads
+            .get_or_create(&labels(&[(
+                "result",
+                if ok { "success" } else { "failure" },
+            )]))
+            .inc();
         if let Some(t) = tables {
             self.last_reload.set(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
             );
             for (kind, n) in [
                 ("peers", t.peers.len()),
@@ -96,7 +125,9 @@ impl Metrics {
                 ("port_ranges", t.ranges.len()),
                 ("guarded_ports", t.guards.len()),
             ] {
-                self.entries.get_or_create(&labels(&[("kind", kind)])).set(n as i64);
+                self.entries
+                    .get_or_create(&labels(&[("kind", kind)]))
+                    .set(n as i64);
             }
         }
     }
@@ -113,11 +144,16 @@ impl Metrics {
                 (counter::PASSED, "unpoliced"),
                 (counter::FRAGMENT, "later_fragment"),
             ] {
-                self.packets.get_or_create(&labels(&[("direction", dir_name(d)), ("verdict", verdict)])).inc_by(delta(d, c));
+                self.packets
+                    .get_or_create(&labels(&[("direction", dir_name(d)), ("verdict", verdict)]))
+                    .inc_by(delta(d, c));
             }
             for r in 1..=reason::MAX {
                 self.denied_by_reason
-                    .get_or_create(&labels(&[("direction", dir_name(d)), ("reason", reason_name(r))]))
+                    .get_or_create(&labels(&[
+                        ("direction", dir_name(d)),
+                        ("reason", reason_name(r)),
+                    ]))
                     .inc_by(delta(d, counter::REASON_BASE + r as u32));
             }
             for (c, result) in [
@@ -125,7 +161,9 @@ impl Metrics {
                 (counter::EVENTS_SUPPRESSED, "suppressed"),
                 (counter::EVENTS_LOST, "lost"),
             ] {
-                self.events.get_or_create(&labels(&[("direction", dir_name(d)), ("result", result)])).inc_by(delta(d, c));
+                self.events
+                    .get_or_create(&labels(&[("direction", dir_name(d)), ("result", result)]))
+                    .inc_by(delta(d, c));
             }
         }
         *last = now.clone();
@@ -151,7 +189,9 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     scrape: Arc<dyn Fn() + Send + Sync>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
     loop {
         let (mut conn, _) = match listener.accept().await {
             Ok(c) => c,
@@ -165,20 +205,33 @@ pub async fn serve(
         let scrape = scrape.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, ctype, body) = match path {
                 "/metrics" => {
                     scrape();
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.encode())
+                    (
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.encode(),
+                    )
                 }
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
-                "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+                "/readyz" if ready.load(Ordering::Relaxed) => {
+                    ("200 OK", "text/plain", "ready\n".to_string())
+                }
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".to_string(),
+                ),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
             let resp = format!(

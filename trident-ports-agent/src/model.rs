@@ -86,7 +86,9 @@ pub struct Model {
 impl Model {
     pub fn get() -> &'static Model {
         static MODEL: OnceLock<Model> = OnceLock::new();
-        MODEL.get_or_init(|| serde_yaml::from_str(MODEL_YAML).expect("model/ports.yaml is valid (tested)"))
+        MODEL.get_or_init(|| {
+            serde_yaml::from_str(MODEL_YAML).expect("model/ports.yaml is valid (tested)")
+        })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Port> {
@@ -100,8 +102,13 @@ impl Model {
     }
 
     /// Entries for a role that a node must allow under `condition`.
-    pub fn needed<'a>(&'a self, role: &'a str, condition: Condition) -> impl Iterator<Item = &'a Port> + 'a {
-        self.all().filter(move |p| p.role == role && p.condition == condition)
+    pub fn needed<'a>(
+        &'a self,
+        role: &'a str,
+        condition: Condition,
+    ) -> impl Iterator<Item = &'a Port> + 'a {
+        self.all()
+            .filter(move |p| p.role == role && p.condition == condition)
     }
 
     /// What the model says a port is for, for explaining an event ("NFS lock manager ...").
@@ -110,7 +117,9 @@ impl Model {
             .iter()
             .chain(self.extra.iter())
             .filter(|p| !matches!(p.peer, Peer::Cluster | Peer::Local))
-            .find(|p| p.ports().contains(port) && p.protocols.contains(&proto) && p.port_to.is_none())
+            .find(|p| {
+                p.ports().contains(port) && p.protocols.contains(&proto) && p.port_to.is_none()
+            })
     }
 }
 
@@ -130,7 +139,11 @@ mod tests {
     }
 
     fn reference_rows(text: &str) -> Vec<Row> {
-        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         let mut role = "";
         let mut rows = Vec::new();
         for (i, l) in lines.iter().enumerate() {
@@ -139,14 +152,18 @@ mod tests {
             } else if l.starts_with("Ports for worker nodes") {
                 role = "worker";
             }
-            let Some((protos, rest)) = l.split_once(' ') else { continue };
+            let Some((protos, rest)) = l.split_once(' ') else {
+                continue;
+            };
             let protocols = match protos {
                 "TCP" => vec![Proto::Tcp],
                 "UDP" => vec![Proto::Udp],
                 "TCP/UDP" => vec![Proto::Tcp, Proto::Udp],
                 _ => continue,
             };
-            let Ok(port) = rest.trim_end_matches(" (optional)").parse::<u16>() else { continue };
+            let Ok(port) = rest.trim_end_matches(" (optional)").parse::<u16>() else {
+                continue;
+            };
             assert!(!role.is_empty(), "row before a table heading: {l}");
             rows.push(Row {
                 role,
@@ -164,9 +181,17 @@ mod tests {
     fn model_matches_the_reference_tables() {
         let text = include_str!("../model/reference.txt");
         let rows = reference_rows(text);
-        assert_eq!(rows.len(), 21, "the reference has 5 controller and 16 worker rows");
+        assert_eq!(
+            rows.len(),
+            21,
+            "the reference has 5 controller and 16 worker rows"
+        );
         let model = Model::get();
-        assert_eq!(model.reference.len(), rows.len(), "one model entry per reference row");
+        assert_eq!(
+            model.reference.len(),
+            rows.len(),
+            "one model entry per reference row"
+        );
         for (row, entry) in rows.iter().zip(&model.reference) {
             assert_eq!(entry.role, row.role, "{}", entry.id);
             assert_eq!(entry.port, row.port, "{}", entry.id);
@@ -174,19 +199,34 @@ mod tests {
             assert_eq!(entry.direction, row.direction, "{}", entry.id);
             assert_eq!(entry.purpose, row.purpose, "{}", entry.id);
             assert_eq!(entry.drivers, row.drivers, "{}", entry.id);
-            assert!(entry.source.is_none(), "{}: reference entries need no source", entry.id);
+            assert!(
+                entry.source.is_none(),
+                "{}: reference entries need no source",
+                entry.id
+            );
         }
         for e in &model.extra {
-            assert!(e.source.as_deref().is_some_and(|s| !s.is_empty()), "{}: extra entries name their source", e.id);
+            assert!(
+                e.source.as_deref().is_some_and(|s| !s.is_empty()),
+                "{}: extra entries name their source",
+                e.id
+            );
         }
     }
 
     #[test]
     fn vendored_reference_is_the_shared_one() {
         // In a checkout with shared/ beside it (developers, CI), the copy must not drift.
-        let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/trident-ports.txt");
+        let shared = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/reference/trident-ports.txt"
+        );
         if let Ok(text) = std::fs::read_to_string(shared) {
-            assert_eq!(text, include_str!("../model/reference.txt"), "model/reference.txt differs from {shared}");
+            assert_eq!(
+                text,
+                include_str!("../model/reference.txt"),
+                "model/reference.txt differs from {shared}"
+            );
         }
     }
 

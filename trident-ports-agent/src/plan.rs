@@ -63,16 +63,30 @@ fn table(policy: &Policy) -> String {
             e.source.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = format!("role: {}  mode: {:?}\n", policy.role, policy.mode).to_lowercase();
     for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
     if !policy.guarded.is_empty() {
-        let g: Vec<String> = policy.guarded.iter().map(|g| format!("{}/{} ({})", g.port, g.proto, g.purpose)).collect();
-        let _ = writeln!(out, "guarded node ports (only the ingress sources above): {}", g.join(", "));
+        let g: Vec<String> = policy
+            .guarded
+            .iter()
+            .map(|g| format!("{}/{} ({})", g.port, g.proto, g.purpose))
+            .collect();
+        let _ = writeln!(
+            out,
+            "guarded node ports (only the ingress sources above): {}",
+            g.join(", ")
+        );
     }
     for w in &policy.warnings {
         let _ = writeln!(out, "warning: {w}");
@@ -86,7 +100,11 @@ fn elements(entries: &[&Entry], v4: bool) -> Vec<String> {
         .filter(|e| matches!(e.peer(), IpNet::V4(_)) == v4)
         .map(|e| {
             let peer = e.peer();
-            let addr = if peer.prefix_len() == peer.max_prefix_len() { peer.addr().to_string() } else { peer.to_string() };
+            let addr = if peer.prefix_len() == peer.max_prefix_len() {
+                peer.addr().to_string()
+            } else {
+                peer.to_string()
+            };
             format!("{addr} . {} . {}", e.proto, e.ports)
         })
         .collect();
@@ -105,24 +123,69 @@ fn set(out: &mut String, name: &str, ty: &str, elems: &[String]) {
 
 /// One `inet` table that enforces the same policy with nftables sets of concatenations.
 fn nftables(policy: &Policy) -> String {
-    let eg: Vec<&Entry> = policy.entries.iter().filter(|e| e.direction == Direction::Egress).collect();
-    let ing: Vec<&Entry> = policy.entries.iter().filter(|e| e.direction == Direction::Ingress).collect();
-    let mut protected: Vec<IpNet> = policy.protected.iter().map(|p| p.addr).chain(eg.iter().map(|e| e.peer())).collect();
+    let eg: Vec<&Entry> = policy
+        .entries
+        .iter()
+        .filter(|e| e.direction == Direction::Egress)
+        .collect();
+    let ing: Vec<&Entry> = policy
+        .entries
+        .iter()
+        .filter(|e| e.direction == Direction::Ingress)
+        .collect();
+    let mut protected: Vec<IpNet> = policy
+        .protected
+        .iter()
+        .map(|p| p.addr)
+        .chain(eg.iter().map(|e| e.peer()))
+        .collect();
     protected.sort();
     protected.dedup();
     let prot = |v4: bool| -> Vec<String> {
-        protected.iter().filter(|n| matches!(n, IpNet::V4(_)) == v4).map(|n| n.to_string()).collect()
+        protected
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+            .map(|n| n.to_string())
+            .collect()
     };
-    let mut guarded: Vec<String> = policy.guarded.iter().map(|g| format!("{} . {}", g.proto, g.port)).collect();
+    let mut guarded: Vec<String> = policy
+        .guarded
+        .iter()
+        .map(|g| format!("{} . {}", g.proto, g.port))
+        .collect();
     guarded.sort();
     guarded.dedup();
     let mut out = String::new();
-    let _ = writeln!(out, "# trident-ports plan for role {}: the same policy as the eBPF datapath.", policy.role);
+    let _ = writeln!(
+        out,
+        "# trident-ports plan for role {}: the same policy as the eBPF datapath.",
+        policy.role
+    );
     out.push_str("table inet trident_ports {\n");
-    set(&mut out, "egress_v4", "ipv4_addr . inet_proto . inet_service", &elements(&eg, true));
-    set(&mut out, "egress_v6", "ipv6_addr . inet_proto . inet_service", &elements(&eg, false));
-    set(&mut out, "ingress_v4", "ipv4_addr . inet_proto . inet_service", &elements(&ing, true));
-    set(&mut out, "ingress_v6", "ipv6_addr . inet_proto . inet_service", &elements(&ing, false));
+    set(
+        &mut out,
+        "egress_v4",
+        "ipv4_addr . inet_proto . inet_service",
+        &elements(&eg, true),
+    );
+    set(
+        &mut out,
+        "egress_v6",
+        "ipv6_addr . inet_proto . inet_service",
+        &elements(&eg, false),
+    );
+    set(
+        &mut out,
+        "ingress_v4",
+        "ipv4_addr . inet_proto . inet_service",
+        &elements(&ing, true),
+    );
+    set(
+        &mut out,
+        "ingress_v6",
+        "ipv6_addr . inet_proto . inet_service",
+        &elements(&ing, false),
+    );
     set(&mut out, "protected_v4", "ipv4_addr", &prot(true));
     set(&mut out, "protected_v6", "ipv6_addr", &prot(false));
     let _ = writeln!(out, "\tset guarded {{\n\t\ttype inet_proto . inet_service");
@@ -130,7 +193,11 @@ fn nftables(policy: &Policy) -> String {
         let _ = writeln!(out, "\t\telements = {{ {} }}", guarded.join(", "));
     }
     out.push_str("\t}\n");
-    let drop = if policy.mode == crate::policy::Mode::Audit { "log prefix \"trident-ports audit \" accept" } else { "log prefix \"trident-ports denied \" drop" };
+    let drop = if policy.mode == crate::policy::Mode::Audit {
+        "log prefix \"trident-ports audit \" accept"
+    } else {
+        "log prefix \"trident-ports denied \" drop"
+    };
     let _ = write!(
         out,
         "\tchain output {{\n\

@@ -75,7 +75,10 @@ impl From<PortRange> for [u16; 2] {
 
 impl PortRange {
     pub const fn single(port: u16) -> Self {
-        PortRange { from: port, to: port }
+        PortRange {
+            from: port,
+            to: port,
+        }
     }
 
     pub fn contains(&self, port: u16) -> bool {

@@ -37,26 +37,74 @@ pub enum Output {
     Text,
 }
 
+/// `run`'s options: the command line and the library share this one struct.
+#[derive(Debug, clap::Args)]
 pub struct RunOptions {
+    /// Node configuration (YAML); without it, built-in defaults.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Backend definition files or directories, added to the configuration's sources.
+    #[arg(long = "backends")]
     pub extra_backends: Vec<PathBuf>,
+    /// Interface to attach to (repeatable); added to the configuration's `interfaces`.
+    #[arg(long = "iface")]
     pub interfaces: Vec<String>,
+    /// How to attach the TC programs.
+    #[arg(long, value_enum, default_value_t)]
     pub attach: TcAttach,
+    /// Which hook judges inbound packets.
+    #[arg(long, value_enum, default_value_t)]
     pub ingress: IngressHook,
+    /// Event format on stdout.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
-    pub socket: Option<PathBuf>,
+    /// The local socket `flows` and `mode` talk to ("none" to disable).
+    #[arg(long, default_value = socket::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// A group whose members may use the socket besides root.
+    #[arg(long)]
     pub socket_group: Option<String>,
-    pub metrics: Option<SocketAddr>,
+    /// Address of the Prometheus metrics and health endpoints ("none" to disable).
+    #[arg(long, default_value = crate::metrics::DEFAULT_LISTEN)]
+    pub metrics: String,
+    /// Also write events as JSON lines to this file, rotated by size.
+    #[arg(long)]
     pub events_file: Option<PathBuf>,
+    /// Rotate the events file at this size.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub events_file_max_bytes: u64,
+    /// Rotated events files to keep.
+    #[arg(long, default_value_t = 3)]
     pub events_file_keep: usize,
+    /// Events kept in memory for `flows --since`.
+    #[arg(long, default_value_t = 10_000)]
     pub history: usize,
     /// How often to look for changed configuration and backend files (and re-resolve names).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,
-    /// Pin maps and attachments here: enforcement then outlives the agent, and a new agent
-    /// adopts it. `None`: everything is detached when the agent stops.
-    pub pin_dir: Option<PathBuf>,
+    /// Override the configuration's role (the DaemonSets set it from the node label).
+    #[arg(long, value_enum)]
     pub role: Option<crate::config::Role>,
+    /// Pin maps and attachments in this directory (on a BPF filesystem): enforcement then
+    /// outlives the agent, and the next agent adopts it. Without it, stopping detaches.
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl RunOptions {
+    fn socket_path(&self) -> Option<&PathBuf> {
+        (self.socket.as_os_str() != "none").then_some(&self.socket)
+    }
+
+    fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.metrics.as_str() {
+            "none" => Ok(None),
+            a => a
+                .parse()
+                .map(Some)
+                .with_context(|| format!("--metrics `{a}` is not an address:port")),
+        }
+    }
 }
 
 struct Shared {
@@ -77,7 +125,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     interfaces.extend(opts.interfaces.iter().cloned());
     interfaces.dedup();
     if interfaces.is_empty() {
-        anyhow::bail!("no interface to attach to: give --iface or `interfaces:` in the configuration");
+        anyhow::bail!(
+            "no interface to attach to: give --iface or `interfaces:` in the configuration"
+        );
     }
     let interval_ns = cfg.events.interval.as_nanos() as u64;
     let mut dp = Datapath::load_pinned(opts.pin_dir.as_deref())?;
@@ -105,7 +155,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     for w in &policy.warnings {
         warn!("{w}");
     }
-    let ring = dp.take_events().context("event ring buffer already taken")?;
+    let ring = dp
+        .take_events()
+        .context("event ring buffer already taken")?;
     let shared = Arc::new(Shared {
         dp: Mutex::new(dp),
         mode_override: Mutex::new(None),
@@ -116,14 +168,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     });
     let ready = Arc::new(AtomicBool::new(true));
-    if let Some(path) = &opts.socket {
+    if let Some(path) = opts.socket_path() {
         let listener = socket::bind(path, opts.socket_group.as_deref())?;
         info!(socket = %path.display(), "serving flows");
         let s = shared.clone();
         let control: socket::ModeControl = Arc::new(move |m| set_mode(&s, m));
         tokio::spawn(socket::serve(listener, shared.hub.clone(), control));
     }
-    if let Some(addr) = opts.metrics {
+    if let Some(addr) = opts.metrics_addr()? {
         let s = shared.clone();
         let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Ok(c) = s.dp.lock().unwrap().counters() {
@@ -132,7 +184,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         });
         let (m, r) = (metrics.clone(), ready.clone());
         // Bind now, so that a taken address is a startup error rather than a silent gap.
-        let probe = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics address {addr}: {e}"))?;
+        let probe = std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("metrics address {addr}: {e}"))?;
         drop(probe);
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(addr, m, r, scrape).await {
@@ -218,7 +271,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     ready.store(false, Ordering::Relaxed);
     drop(ring);
-    if let Some(p) = &opts.socket {
+    if let Some(p) = opts.socket_path() {
         let _ = std::fs::remove_file(p);
     }
     drop(shared);
@@ -247,7 +300,11 @@ fn reload(shared: &Shared, opts: &RunOptions, always: bool) {
     if !always && *current == policy {
         return;
     }
-    let applied = shared.dp.lock().unwrap().apply(&policy, cfg.events.interval.as_nanos() as u64);
+    let applied = shared
+        .dp
+        .lock()
+        .unwrap()
+        .apply(&policy, cfg.events.interval.as_nanos() as u64);
     match applied {
         Ok(a) => {
             info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, mode = ?policy.mode, "policy reloaded");
@@ -271,7 +328,12 @@ fn set_mode(shared: &Shared, mode: Option<Mode>) -> Result<Mode, String> {
     let mut policy = shared.policy.lock().unwrap();
     *shared.mode_override.lock().unwrap() = mode;
     let effective = mode.unwrap_or(*shared.config_mode.lock().unwrap());
-    shared.dp.lock().unwrap().set_mode(effective).map_err(|e| e.to_string())?;
+    shared
+        .dp
+        .lock()
+        .unwrap()
+        .set_mode(effective)
+        .map_err(|e| e.to_string())?;
     policy.mode = effective;
     info!(mode = ?effective, "mode switched");
     Ok(effective)
@@ -284,8 +346,17 @@ fn sources_fingerprint(opts: &RunOptions) -> Vec<(PathBuf, u64, std::time::Syste
     let mut sources = opts.extra_backends.clone();
     if let Some(c) = &opts.config {
         if let Ok(cfg) = crate::config::NodeConfig::load(c) {
-            let base = c.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-            sources.extend(cfg.backends.sources.iter().map(|s| if s.is_absolute() { s.clone() } else { base.join(s) }));
+            let base = c
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            sources.extend(cfg.backends.sources.iter().map(|s| {
+                if s.is_absolute() {
+                    s.clone()
+                } else {
+                    base.join(s)
+                }
+            }));
         }
     }
     for s in sources {

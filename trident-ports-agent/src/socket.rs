@@ -43,7 +43,8 @@ pub struct ModeReply {
 }
 
 /// Sets (Some) or clears (None) the node's mode override, returning the mode in force.
-pub type ModeControl = Arc<dyn Fn(Option<crate::policy::Mode>) -> Result<crate::policy::Mode, String> + Send + Sync>;
+pub type ModeControl =
+    Arc<dyn Fn(Option<crate::policy::Mode>) -> Result<crate::policy::Mode, String> + Send + Sync>;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Missed {
@@ -56,11 +57,13 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     if let Some(g) = group {
-        let gid = group_id(g).with_context(|| format!("unknown group `{g}` for {}", path.display()))?;
+        let gid =
+            group_id(g).with_context(|| format!("unknown group `{g}` for {}", path.display()))?;
         std::os::unix::fs::chown(path, None, Some(gid))?;
     }
     Ok(listener)
@@ -106,17 +109,31 @@ async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyh
             other => Err(format!("unknown mode `{other}`: audit, enforce or config")),
         };
         let reply = match wanted.and_then(|w| control(w)) {
-            Ok(mode) => ModeReply { mode: Some(mode), error: None },
-            Err(e) => ModeReply { mode: None, error: Some(e) },
+            Ok(mode) => ModeReply {
+                mode: Some(mode),
+                error: None,
+            },
+            Err(e) => ModeReply {
+                mode: None,
+                error: Some(e),
+            },
         };
-        write.write_all((serde_json::to_string(&reply)? + "\n").as_bytes()).await?;
+        write
+            .write_all((serde_json::to_string(&reply)? + "\n").as_bytes())
+            .await?;
         return Ok(());
     }
     let age = req.since_ms.map(Duration::from_millis);
-    let (mut rx, history) = if req.follow { hub.follow(age) } else { (hub.subscribe_none(), hub.since(age)) };
+    let (mut rx, history) = if req.follow {
+        hub.follow(age)
+    } else {
+        (hub.subscribe_none(), hub.since(age))
+    };
     let mut last = 0;
     for (n, r) in &history {
-        write.write_all((serde_json::to_string(&**r)? + "\n").as_bytes()).await?;
+        write
+            .write_all((serde_json::to_string(&**r)? + "\n").as_bytes())
+            .await?;
         last = *n;
     }
     if !req.follow {
@@ -126,9 +143,15 @@ async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyh
         match rx.recv().await {
             // Already sent with the history.
             Ok((n, _)) if n <= last => {}
-            Ok((_, r)) => write.write_all((serde_json::to_string(&*r)? + "\n").as_bytes()).await?,
+            Ok((_, r)) => {
+                write
+                    .write_all((serde_json::to_string(&*r)? + "\n").as_bytes())
+                    .await?
+            }
             Err(RecvError::Lagged(n)) => {
-                write.write_all((serde_json::to_string(&Missed { missed: n })? + "\n").as_bytes()).await?;
+                write
+                    .write_all((serde_json::to_string(&Missed { missed: n })? + "\n").as_bytes())
+                    .await?;
             }
             Err(RecvError::Closed) => return Ok(()),
         }
@@ -162,29 +185,53 @@ impl Filter {
         self.verdict.as_ref().is_none_or(|v| *v == r.verdict)
             && self.direction.as_ref().is_none_or(|d| *d == r.direction)
             && self.proto.as_ref().is_none_or(|p| *p == r.proto)
-            && self.backend.as_ref().is_none_or(|b| Some(b) == r.backend.as_ref())
+            && self
+                .backend
+                .as_ref()
+                .is_none_or(|b| Some(b) == r.backend.as_ref())
             && self.dst.is_none_or(|n| dst.is_some_and(|a| n.contains(&a)))
             && self.src.is_none_or(|n| src.is_some_and(|a| n.contains(&a)))
-            && self.port.is_none_or(|p| sport == Some(p) || dport == Some(p))
+            && self
+                .port
+                .is_none_or(|p| sport == Some(p) || dport == Some(p))
     }
 }
 
 /// `trident-ports-agent flows`: prints matching events; with `follow`, until interrupted.
-pub async fn flows(path: PathBuf, since: Option<Duration>, follow: bool, filter: Filter, output: Output) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(&path)
-        .await
-        .with_context(|| format!("connecting to the agent at {} (is it running? are you root or in its group?)", path.display()))?;
+pub async fn flows(
+    path: PathBuf,
+    since: Option<Duration>,
+    follow: bool,
+    filter: Filter,
+    output: Output,
+) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(&path).await.with_context(|| {
+        format!(
+            "connecting to the agent at {} (is it running? are you root or in its group?)",
+            path.display()
+        )
+    })?;
     let (read, mut write) = stream.into_split();
-    let req = Request { since_ms: since.map(|d| d.as_millis() as u64), follow, mode: None };
-    write.write_all((serde_json::to_string(&req)? + "\n").as_bytes()).await?;
+    let req = Request {
+        since_ms: since.map(|d| d.as_millis() as u64),
+        follow,
+        mode: None,
+    };
+    write
+        .write_all((serde_json::to_string(&req)? + "\n").as_bytes())
+        .await?;
     let mut lines = BufReader::new(read).lines();
     let mut out = tokio::io::stdout();
     while let Some(line) = lines.next_line().await? {
         if let Ok(m) = serde_json::from_str::<Missed>(&line) {
-            eprintln!("flows: missed {} events (this follower fell behind)", m.missed);
+            eprintln!(
+                "flows: missed {} events (this follower fell behind)",
+                m.missed
+            );
             continue;
         }
-        let rec: Record = serde_json::from_str(&line).with_context(|| format!("bad event from the agent: {line}"))?;
+        let rec: Record = serde_json::from_str(&line)
+            .with_context(|| format!("bad event from the agent: {line}"))?;
         if !filter.matches(&rec) {
             continue;
         }
@@ -204,11 +251,17 @@ pub async fn mode(path: PathBuf, mode: &str) -> anyhow::Result<crate::policy::Mo
         .await
         .with_context(|| format!("connecting to the agent at {}", path.display()))?;
     let (read, mut write) = stream.into_split();
-    let req = Request { mode: Some(mode.to_string()), ..Default::default() };
-    write.write_all((serde_json::to_string(&req)? + "\n").as_bytes()).await?;
+    let req = Request {
+        mode: Some(mode.to_string()),
+        ..Default::default()
+    };
+    write
+        .write_all((serde_json::to_string(&req)? + "\n").as_bytes())
+        .await?;
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
-    let reply: ModeReply = serde_json::from_str(&line).with_context(|| format!("bad reply: {line}"))?;
+    let reply: ModeReply =
+        serde_json::from_str(&line).with_context(|| format!("bad reply: {line}"))?;
     match (reply.mode, reply.error) {
         (Some(m), _) => Ok(m),
         (_, Some(e)) => anyhow::bail!("{e}"),

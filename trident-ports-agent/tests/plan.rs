@@ -24,14 +24,25 @@ fn worker() -> NodeConfig {
 }
 
 fn entries_for<'a>(p: &'a Policy, backend: &str) -> Vec<&'a Entry> {
-    p.entries.iter().filter(|e| e.backend.as_deref() == Some(backend)).collect()
+    p.entries
+        .iter()
+        .filter(|e| e.backend.as_deref() == Some(backend))
+        .collect()
 }
 
 /// (direction, peer, from, to, proto) of a backend's entries, sorted.
 fn shape(p: &Policy, backend: &str) -> Vec<(Direction, String, u16, u16, Proto)> {
     let mut v: Vec<_> = entries_for(p, backend)
         .into_iter()
-        .map(|e| (e.direction, e.peer().to_string(), e.ports.from, e.ports.to, e.proto))
+        .map(|e| {
+            (
+                e.direction,
+                e.peer().to_string(),
+                e.ports.from,
+                e.ports.to,
+                e.proto,
+            )
+        })
         .collect();
     v.sort();
     v
@@ -53,7 +64,10 @@ use Proto::{Tcp, Udp};
 #[test]
 fn every_driver_and_form_is_read() {
     let b = all_backends();
-    let mut names: Vec<(&str, &str)> = b.iter().map(|b| (b.name.as_str(), b.driver.name())).collect();
+    let mut names: Vec<(&str, &str)> = b
+        .iter()
+        .map(|b| (b.name.as_str(), b.driver.name()))
+        .collect();
     names.sort();
     assert_eq!(
         names,
@@ -91,8 +105,15 @@ fn nfsv4_pinned_backend_gets_mgmt_and_2049_tcp_only() {
             (Direction::Egress, "192.0.2.11/32".into(), 2049, 2049, Tcp),
         ]
     );
-    let e = entries_for(&p, "nas-v4").into_iter().find(|e| e.ports.from == 2049).unwrap();
-    assert!(e.source.ends_with("ontap-nas-v4.yaml#2: dataLIF"), "{}", e.source);
+    let e = entries_for(&p, "nas-v4")
+        .into_iter()
+        .find(|e| e.ports.from == 2049)
+        .unwrap();
+    assert!(
+        e.source.ends_with("ontap-nas-v4.yaml#2: dataLIF"),
+        "{}",
+        e.source
+    );
     assert_eq!(e.purpose, "NFS daemon");
 }
 
@@ -100,12 +121,25 @@ fn nfsv4_pinned_backend_gets_mgmt_and_2049_tcp_only() {
 fn nfsv3_backend_gets_v3_ports_and_callbacks() {
     let p = compile(&worker(), &all_backends());
     let want: Vec<(u16, Proto)> = vec![
-        (111, Tcp), (111, Udp), (635, Tcp), (635, Udp), (2049, Tcp), (2049, Udp),
-        (4045, Tcp), (4045, Udp), (4046, Tcp), (4046, Udp), (4049, Tcp), (4049, Udp),
+        (111, Tcp),
+        (111, Udp),
+        (635, Tcp),
+        (635, Udp),
+        (2049, Tcp),
+        (2049, Udp),
+        (4045, Tcp),
+        (4045, Udp),
+        (4046, Tcp),
+        (4046, Udp),
+        (4049, Tcp),
+        (4049, Udp),
     ];
     assert_eq!(ports_to(&p, "nas-v3", "192.0.2.21/32"), want);
     // Callbacks from the data LIF: ephemeral ports and the NSM notification to rpcbind.
-    let inbound: Vec<_> = shape(&p, "nas-v3").into_iter().filter(|s| s.0 == Direction::Ingress).collect();
+    let inbound: Vec<_> = shape(&p, "nas-v3")
+        .into_iter()
+        .filter(|s| s.0 == Direction::Ingress)
+        .collect();
     assert_eq!(
         inbound,
         vec![
@@ -128,11 +162,25 @@ fn unpinned_nfs_allows_both_sets_with_a_warning_and_no_datalif_uses_the_mgmt_lif
     for port in [443, 111, 635, 2049, 4045, 4046, 4049] {
         assert!(to.iter().any(|(p, _)| *p == port), "{port} missing: {to:?}");
     }
-    assert!(p.warnings.iter().any(|w| w.contains("nas-eco") && w.contains("no NFS version pinned")), "{:?}", p.warnings);
-    assert!(p.warnings.iter().any(|w| w.contains("nas-eco") && w.contains("dataAddresses.nas-eco")), "{:?}", p.warnings);
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("nas-eco") && w.contains("no NFS version pinned")),
+        "{:?}",
+        p.warnings
+    );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("nas-eco") && w.contains("dataAddresses.nas-eco")),
+        "{:?}",
+        p.warnings
+    );
     // Declaring the data addresses moves the data ports there.
     let mut cfg = worker();
-    cfg.backends.data_addresses.insert("nas-eco".into(), vec!["198.51.100.32/28".parse().unwrap()]);
+    cfg.backends
+        .data_addresses
+        .insert("nas-eco".into(), vec!["198.51.100.32/28".parse().unwrap()]);
     let p = compile(&cfg, &all_backends());
     assert_eq!(ports_to(&p, "nas-eco", "192.0.2.30/32"), vec![(443, Tcp)]);
     assert!(ports_to(&p, "nas-eco", "198.51.100.32/28").contains(&(2049, Tcp)));
@@ -150,49 +198,119 @@ fn san_backends() {
     let p = compile(&worker(), &all_backends());
     assert_eq!(ports_to(&p, "san-chap", "192.0.2.51/32"), vec![(3260, Tcp)]);
     assert_eq!(ports_to(&p, "san-chap", "192.0.2.50/32"), vec![(443, Tcp)]);
-    assert!(p.warnings.iter().any(|w| w.contains("san-chap") && w.contains("discover")), "{:?}", p.warnings);
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("san-chap") && w.contains("discover")),
+        "{:?}",
+        p.warnings
+    );
     // NVMe/TCP, IPv6 management LIF in brackets with a port.
-    assert_eq!(ports_to(&p, "san-eco-nvme", "2001:db8::50/128"), vec![(4420, Tcp), (8443, Tcp)]);
+    assert_eq!(
+        ports_to(&p, "san-eco-nvme", "2001:db8::50/128"),
+        vec![(4420, Tcp), (8443, Tcp)]
+    );
     // Fibre channel: management only, and a note.
-    assert_eq!(shape(&p, "san-fcp"), vec![(Direction::Egress, "192.0.2.55/32".into(), 443, 443, Tcp)]);
-    assert!(p.warnings.iter().any(|w| w.contains("san-fcp") && w.contains("fibre-channel data needs no IP rules")));
+    assert_eq!(
+        shape(&p, "san-fcp"),
+        vec![(Direction::Egress, "192.0.2.55/32".into(), 443, 443, Tcp)]
+    );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("san-fcp") && w.contains("fibre-channel data needs no IP rules"))
+    );
 }
 
 #[test]
 fn cloud_backends_need_declared_data_addresses() {
     let p = compile(&worker(), &all_backends());
     for name in ["anf-prod", "gcnv-smb", "gcnv-san"] {
-        assert!(entries_for(&p, name).is_empty(), "{name}: nothing is known yet");
-        assert!(p.warnings.iter().any(|w| w.contains(name) && w.contains("not policed")), "{name}: {:?}", p.warnings);
+        assert!(
+            entries_for(&p, name).is_empty(),
+            "{name}: nothing is known yet"
+        );
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains(name) && w.contains("not policed")),
+            "{name}: {:?}",
+            p.warnings
+        );
     }
     let mut cfg = worker();
-    cfg.backends.data_addresses.insert("anf-prod".into(), vec!["203.0.113.64/26".parse().unwrap()]);
-    cfg.backends.data_addresses.insert("gcnv-smb".into(), vec!["2001:db8:1::/64".parse().unwrap()]);
-    cfg.backends.data_addresses.insert("gcnv-san".into(), vec!["203.0.113.128/26".parse().unwrap()]);
+    cfg.backends
+        .data_addresses
+        .insert("anf-prod".into(), vec!["203.0.113.64/26".parse().unwrap()]);
+    cfg.backends
+        .data_addresses
+        .insert("gcnv-smb".into(), vec!["2001:db8:1::/64".parse().unwrap()]);
+    cfg.backends
+        .data_addresses
+        .insert("gcnv-san".into(), vec!["203.0.113.128/26".parse().unwrap()]);
     let p = compile(&cfg, &all_backends());
-    assert!(ports_to(&p, "anf-prod", "203.0.113.64/26").contains(&(4045, Udp)), "ANF sample pins nfsvers=3");
-    assert_eq!(ports_to(&p, "gcnv-smb", "2001:db8:1::/64"), vec![(445, Tcp)]);
-    assert_eq!(ports_to(&p, "gcnv-san", "203.0.113.128/26"), vec![(3260, Tcp)]);
+    assert!(
+        ports_to(&p, "anf-prod", "203.0.113.64/26").contains(&(4045, Udp)),
+        "ANF sample pins nfsvers=3"
+    );
+    assert_eq!(
+        ports_to(&p, "gcnv-smb", "2001:db8:1::/64"),
+        vec![(445, Tcp)]
+    );
+    assert_eq!(
+        ports_to(&p, "gcnv-san", "203.0.113.128/26"),
+        vec![(3260, Tcp)]
+    );
 }
 
 #[test]
 fn solidfire_endpoint_and_svip() {
     let p = compile(&worker(), &all_backends());
-    assert_eq!(ports_to(&p, "solidfire-tbc", "198.51.100.70/32"), vec![(443, Tcp)], "host from the Secret");
-    assert_eq!(ports_to(&p, "solidfire-tbc", "198.51.100.71/32"), vec![(3260, Tcp)]);
-    assert_eq!(ports_to(&p, "solidfire-json", "198.51.100.80/32"), vec![(8443, Tcp)], "port from the URL");
-    assert_eq!(ports_to(&p, "solidfire-json", "198.51.100.81/32"), vec![(3261, Tcp)], "port from SVIP");
+    assert_eq!(
+        ports_to(&p, "solidfire-tbc", "198.51.100.70/32"),
+        vec![(443, Tcp)],
+        "host from the Secret"
+    );
+    assert_eq!(
+        ports_to(&p, "solidfire-tbc", "198.51.100.71/32"),
+        vec![(3260, Tcp)]
+    );
+    assert_eq!(
+        ports_to(&p, "solidfire-json", "198.51.100.80/32"),
+        vec![(8443, Tcp)],
+        "port from the URL"
+    );
+    assert_eq!(
+        ports_to(&p, "solidfire-json", "198.51.100.81/32"),
+        vec![(3261, Tcp)],
+        "port from SVIP"
+    );
 }
 
 #[test]
 fn eseries_proxy_ports() {
     let p = compile(&worker(), &all_backends());
-    assert_eq!(ports_to(&p, "eseries-proxy", "203.0.113.10/32"), vec![(8443, Tcp)]);
-    assert_eq!(ports_to(&p, "eseries-http", "203.0.113.20/32"), vec![(8088, Tcp)], "webProxyPort overrides 8080");
+    assert_eq!(
+        ports_to(&p, "eseries-proxy", "203.0.113.10/32"),
+        vec![(8443, Tcp)]
+    );
+    assert_eq!(
+        ports_to(&p, "eseries-http", "203.0.113.20/32"),
+        vec![(8088, Tcp)],
+        "webProxyPort overrides 8080"
+    );
     // The node's own hostDataIP is not a destination, and the proxy gets no iSCSI: the array's
     // portals are discovered, so the warning asks for them.
-    assert!(p.entries.iter().all(|e| e.peer().to_string() != "203.0.113.100/32"));
-    assert!(p.warnings.iter().any(|w| w.contains("eseries-proxy") && w.contains("dataAddresses.eseries-proxy")));
+    assert!(
+        p.entries
+            .iter()
+            .all(|e| e.peer().to_string() != "203.0.113.100/32")
+    );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("eseries-proxy") && w.contains("dataAddresses.eseries-proxy"))
+    );
 }
 
 #[test]
@@ -200,7 +318,9 @@ fn nfsv4_only_backends_never_open_nfsv3_ports() {
     let backends = all_backends();
     let mut cfg = worker();
     for b in &backends {
-        cfg.backends.data_addresses.insert(b.name.clone(), vec!["198.51.100.0/24".parse().unwrap()]);
+        cfg.backends
+            .data_addresses
+            .insert(b.name.clone(), vec!["198.51.100.0/24".parse().unwrap()]);
     }
     let p = compile(&cfg, &backends);
     let v4_only: Vec<&Backend> = backends
@@ -213,30 +333,54 @@ fn nfsv4_only_backends_never_open_nfsv3_ports() {
             for port in [111, 635, 4045, 4046, 4049] {
                 assert!(!e.ports.contains(port), "{}: {:?}", b.name, e);
             }
-            assert!(!(e.ports.contains(2049) && e.proto == Udp), "{}: NFSv4 is TCP only: {e:?}", b.name);
+            assert!(
+                !(e.ports.contains(2049) && e.proto == Udp),
+                "{}: NFSv4 is TCP only: {e:?}",
+                b.name
+            );
         }
     }
 }
 
 #[test]
 fn controller_gets_management_and_cluster_ports_only() {
-    let (_, p) = compiler::load(None, &[fixtures().join("backends")], Some(Role::Controller)).unwrap();
+    let (_, p) =
+        compiler::load(None, &[fixtures().join("backends")], Some(Role::Controller)).unwrap();
     assert_eq!(p.role, "controller");
     let data_ports = [2049, 111, 635, 3260, 445, 4420];
-    assert!(p.entries.iter().all(|e| !data_ports.contains(&e.ports.from)), "{:?}", p.entries);
+    assert!(
+        p.entries
+            .iter()
+            .all(|e| !data_ports.contains(&e.ports.from)),
+        "{:?}",
+        p.entries
+    );
     assert_eq!(ports_to(&p, "nas-v4", "192.0.2.10/32"), vec![(443, Tcp)]);
-    assert_eq!(ports_to(&p, "eseries-proxy", "203.0.113.10/32"), vec![(8443, Tcp)]);
+    assert_eq!(
+        ports_to(&p, "eseries-proxy", "203.0.113.10/32"),
+        vec![(8443, Tcp)]
+    );
     let mut guarded: Vec<u16> = p.guarded.iter().map(|g| g.port).collect();
     guarded.sort();
-    assert_eq!(guarded, vec![8000, 8001, 8443], "no probe port on controllers");
+    assert_eq!(
+        guarded,
+        vec![8000, 8001, 8443],
+        "no probe port on controllers"
+    );
 }
 
 #[test]
 fn bad_input_names_file_and_field() {
     let bad = fixtures().join("bad");
     let cases = [
-        ("unknown-driver.yaml", "storageDriverName: unknown driver `ontap-nass`; known drivers: ontap-nas, ontap-nas-economy"),
-        ("bad-nfsvers.yaml", "nfsMountOptions: `nfsvers=2` is not NFS version 3 or 4"),
+        (
+            "unknown-driver.yaml",
+            "storageDriverName: unknown driver `ontap-nass`; known drivers: ontap-nas, ontap-nas-economy",
+        ),
+        (
+            "bad-nfsvers.yaml",
+            "nfsMountOptions: `nfsvers=2` is not NFS version 3 or 4",
+        ),
         ("no-mgmt.yaml", "managementLIF: missing"),
         ("broken.yaml", "line 4 column 1"),
         ("broken.json", "line 1"),
@@ -244,17 +388,26 @@ fn bad_input_names_file_and_field() {
     ];
     for (file, want) in cases {
         let path = bad.join(file);
-        let e = backends::load(&[path.clone()]).unwrap_err().to_string();
+        let e = backends::load(std::slice::from_ref(&path))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with(&path.display().to_string()), "{file}: {e}");
         assert!(e.contains(want), "{file}: {e}");
-        assert!(!e.contains("fixture-password"), "{file}: leaks a credential: {e}");
+        assert!(
+            !e.contains("fixture-password"),
+            "{file}: leaks a credential: {e}"
+        );
     }
     // A directory with one bad file yields an error, never a partial policy.
     let dir = std::env::temp_dir().join(format!("tp-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixtures().join("backends/ontap-nas-v3.json"), dir.join("a.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("backends/ontap-nas-v3.json"),
+        dir.join("a.json"),
+    )
+    .unwrap();
     std::fs::copy(bad.join("unknown-driver.yaml"), dir.join("b.yaml")).unwrap();
-    assert!(compiler::load(None, &[dir.clone()], None).is_err());
+    assert!(compiler::load(None, std::slice::from_ref(&dir), None).is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -263,7 +416,13 @@ fn credentials_never_reach_the_plan() {
     let (_, p) = compiler::load(None, &[fixtures().join("backends")], None).unwrap();
     for format in [Format::Table, Format::Json, Format::Nftables] {
         let out = render(&p, format);
-        for secret in ["fixture-password", "fixture-user", "fixture-chap", "fixture-client", "fixture-private"] {
+        for secret in [
+            "fixture-password",
+            "fixture-user",
+            "fixture-chap",
+            "fixture-client",
+            "fixture-private",
+        ] {
             assert!(!out.contains(secret), "{format:?} output contains {secret}");
         }
     }
@@ -271,10 +430,16 @@ fn credentials_never_reach_the_plan() {
 
 #[test]
 fn json_plan_has_the_documented_schema() {
-    let (_, p) = compiler::load(None, &[fixtures().join("backends/ontap-nas-v4.yaml")], None).unwrap();
+    let (_, p) =
+        compiler::load(None, &[fixtures().join("backends/ontap-nas-v4.yaml")], None).unwrap();
     let v: serde_json::Value = serde_json::from_str(&render(&p, Format::Json)).unwrap();
     assert_eq!(v["role"], "worker");
-    let e = v["entries"].as_array().unwrap().iter().find(|e| e["ports"][0] == 2049).unwrap();
+    let e = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ports"][0] == 2049)
+        .unwrap();
     assert_eq!(e["direction"], "egress");
     assert_eq!(e["dst"], "192.0.2.11/32");
     assert_eq!(e["src"], serde_json::Value::Null);

@@ -1,8 +1,6 @@
 //! Denied-packet events, with per-flow flood control. Nothing here can change a verdict.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use trident_ports_common::{
-    Config, DIR_EGRESS, Event, EventGate, FlowKey, GateKey, counter,
-};
+use trident_ports_common::{Config, DIR_EGRESS, Event, EventGate, FlowKey, GateKey, counter};
 
 use crate::{
     maps::{EVENTS, GATES, count},

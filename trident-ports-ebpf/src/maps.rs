@@ -1,9 +1,9 @@
 //! The maps the datapath shares with the agent. Names come from the common crate.
+use crate::parse::Parsed;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use crate::parse::Parsed;
 use trident_ports_common::{
     COUNTER_SLOTS, Config, EventGate, FlowKey, FlowState, GateKey, GuardKey, PeerInfo, PeerKey,
     RangeKey, RuleKey, limits,

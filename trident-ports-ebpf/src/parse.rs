@@ -66,7 +66,6 @@ pub struct Parsed {
     pub _pad: [u8; 3],
 }
 
-
 /// Fills `out` (which starts zeroed) and returns true; false when the frame is not IPv4/IPv6 or
 /// too short to hold the IP addresses (the IP layer discards the latter itself, and without
 /// addresses there is no peer to protect).

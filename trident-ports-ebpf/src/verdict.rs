@@ -1,14 +1,14 @@
 //! The policy decision. Every lookup is a hash or an LPM lookup: nothing here loops over policy.
 use aya_ebpf::maps::lpm_trie::Key;
 use trident_ports_common::{
-    Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS, PEER_KEY_HEADER_BITS,
-    PEER_PROTECTED, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey, RuleKey, VERDICT_AUDIT,
-    VERDICT_DENIED, counter, reason,
+    Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
+    PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey,
+    RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason,
 };
 
 use crate::{
     events,
-    maps::{CONFIG, FLOWS, SCRATCH, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, count},
+    maps::{CONFIG, FLOWS, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
     packet::Packet,
     parse::{Parsed, kind, parse},
 };
@@ -110,9 +110,21 @@ fn judge(
         kind::ICMP_ERROR => {
             // The quoted packet went the opposite way to this error.
             let flow = if dir == DIR_INGRESS {
-                flow_key(&parsed.q_src, &parsed.q_dst, parsed.q_sport, parsed.q_dport, parsed.q_proto)
+                flow_key(
+                    &parsed.q_src,
+                    &parsed.q_dst,
+                    parsed.q_sport,
+                    parsed.q_dport,
+                    parsed.q_proto,
+                )
             } else {
-                flow_key(&parsed.q_dst, &parsed.q_src, parsed.q_dport, parsed.q_sport, parsed.q_proto)
+                flow_key(
+                    &parsed.q_dst,
+                    &parsed.q_src,
+                    parsed.q_dport,
+                    parsed.q_sport,
+                    parsed.q_proto,
+                )
             };
             if flow_is_known(cfg, &flow) {
                 Judgement::Allowed
@@ -150,7 +162,10 @@ fn judge_ports(
                 return Judgement::Allowed;
             }
             if rule_allows(cfg.generation, dir, p.class, proto, parsed.dport) {
-                let state = FlowState { seq: cfg.seq, _pad: 0 };
+                let state = FlowState {
+                    seq: cfg.seq,
+                    _pad: 0,
+                };
                 // A full table evicts its least recently used flow; a failed insert only means
                 // this flow is judged by the rules again on its next packet.
                 let _ = FLOWS.insert(&flow, &state, 0);

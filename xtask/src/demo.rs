@@ -30,22 +30,44 @@ extern "C" fn on_signal(_: libc::c_int) {
 const TARGETS: &[(&str, &str, &str)] = &[
     ("tcp", "192.0.2.2:2049", "NFS (allowed)"),
     ("tcp", "192.0.2.2:443", "ONTAP management HTTPS (allowed)"),
-    ("tcp", "192.0.2.2:3260", "iSCSI (denied: the backend is NFS only)"),
-    ("udp", "192.0.2.2:4045", "NFSv3 lock manager (denied: the backend pins NFSv4.1)"),
-    ("tcp", "192.0.2.3:8080", "an address that is not storage (untouched)"),
+    (
+        "tcp",
+        "192.0.2.2:3260",
+        "iSCSI (denied: the backend is NFS only)",
+    ),
+    (
+        "udp",
+        "192.0.2.2:4045",
+        "NFSv3 lock manager (denied: the backend pins NFSv4.1)",
+    ),
+    (
+        "tcp",
+        "192.0.2.3:8080",
+        "an address that is not storage (untouched)",
+    ),
 ];
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 fn cleanup() {
     for ns in [NODE, STORAGE] {
-        let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -63,12 +85,20 @@ fn topology() -> anyhow::Result<Topology> {
     ip(&["netns", "add", NODE])?;
     let topo = Topology;
     ip(&["netns", "add", STORAGE])?;
-    ip(&["link", "add", NODE_IF, "netns", NODE, "type", "veth", "peer", "name", STORAGE_IF, "netns", STORAGE])?;
+    ip(&[
+        "link", "add", NODE_IF, "netns", NODE, "type", "veth", "peer", "name", STORAGE_IF, "netns",
+        STORAGE,
+    ])?;
     ip(&["-n", NODE, "addr", "add", "192.0.2.1/24", "dev", NODE_IF])?;
     for a in ["192.0.2.2/24", "192.0.2.3/24"] {
         ip(&["-n", STORAGE, "addr", "add", a, "dev", STORAGE_IF])?;
     }
-    for (ns, dev) in [(NODE, NODE_IF), (STORAGE, STORAGE_IF), (NODE, "lo"), (STORAGE, "lo")] {
+    for (ns, dev) in [
+        (NODE, NODE_IF),
+        (STORAGE, STORAGE_IF),
+        (NODE, "lo"),
+        (STORAGE, "lo"),
+    ] {
         ip(&["-n", ns, "link", "set", dev, "up"])?;
     }
     Ok(topo)
@@ -91,7 +121,10 @@ pub fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         .spawn()
         .context("starting the demo servers")?;
     let config = workspace_root().join("config/demo.yaml");
-    eprintln!("demo: agent enforcing {} on {NODE_IF} in namespace {NODE}", config.display());
+    eprintln!(
+        "demo: agent enforcing {} on {NODE_IF} in namespace {NODE}",
+        config.display()
+    );
     let mut agent = Command::new("ip")
         .args(["netns", "exec", NODE])
         .arg(agent)
@@ -109,8 +142,15 @@ pub fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
             for (proto, addr, what) in TARGETS {
                 let to: SocketAddr = addr.parse().unwrap();
-                let ok = if *proto == "tcp" { tcp_try(to) } else { udp_try(to) };
-                eprintln!("traffic: {proto} {addr:<16} {:<7} {what}", if ok { "ok" } else { "BLOCKED" });
+                let ok = if *proto == "tcp" {
+                    tcp_try(to)
+                } else {
+                    udp_try(to)
+                };
+                eprintln!(
+                    "traffic: {proto} {addr:<16} {:<7} {what}",
+                    if ok { "ok" } else { "BLOCKED" }
+                );
             }
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -138,7 +178,9 @@ fn tcp_try(to: SocketAddr) -> bool {
 }
 
 fn udp_try(to: SocketAddr) -> bool {
-    let Ok(u) = UdpSocket::bind("0.0.0.0:0") else { return false };
+    let Ok(u) = UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
     let _ = u.set_read_timeout(Some(Duration::from_millis(300)));
     let mut b = [0u8; 8];
     u.send_to(b"ping", to).is_ok() && u.recv_from(&mut b).is_ok()

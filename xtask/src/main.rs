@@ -94,19 +94,33 @@ fn validate_manifests() -> anyhow::Result<()> {
     let dir = workspace_root().join("deploy");
     let mut files: Vec<_> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
         .collect();
     files.sort();
-    let found = Command::new("kubernetes-validate").arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             bail!("kubernetes-validate is missing (pip install kubernetes-validate)");
         }
-        eprintln!("xtask: kubernetes-validate not installed; skipping the manifest check (pip install kubernetes-validate)");
+        eprintln!(
+            "xtask: kubernetes-validate not installed; skipping the manifest check (pip install kubernetes-validate)"
+        );
         return Ok(());
     }
-    run_checked(Command::new("kubernetes-validate").args(["--strict", "--quiet", "-k", "1.33.0"]).args(&files))?;
-    eprintln!("xtask: {} manifests valid against Kubernetes 1.33 schemas", files.len());
+    run_checked(
+        Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", "1.33.0"])
+            .args(&files),
+    )?;
+    eprintln!(
+        "xtask: {} manifests valid against Kubernetes 1.33 schemas",
+        files.len()
+    );
     Ok(())
 }
 
@@ -135,7 +149,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { smoke, parts } => {
             let agent = build(true)?;
             let mut c = cargo();
-            c.args(["bench", "-p", "trident-ports-tests", "--bench", "datapath", "--"]);
+            c.args([
+                "bench",
+                "-p",
+                "trident-ports-tests",
+                "--bench",
+                "datapath",
+                "--",
+            ]);
             if smoke {
                 c.arg("--smoke");
             }

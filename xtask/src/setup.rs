@@ -28,7 +28,10 @@ fn ensure_rust_src() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("xtask: installing rust-src for {NIGHTLY}");
@@ -46,14 +49,18 @@ fn linker_works() -> bool {
 }
 
 fn nightly_llvm() -> anyhow::Result<(String, PathBuf)> {
-    let vv = Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]).output()?;
+    let vv = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "-vV"])
+        .output()?;
     let vv = String::from_utf8_lossy(&vv.stdout).into_owned();
     let version = vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("`rustc +nightly -vV` names no LLVM version")?;
     let major = version.split('.').next().unwrap_or_default().to_string();
-    let sysroot = Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]).output()?;
+    let sysroot = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+        .output()?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     let lib = std::fs::read_dir(sysroot.join("lib"))
         .with_context(|| format!("reading {}/lib", sysroot.display()))?
@@ -79,9 +86,18 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&lib, &link)
         .with_context(|| format!("linking {} to {}", link.display(), lib.display()))?;
-    eprintln!("xtask: building bpf-linker against the nightly's LLVM {major} ({})", lib.display());
+    eprintln!(
+        "xtask: building bpf-linker against the nightly's LLVM {major} ({})",
+        lib.display()
+    );
     let status = Command::new("cargo")
-        .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix)
         .status()

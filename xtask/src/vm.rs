@@ -21,10 +21,26 @@ struct Kernel {
 }
 
 const KERNELS: &[Kernel] = &[
-    Kernel { name: "5.10", suite: "bullseye", prefix: "linux-image-5.10.0-" },
-    Kernel { name: "6.1", suite: "bookworm", prefix: "linux-image-6.1.0-" },
-    Kernel { name: "6.12", suite: "bookworm-backports", prefix: "linux-image-6.12." },
-    Kernel { name: "7", suite: "sid", prefix: "linux-image-7." },
+    Kernel {
+        name: "5.10",
+        suite: "bullseye",
+        prefix: "linux-image-5.10.0-",
+    },
+    Kernel {
+        name: "6.1",
+        suite: "bookworm",
+        prefix: "linux-image-6.1.0-",
+    },
+    Kernel {
+        name: "6.12",
+        suite: "bookworm-backports",
+        prefix: "linux-image-6.12.",
+    },
+    Kernel {
+        name: "7",
+        suite: "sid",
+        prefix: "linux-image-7.",
+    },
 ];
 
 /// Test binaries run in the guest, and what each needs.
@@ -35,7 +51,11 @@ fn vm_dir() -> PathBuf {
 }
 
 fn need(tool: &str, package: &str) -> anyhow::Result<()> {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status()?.success();
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()?
+        .success();
     if !found {
         bail!("{tool} is missing: apt-get install {package}");
     }
@@ -69,7 +89,12 @@ fn apt(suite: &str, uri: &str) -> anyhow::Result<(PathBuf, Vec<String>)> {
         std::fs::create_dir_all(dir.join(d))?;
     }
     let list = dir.join("sources.list");
-    std::fs::write(&list, format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n"))?;
+    std::fs::write(
+        &list,
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n"
+        ),
+    )?;
     let opts = vec![
         format!("-oDir::Etc::sourcelist={}", list.display()),
         "-oDir::Etc::sourceparts=-".into(),
@@ -91,22 +116,38 @@ fn fetch(k: &Kernel) -> anyhow::Result<(PathBuf, String)> {
     let started = Instant::now();
     run_checked(Command::new("apt-get").args(&opts).args(["-qq", "update"]))
         .with_context(|| format!("fetching the {} package lists", k.suite))?;
-    let names = Command::new("apt-cache").args(&opts).args(["pkgnames", k.prefix]).output()?;
+    let names = Command::new("apt-cache")
+        .args(&opts)
+        .args(["pkgnames", k.prefix])
+        .output()?;
     let mut names: Vec<String> = String::from_utf8_lossy(&names.stdout)
         .lines()
-        .filter(|n| n.ends_with("-amd64") && !n.contains("-rt-") && !n.contains("-cloud-") && !n.ends_with("-dbg"))
+        .filter(|n| {
+            n.ends_with("-amd64")
+                && !n.contains("-rt-")
+                && !n.contains("-cloud-")
+                && !n.ends_with("-dbg")
+        })
         .map(str::to_string)
         .collect();
-    names.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
-    let pkg = names.last().with_context(|| format!("no {}*-amd64 package in {}", k.prefix, k.suite))?;
+    names.sort_by_key(|n| version_key(n));
+    let pkg = names
+        .last()
+        .with_context(|| format!("no {}*-amd64 package in {}", k.prefix, k.suite))?;
     // Newer kernels split the image into linux-binary-<version> (vmlinuz) and
     // linux-modules-<version> (modules) besides linux-image-<version>.
     let mut wanted = vec![pkg.clone()];
     for part in ["linux-binary-", "linux-modules-"] {
         let companion = pkg.replacen("linux-image-", part, 1);
-        let listed = String::from_utf8_lossy(&Command::new("apt-cache").args(&opts).args(["pkgnames", &companion]).output()?.stdout)
-            .lines()
-            .any(|l| l == companion);
+        let listed = String::from_utf8_lossy(
+            &Command::new("apt-cache")
+                .args(&opts)
+                .args(["pkgnames", &companion])
+                .output()?
+                .stdout,
+        )
+        .lines()
+        .any(|l| l == companion);
         if listed {
             wanted.push(companion);
         }
@@ -114,12 +155,21 @@ fn fetch(k: &Kernel) -> anyhow::Result<(PathBuf, String)> {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
     for p in &wanted {
-        run_checked(Command::new("apt-get").args(&opts).args(["-qq", "download", p]).current_dir(&dir))
-            .with_context(|| format!("downloading {p}"))?;
+        run_checked(
+            Command::new("apt-get")
+                .args(&opts)
+                .args(["-qq", "download", p])
+                .current_dir(&dir),
+        )
+        .with_context(|| format!("downloading {p}"))?;
         let deb = std::fs::read_dir(&dir)?
             .flatten()
             .map(|e| e.path())
-            .find(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{p}_"))) && f.extension().is_some_and(|x| x == "deb"))
+            .find(|f| {
+                f.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{p}_")))
+                    && f.extension().is_some_and(|x| x == "deb")
+            })
             .context("downloaded package not found")?;
         run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
         let _ = std::fs::remove_file(&deb);
@@ -130,7 +180,9 @@ fn fetch(k: &Kernel) -> anyhow::Result<(PathBuf, String)> {
 }
 
 fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok()).collect()
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// The kernel image and its release: /boot/vmlinuz-<release>, or on merged-/usr packages
@@ -164,13 +216,23 @@ fn vmlinuz(root: &Path) -> Option<PathBuf> {
 
 fn modules_dir(root: &Path, release: &str) -> PathBuf {
     let merged = root.join("usr/lib/modules").join(release).join("kernel");
-    if merged.exists() { merged } else { root.join("lib/modules").join(release).join("kernel") }
+    if merged.exists() {
+        merged
+    } else {
+        root.join("lib/modules").join(release).join("kernel")
+    }
 }
 
 /// The test binaries cargo built, by suite name.
 fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let out = cargo()
-        .args(["test", "-p", "trident-ports-tests", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "trident-ports-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
         .args(SUITES.iter().flat_map(|s| ["--test", s]))
         .stderr(Stdio::inherit())
         .output()?;
@@ -179,7 +241,9 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     }
     let mut bins = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json_lite(line) else { continue };
+        let Ok(v) = serde_json_lite(line) else {
+            continue;
+        };
         if let Some((name, exe)) = v {
             bins.push((name, PathBuf::from(exe)));
         }
@@ -204,7 +268,12 @@ fn serde_json_lite(line: &str) -> anyhow::Result<Option<(String, String)>> {
     })
 }
 
-fn copy_with_libs(src: &Path, dest_root: &Path, dest: &str, libs: &mut BTreeSet<PathBuf>) -> anyhow::Result<()> {
+fn copy_with_libs(
+    src: &Path,
+    dest_root: &Path,
+    dest: &str,
+    libs: &mut BTreeSet<PathBuf>,
+) -> anyhow::Result<()> {
     let to = dest_root.join(dest.trim_start_matches('/'));
     std::fs::create_dir_all(to.parent().unwrap())?;
     std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
@@ -218,16 +287,25 @@ fn copy_with_libs(src: &Path, dest_root: &Path, dest: &str, libs: &mut BTreeSet<
 }
 
 /// Builds the initramfs for one kernel; returns its path.
-fn initramfs(kernel_root: &Path, release: &str, agent: &Path, bins: &[(String, PathBuf)], filter: &[String]) -> anyhow::Result<PathBuf> {
+fn initramfs(
+    kernel_root: &Path,
+    release: &str,
+    agent: &Path,
+    bins: &[(String, PathBuf)],
+    filter: &[String],
+) -> anyhow::Result<PathBuf> {
     let root = vm_dir().join("initramfs").join(release);
     let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "etc", "t", "modules"] {
+    for d in [
+        "bin", "sbin", "proc", "sys", "dev", "tmp", "run", "etc", "t", "modules",
+    ] {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::os::unix::fs::symlink("/run", root.join("var-run-link"))?;
     std::fs::create_dir_all(root.join("var"))?;
     std::fs::rename(root.join("var-run-link"), root.join("var/run"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing: apt-get install busybox-static")?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("busybox-static is missing: apt-get install busybox-static")?;
     let mut libs = BTreeSet::new();
     copy_with_libs(Path::new("/usr/sbin/ip"), &root, "/sbin/ip", &mut libs)?;
     copy_with_libs(Path::new("/usr/sbin/tc"), &root, "/sbin/tc", &mut libs)?;
@@ -242,7 +320,11 @@ fn initramfs(kernel_root: &Path, release: &str, agent: &Path, bins: &[(String, P
     }
     // veth, clsact and cls_bpf are modules in Debian's kernels; compressed ones are unpacked.
     let modules = modules_dir(kernel_root, release);
-    for m in ["drivers/net/veth.ko", "net/sched/sch_ingress.ko", "net/sched/cls_bpf.ko"] {
+    for m in [
+        "drivers/net/veth.ko",
+        "net/sched/sch_ingress.ko",
+        "net/sched/cls_bpf.ko",
+    ] {
         let name = Path::new(m).file_name().unwrap();
         let plain = modules.join(m);
         if plain.exists() {
@@ -252,7 +334,11 @@ fn initramfs(kernel_root: &Path, release: &str, agent: &Path, bins: &[(String, P
         for (ext, tool) in [("xz", "xz"), ("zst", "zstd")] {
             let packed = modules.join(format!("{m}.{ext}"));
             if packed.exists() {
-                let out = Command::new(tool).arg("-dc").arg(&packed).output().with_context(|| format!("{tool} is needed to unpack {}", packed.display()))?;
+                let out = Command::new(tool)
+                    .arg("-dc")
+                    .arg(&packed)
+                    .output()
+                    .with_context(|| format!("{tool} is needed to unpack {}", packed.display()))?;
                 std::fs::write(root.join("modules").join(name), out.stdout)?;
             }
         }
@@ -284,7 +370,11 @@ fn initramfs(kernel_root: &Path, release: &str, agent: &Path, bins: &[(String, P
     let image = vm_dir().join(format!("initramfs-{release}.cpio.gz"));
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("cd {} && find . | cpio -o -H newc 2>/dev/null | gzip -1 > {}", root.display(), image.display()))
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc 2>/dev/null | gzip -1 > {}",
+            root.display(),
+            image.display()
+        ))
         .status()?;
     if !status.success() {
         bail!("packing the initramfs (cpio, gzip) failed");
@@ -301,21 +391,39 @@ pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Resu
     }
     let bins = test_binaries()?;
     if bins.len() != SUITES.len() {
-        bail!("expected test binaries {SUITES:?}, found {:?}", bins.iter().map(|b| &b.0).collect::<Vec<_>>());
+        bail!(
+            "expected test binaries {SUITES:?}, found {:?}",
+            bins.iter().map(|b| &b.0).collect::<Vec<_>>()
+        );
     }
     let mut report = Vec::new();
     for name in kernels {
-        let k = KERNELS
-            .iter()
-            .find(|k| k.name == name)
-            .with_context(|| format!("unknown kernel `{name}`; known: {}", KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")))?;
+        let k = KERNELS.iter().find(|k| k.name == name).with_context(|| {
+            format!(
+                "unknown kernel `{name}`; known: {}",
+                KERNELS
+                    .iter()
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
         let (root, release) = fetch(k)?;
         let image = initramfs(&root, &release, agent, &bins, filter)?;
         let started = Instant::now();
         let out = Command::new("timeout")
             .arg("900")
             .arg("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "2048",
+                "-smp",
+                "2",
+                "-nographic",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(vmlinuz(&root).context("no vmlinuz")?)
             .arg("-initrd")
@@ -331,9 +439,13 @@ pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Resu
         for line in console.lines() {
             if let Some(rest) = line.trim().strip_prefix("VM-SUITE-END ") {
                 let mut it = rest.split_whitespace();
-                results.push((it.next().unwrap_or("?").to_string(), it.next().unwrap_or("?") == "0"));
+                results.push((
+                    it.next().unwrap_or("?").to_string(),
+                    it.next().unwrap_or("?") == "0",
+                ));
             }
-            if line.contains("test result:") || line.contains("skipping") || line.contains("FAILED") {
+            if line.contains("test result:") || line.contains("skipping") || line.contains("FAILED")
+            {
                 eprintln!("vm {name}: {}", line.trim());
             }
         }
@@ -343,8 +455,16 @@ pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Resu
     }
     eprintln!("\nvm results:");
     for (name, release, ok, results, took, log) in &report {
-        let suites: Vec<String> = results.iter().map(|(s, ok)| format!("{s}={}", if *ok { "ok" } else { "FAILED" })).collect();
-        eprintln!("  {name} ({release}): {} in {took:.0?} [{}] console: {}", if *ok { "ok" } else { "FAILED" }, suites.join(", "), log.display());
+        let suites: Vec<String> = results
+            .iter()
+            .map(|(s, ok)| format!("{s}={}", if *ok { "ok" } else { "FAILED" }))
+            .collect();
+        eprintln!(
+            "  {name} ({release}): {} in {took:.0?} [{}] console: {}",
+            if *ok { "ok" } else { "FAILED" },
+            suites.join(", "),
+            log.display()
+        );
     }
     if report.iter().any(|r| !r.2) {
         bail!("tests failed on some kernels");

@@ -42,7 +42,11 @@ impl Prefix {
         }
         let a = u128::from_be_bytes(self.addr);
         let b = u128::from_be_bytes(other.addr);
-        let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len as u32) };
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - self.len as u32)
+        };
         a & mask == b & mask
     }
 }
@@ -67,7 +71,11 @@ pub struct Tables {
 
 impl Tables {
     pub fn len(&self) -> usize {
-        self.peers.len() + self.prefixes.len() + self.rules.len() + self.ranges.len() + self.guards.len()
+        self.peers.len()
+            + self.prefixes.len()
+            + self.rules.len()
+            + self.ranges.len()
+            + self.guards.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -161,7 +169,8 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
         if prefix.len == 128 {
             t.peers.push((key, info));
         } else {
-            t.prefixes.push((PEER_KEY_HEADER_BITS + prefix.len as u32, key, info));
+            t.prefixes
+                .push((PEER_KEY_HEADER_BITS + prefix.len as u32, key, info));
         }
     }
     let mut by_class: Vec<(u32, Grant)> = classes.into_iter().map(|(g, c)| (c, g)).collect();
@@ -204,7 +213,11 @@ pub fn port_blocks(r: PortRange) -> Vec<(u16, u8)> {
     let mut cur = r.from as u32;
     let end = r.to as u32;
     while cur <= end {
-        let mut size: u32 = if cur == 0 { 1 << 16 } else { cur & cur.wrapping_neg() };
+        let mut size: u32 = if cur == 0 {
+            1 << 16
+        } else {
+            cur & cur.wrapping_neg()
+        };
         while cur + size - 1 > end {
             size >>= 1;
         }
@@ -245,7 +258,15 @@ mod tests {
 
     #[test]
     fn port_blocks_cover_exactly_the_range() {
-        for (a, b) in [(1, 1), (1024, 65535), (4045, 4049), (1, 65535), (0, 65535), (8000, 8001), (3, 17)] {
+        for (a, b) in [
+            (1, 1),
+            (1024, 65535),
+            (4045, 4049),
+            (1, 65535),
+            (0, 65535),
+            (8000, 8001),
+            (3, 17),
+        ] {
             let blocks = port_blocks(PortRange { from: a, to: b });
             assert!(blocks.len() <= 32, "{a}-{b}: {} blocks", blocks.len());
             let got = covered(&blocks);
@@ -258,34 +279,81 @@ mod tests {
     fn addresses_with_equal_rules_share_a_class() {
         let mut policy = Policy::default();
         for i in 1..=50 {
-            policy.entries.push(egress(&format!("192.0.2.{i}/32"), PortRange::single(2049), Proto::Tcp));
-            policy.entries.push(egress(&format!("192.0.2.{i}/32"), PortRange::single(111), Proto::Udp));
+            policy.entries.push(egress(
+                &format!("192.0.2.{i}/32"),
+                PortRange::single(2049),
+                Proto::Tcp,
+            ));
+            policy.entries.push(egress(
+                &format!("192.0.2.{i}/32"),
+                PortRange::single(111),
+                Proto::Udp,
+            ));
         }
         let t = compile(&policy, 0);
-        let egress: Vec<_> = t.peers.iter().filter(|(k, _)| k.dir == DIR_EGRESS).collect();
+        let egress: Vec<_> = t
+            .peers
+            .iter()
+            .filter(|(k, _)| k.dir == DIR_EGRESS)
+            .collect();
         assert_eq!(egress.len(), 50);
-        assert!(egress.iter().all(|(_, i)| i.class == egress[0].1.class && i.flags == PEER_PROTECTED));
+        assert!(
+            egress
+                .iter()
+                .all(|(_, i)| i.class == egress[0].1.class && i.flags == PEER_PROTECTED)
+        );
         // Egress destinations are policed on ingress too (unsolicited inbound), with no rules.
-        assert_eq!(t.peers.iter().filter(|(k, _)| k.dir == DIR_INGRESS).count(), 50);
+        assert_eq!(
+            t.peers.iter().filter(|(k, _)| k.dir == DIR_INGRESS).count(),
+            50
+        );
         assert_eq!(t.rules.len(), 2);
     }
 
     #[test]
     fn host_inside_subnet_inherits_subnet_rules_and_protection() {
         let mut policy = Policy::default();
-        policy.entries.push(egress("198.51.100.0/24", PortRange::single(3260), Proto::Tcp));
-        policy.entries.push(egress("198.51.100.7/32", PortRange::single(443), Proto::Tcp));
-        policy.protected.push(Protected { addr: "198.51.100.0/24".parse().unwrap(), why: String::new() });
+        policy.entries.push(egress(
+            "198.51.100.0/24",
+            PortRange::single(3260),
+            Proto::Tcp,
+        ));
+        policy.entries.push(egress(
+            "198.51.100.7/32",
+            PortRange::single(443),
+            Proto::Tcp,
+        ));
+        policy.protected.push(Protected {
+            addr: "198.51.100.0/24".parse().unwrap(),
+            why: String::new(),
+        });
         let t = compile(&policy, 1);
-        let host = t.peers.iter().find(|(k, _)| k.addr[15] == 7 && k.dir == DIR_EGRESS).unwrap();
+        let host = t
+            .peers
+            .iter()
+            .find(|(k, _)| k.addr[15] == 7 && k.dir == DIR_EGRESS)
+            .unwrap();
         assert_eq!(host.0.generation, 1);
         assert_eq!(host.1.flags, PEER_PROTECTED);
-        let host_ports: BTreeSet<u16> = t.rules.iter().filter(|r| r.class == host.1.class && r.dir == DIR_EGRESS).map(|r| r.port).collect();
+        let host_ports: BTreeSet<u16> = t
+            .rules
+            .iter()
+            .filter(|r| r.class == host.1.class && r.dir == DIR_EGRESS)
+            .map(|r| r.port)
+            .collect();
         assert_eq!(host_ports, BTreeSet::from([443, 3260]));
         // The subnet is an LPM entry of /24 in mapped space plus the key header.
-        let net = t.prefixes.iter().find(|(_, k, _)| k.dir == DIR_EGRESS).unwrap();
+        let net = t
+            .prefixes
+            .iter()
+            .find(|(_, k, _)| k.dir == DIR_EGRESS)
+            .unwrap();
         assert_eq!(net.0, PEER_KEY_HEADER_BITS + 96 + 24);
         // Ingress: the protected subnet and host are known, with no rules.
-        assert!(t.prefixes.iter().any(|(_, k, i)| k.dir == DIR_INGRESS && i.flags == PEER_PROTECTED));
+        assert!(
+            t.prefixes
+                .iter()
+                .any(|(_, k, i)| k.dir == DIR_INGRESS && i.flags == PEER_PROTECTED)
+        );
     }
 }

@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, FlowKey, FlowState, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerInfo, PeerKey, RangeKey, RuleKey,
-    counter, limits, maps, programs,
+    COUNTER_SLOTS, Config, FlowKey, FlowState, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerInfo,
+    PeerKey, RangeKey, RuleKey, counter, limits, maps, programs,
 };
 
 use crate::{
@@ -71,7 +71,8 @@ pub struct Datapath {
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
-    ebpf.take_map(name).ok_or_else(|| Error::Load(format!("map {name} missing from the object")))
+    ebpf.take_map(name)
+        .ok_or_else(|| Error::Load(format!("map {name} missing from the object")))
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
@@ -125,7 +126,8 @@ impl Datapath {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?
                 .try_into()
                 .map_err(|e| Error::Load(format!("{name}: {e}")))?;
-            prog.load().map_err(|e| Error::Load(format!("{name}: {e:#}")))?;
+            prog.load()
+                .map_err(|e| Error::Load(format!("{name}: {e:#}")))?;
         }
         // The XDP program is loaded only when asked for (`load_xdp`): it needs Linux 5.18, and
         // TC-only nodes should not depend on that.
@@ -199,23 +201,31 @@ impl Datapath {
             .try_into()
             .map_err(|e| err(format!("{e}")))?;
         let Some(pins) = pins else {
-            xdp.attach(iface, XdpMode::default()).map_err(|e| err(format!("{e:#}")))?;
+            xdp.attach(iface, XdpMode::default())
+                .map_err(|e| err(format!("{e:#}")))?;
             return Ok(());
         };
         let path = pins.link(iface, "xdp");
         if path.exists() {
             // Adopt: move the pinned link to this program in one atomic update.
-            let pinned = PinnedLink::from_pin(&path).map_err(|e| err(format!("opening {}: {e}", path.display())))?;
+            let pinned = PinnedLink::from_pin(&path)
+                .map_err(|e| err(format!("opening {}: {e}", path.display())))?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| err(format!("{e}")))?;
-            let id = xdp.attach_to_link(link).map_err(|e| err(format!("updating the pinned link: {e:#}")))?;
+            let id = xdp
+                .attach_to_link(link)
+                .map_err(|e| err(format!("updating the pinned link: {e:#}")))?;
             // The pin keeps the link; this process's handle may go.
             drop(xdp.take_link(id).map_err(|e| err(format!("{e}")))?);
             tracing::info!(iface, hook = "xdp", "adopted the pinned attachment");
         } else {
-            let id = xdp.attach(iface, XdpMode::default()).map_err(|e| err(format!("{e:#}")))?;
+            let id = xdp
+                .attach(iface, XdpMode::default())
+                .map_err(|e| err(format!("{e:#}")))?;
             let link = xdp.take_link(id).map_err(|e| err(format!("{e}")))?;
-            let fd = FdLink::try_from(link).map_err(|e| err(format!("not a bpf_link (kernel without XDP links?): {e}")))?;
-            fd.pin(&path).map_err(|e| err(format!("pinning at {}: {e}", path.display())))?;
+            let fd = FdLink::try_from(link)
+                .map_err(|e| err(format!("not a bpf_link (kernel without XDP links?): {e}")))?;
+            fd.pin(&path)
+                .map_err(|e| err(format!("pinning at {}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -257,14 +267,23 @@ impl Datapath {
             TcAttachOptions::Netlink(Default::default())
         };
         let Some(pins) = pins else {
-            prog.attach_with_options(iface, kind, options).map_err(|e| err(format!("{e:#}")))?;
+            prog.attach_with_options(iface, kind, options)
+                .map_err(|e| err(format!("{e:#}")))?;
             return Ok(());
         };
-        let hook = if kind == TcAttachType::Egress { "tc-egress" } else { "tc-ingress" };
+        let hook = if kind == TcAttachType::Egress {
+            "tc-egress"
+        } else {
+            "tc-ingress"
+        };
         let (link_path, nl) = (pins.link(iface, hook), pins.read_netlink(iface, hook));
         let adopt = if use_tcx && link_path.exists() {
-            let pinned = PinnedLink::from_pin(&link_path).map_err(|e| err(format!("opening {}: {e}", link_path.display())))?;
-            Some(SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| err(format!("{e}")))?)
+            let pinned = PinnedLink::from_pin(&link_path)
+                .map_err(|e| err(format!("opening {}: {e}", link_path.display())))?;
+            Some(
+                SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| err(format!("{e}")))?,
+            )
         } else if let (false, Some((priority, handle))) = (use_tcx, nl) {
             Some(
                 SchedClassifierLink::attached(iface, kind, priority, TcHandle::from(handle), None)
@@ -277,18 +296,27 @@ impl Datapath {
         let id = match adopt {
             // One atomic replacement: bpf_link_update for tcx, a netlink filter replace for
             // cls_bpf. The interface is never without a program.
-            Some(link) => prog.attach_to_link(link).map_err(|e| err(format!("replacing the pinned attachment: {e:#}")))?,
-            None => prog.attach_with_options(iface, kind, options).map_err(|e| err(format!("{e:#}")))?,
+            Some(link) => prog
+                .attach_to_link(link)
+                .map_err(|e| err(format!("replacing the pinned attachment: {e:#}")))?,
+            None => prog
+                .attach_with_options(iface, kind, options)
+                .map_err(|e| err(format!("{e:#}")))?,
         };
         let link = prog.take_link(id).map_err(|e| err(format!("{e}")))?;
         if use_tcx {
             if !adopted {
                 let fd = FdLink::try_from(link).map_err(|e| err(format!("{e}")))?;
-                fd.pin(&link_path).map_err(|e| err(format!("pinning at {}: {e}", link_path.display())))?;
+                fd.pin(&link_path)
+                    .map_err(|e| err(format!("pinning at {}: {e}", link_path.display())))?;
             }
         } else {
-            let (priority, handle) = (link.priority().map_err(|e| err(format!("{e}")))?, link.handle().map_err(|e| err(format!("{e}")))?);
-            pins.write_netlink(iface, hook, priority, u32::from(handle)).map_err(|e| err(format!("{e}")))?;
+            let (priority, handle) = (
+                link.priority().map_err(|e| err(format!("{e}")))?,
+                link.handle().map_err(|e| err(format!("{e}")))?,
+            );
+            pins.write_netlink(iface, hook, priority, u32::from(handle))
+                .map_err(|e| err(format!("{e}")))?;
             // A cls_bpf filter stays until it is deleted: never let a drop delete it.
             std::mem::forget(link);
         }
@@ -320,11 +348,12 @@ impl Datapath {
             _pad: [0; 2],
             event_interval_ns,
         };
-        self.config
-            .set(0, next, 0)
-            .map_err(map_err(maps::CONFIG))?;
+        self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
         self.remove_generation(current.generation)?;
-        Ok(Applied { config: next, tables })
+        Ok(Applied {
+            config: next,
+            tables,
+        })
     }
 
     /// Adds this namespace's existing connections to the connection table (see `seed`). Flows
@@ -363,7 +392,11 @@ impl Datapath {
         // Two generations live side by side during a switch.
         let checks = [
             (maps::PEERS, t.peers.len(), limits::PEERS / 2),
-            (maps::PEER_PREFIXES, t.prefixes.len(), limits::PEER_PREFIXES / 2),
+            (
+                maps::PEER_PREFIXES,
+                t.prefixes.len(),
+                limits::PEER_PREFIXES / 2,
+            ),
             (maps::RULES, t.rules.len(), limits::RULES / 2),
             (maps::RANGES, t.ranges.len(), limits::RANGES / 2),
             (maps::GUARDS, t.guards.len(), limits::GUARDS / 2),
@@ -404,23 +437,48 @@ impl Datapath {
     }
 
     fn remove_generation(&mut self, generation: u8) -> Result<()> {
-        let peers: Vec<PeerKey> = self.peers.keys().filter_map(|k| k.ok()).filter(|k| k.generation == generation).collect();
+        let peers: Vec<PeerKey> = self
+            .peers
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.generation == generation)
+            .collect();
         for k in peers {
             let _ = self.peers.remove(&k);
         }
-        let prefixes: Vec<Key<PeerKey>> = self.prefixes.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+        let prefixes: Vec<Key<PeerKey>> = self
+            .prefixes
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data().generation == generation)
+            .collect();
         for k in prefixes {
             let _ = self.prefixes.remove(&k);
         }
-        let rules: Vec<RuleKey> = self.rules.keys().filter_map(|k| k.ok()).filter(|k| k.generation == generation).collect();
+        let rules: Vec<RuleKey> = self
+            .rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.generation == generation)
+            .collect();
         for k in rules {
             let _ = self.rules.remove(&k);
         }
-        let ranges: Vec<Key<RangeKey>> = self.ranges.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == generation).collect();
+        let ranges: Vec<Key<RangeKey>> = self
+            .ranges
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data().generation == generation)
+            .collect();
         for k in ranges {
             let _ = self.ranges.remove(&k);
         }
-        let guards: Vec<GuardKey> = self.guards.keys().filter_map(|k| k.ok()).filter(|k| k.generation == generation).collect();
+        let guards: Vec<GuardKey> = self
+            .guards
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.generation == generation)
+            .collect();
         for k in guards {
             let _ = self.guards.remove(&k);
         }
@@ -431,7 +489,10 @@ impl Datapath {
     pub fn counters(&self) -> Result<Counters> {
         let mut out = Counters::default();
         for slot in 0..COUNTER_SLOTS {
-            let values = self.counters.get(&slot, 0).map_err(map_err(maps::COUNTERS))?;
+            let values = self
+                .counters
+                .get(&slot, 0)
+                .map_err(map_err(maps::COUNTERS))?;
             let sum: u64 = values.iter().sum();
             out.values.insert(slot, sum);
         }
@@ -461,7 +522,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn get(&self, dir: u8, c: u32) -> u64 {
-        self.values.get(&(dir as u32 * counter::COUNT + c)).copied().unwrap_or(0)
+        self.values
+            .get(&(dir as u32 * counter::COUNT + c))
+            .copied()
+            .unwrap_or(0)
     }
 }
 

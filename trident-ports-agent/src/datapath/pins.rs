@@ -35,17 +35,27 @@ impl Pins {
         if dir.starts_with(conventional) && conventional.exists() && !is_bpffs(conventional) {
             mount_bpffs(conventional);
         }
-        let fs_root = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+        let fs_root = dir
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
         if !is_bpffs(fs_root) {
             return Err(Error::Config {
                 path: dir.to_path_buf(),
-                message: "the pin directory must be on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)".into(),
+                message:
+                    "the pin directory must be on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)"
+                        .into(),
             });
         }
         for d in [dir.join("maps"), dir.join("links")] {
-            std::fs::create_dir_all(&d).map_err(|e| Error::Config { path: d.clone(), message: e.to_string() })?;
+            std::fs::create_dir_all(&d).map_err(|e| Error::Config {
+                path: d.clone(),
+                message: e.to_string(),
+            })?;
         }
-        Ok(Pins { dir: dir.to_path_buf() })
+        Ok(Pins {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -53,7 +63,9 @@ impl Pins {
     }
 
     pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
-        self.dir.join("links").join(format!("{}_{hook}", iface.replace('.', ":")))
+        self.dir
+            .join("links")
+            .join(format!("{}_{hook}", iface.replace('.', ":")))
     }
 
     fn netlink_prefix(iface: &str, hook: &str) -> String {
@@ -62,18 +74,34 @@ impl Pins {
 
     pub fn read_netlink(&self, iface: &str, hook: &str) -> Option<(u16, u32)> {
         let prefix = Self::netlink_prefix(iface, hook);
-        std::fs::read_dir(self.dir.join("links")).ok()?.flatten().find_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let (prio, handle) = name.strip_prefix(&prefix)?.split_once('_')?;
-            Some((prio.parse().ok()?, handle.parse().ok()?))
-        })
+        std::fs::read_dir(self.dir.join("links"))
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (prio, handle) = name.strip_prefix(&prefix)?.split_once('_')?;
+                Some((prio.parse().ok()?, handle.parse().ok()?))
+            })
     }
 
-    pub fn write_netlink(&self, iface: &str, hook: &str, priority: u16, handle: u32) -> io::Result<()> {
+    pub fn write_netlink(
+        &self,
+        iface: &str,
+        hook: &str,
+        priority: u16,
+        handle: u32,
+    ) -> io::Result<()> {
         if let Some((p, h)) = self.read_netlink(iface, hook) {
-            let _ = std::fs::remove_dir(self.dir.join("links").join(format!("{}{p}_{h}", Self::netlink_prefix(iface, hook))));
+            let _ = std::fs::remove_dir(
+                self.dir
+                    .join("links")
+                    .join(format!("{}{p}_{h}", Self::netlink_prefix(iface, hook))),
+            );
         }
-        std::fs::create_dir(self.dir.join("links").join(format!("{}{priority}_{handle}", Self::netlink_prefix(iface, hook))))
+        std::fs::create_dir(self.dir.join("links").join(format!(
+            "{}{priority}_{handle}",
+            Self::netlink_prefix(iface, hook)
+        )))
     }
 }
 
@@ -86,7 +114,15 @@ fn mount_bpffs(at: &Path) {
         return;
     };
     // SAFETY: valid NUL-terminated strings; a failure leaves the check below to report it.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc == 0 {
         tracing::info!(path = %at.display(), "mounted a BPF filesystem");
     }
@@ -133,9 +169,20 @@ pub fn uninstall(dir: &Path) -> Result<Removed> {
             let fields: Vec<&str> = name.rsplitn(5, '_').collect();
             if let [handle, priority, "nl", hook, iface] = fields[..] {
                 let iface = iface.replace(':', ".");
-                let kind = if hook == "tc-egress" { TcAttachType::Egress } else { TcAttachType::Ingress };
-                if let (Ok(priority), Ok(handle)) = (priority.parse::<u16>(), handle.parse::<u32>()) {
-                    if let Ok(link) = SchedClassifierLink::attached(&iface, kind, priority, TcHandle::from(handle), None) {
+                let kind = if hook == "tc-egress" {
+                    TcAttachType::Egress
+                } else {
+                    TcAttachType::Ingress
+                };
+                if let (Ok(priority), Ok(handle)) = (priority.parse::<u16>(), handle.parse::<u32>())
+                {
+                    if let Ok(link) = SchedClassifierLink::attached(
+                        &iface,
+                        kind,
+                        priority,
+                        TcHandle::from(handle),
+                        None,
+                    ) {
                         let _ = link.detach();
                     }
                 }

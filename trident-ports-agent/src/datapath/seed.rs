@@ -12,10 +12,21 @@ const TCP_STATES: [u8; 6] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x08];
 /// Flows of this network namespace's connected TCP and UDP sockets, from /proc/self/net.
 pub fn current_flows() -> Vec<FlowKey> {
     let mut out = Vec::new();
-    for (file, proto, v6) in [("tcp", PROTO_TCP, false), ("tcp6", PROTO_TCP, true), ("udp", PROTO_UDP, false), ("udp6", PROTO_UDP, true)] {
+    for (file, proto, v6) in [
+        ("tcp", PROTO_TCP, false),
+        ("tcp6", PROTO_TCP, true),
+        ("udp", PROTO_UDP, false),
+        ("udp6", PROTO_UDP, true),
+    ] {
         let path = Path::new("/proc/self/net").join(file);
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        out.extend(text.lines().skip(1).filter_map(|l| parse_line(l, proto, v6)));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        out.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| parse_line(l, proto, v6)),
+        );
     }
     out
 }
