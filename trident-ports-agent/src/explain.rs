@@ -42,7 +42,7 @@ impl Explainer {
         }
         // Longest prefix first, so that the first match is the most specific.
         x.nets
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
         x.backends = policy
             .backends
             .iter()
