@@ -41,7 +41,8 @@ impl Agent {
         let socket =
             std::env::temp_dir().join(format!("{}.sock", crate::netns::unique("tp-agent-")));
         let mut args: Vec<&str> = args.to_vec();
-        if args.first() == Some(&"run") && !args.contains(&"--socket") {
+        let serves = args.first() == Some(&"run") && !args.contains(&"--socket");
+        if serves {
             args.extend(["--socket", socket.to_str().unwrap()]);
         }
         cmd.args(&args)
@@ -77,6 +78,10 @@ impl Agent {
             stderr,
         };
         agent.wait_for_log("attached", Duration::from_secs(20));
+        if serves {
+            // The socket is bound just after attaching.
+            agent.wait_for_log("serving flows", Duration::from_secs(5));
+        }
         agent
     }
 

@@ -145,3 +145,69 @@ pub fn assert_nothing_attached(pair: &Pair) {
     });
     assert_eq!(tcx, 0, "tcx programs remain");
 }
+
+/// The errors a user meets first are clear: missing privileges, an unknown interface.
+#[test]
+fn clear_errors_for_privileges_and_interfaces() {
+    if !require_root("clear_errors_for_privileges_and_interfaces") {
+        return;
+    }
+    let pair = Pair::standard();
+    let cfg = write_config(
+        &tmpdir("errors"),
+        "allow:\n  - {dst: 192.0.2.2, ports: 2049, proto: tcp, reason: nfs}\n",
+    );
+    let agent = trident_ports_tests::agent::binary();
+    // As an unprivileged user: no capabilities at all.
+    let out = pair
+        .node
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&agent)
+        .args([
+            "run",
+            "--config",
+            &cfg,
+            "--iface",
+            &pair.node_if,
+            "--socket",
+            "none",
+            "--metrics",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs root or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
+        "{err}"
+    );
+    assert!(err.contains("missing: CAP_NET_ADMIN"), "{err}");
+    // An interface that does not exist: named, and nothing is left attached anywhere.
+    let out = pair
+        .node
+        .command(agent.to_str().unwrap())
+        .args([
+            "run",
+            "--config",
+            &cfg,
+            "--iface",
+            "nosuchif0",
+            "--socket",
+            "none",
+            "--metrics",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown interface `nosuchif0`"), "{err}");
+    assert_nothing_attached(&pair);
+}

@@ -243,7 +243,9 @@ impl Datapath {
             detail,
         };
         let use_tcx = match attach {
-            TcAttach::Auto => tcx_supported(),
+            // Probe: tcx is what the kernel accepts, not what its version number suggests
+            // (backports move features between versions).
+            TcAttach::Auto => tcx_works(iface, kind),
             TcAttach::Tcx => true,
             TcAttach::Netlink => false,
         };
@@ -537,13 +539,13 @@ pub fn nix_if_index(iface: &str) -> u32 {
     unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
-/// tcx arrived in Linux 6.6. Probing by kernel release is what aya itself does for `attach`.
-pub fn tcx_supported() -> bool {
-    kernel_release().is_some_and(|(maj, min)| (maj, min) >= (6, 6))
+/// Whether the kernel takes tcx links on `iface`: asks it (BPF_PROG_QUERY on the tcx hook,
+/// which kernels without tcx refuse).
+fn tcx_works(iface: &str, kind: TcAttachType) -> bool {
+    SchedClassifier::query_tcx(iface, kind).is_ok()
 }
 
-fn kernel_release() -> Option<(u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut it = release.trim().split(['.', '-']);
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+/// Whether this kernel has tcx (probed on the loopback interface of the calling namespace).
+pub fn tcx_supported() -> bool {
+    tcx_works("lo", TcAttachType::Ingress)
 }
