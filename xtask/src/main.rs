@@ -27,9 +27,12 @@ enum Cmd {
     /// Demo: two test namespaces, the agent enforcing a built-in policy between them, allowed
     /// and denied traffic, and the denied-flow events live. Ctrl-C cleans up.
     Run {
-        /// Stop after this many seconds (default: run until Ctrl-C).
+        /// Stop after this many seconds (default: run until Ctrl-C; 30 in a VM).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Run the demo inside a throwaway QEMU VM with this kernel (5.10, 6.1, 6.12, 7).
+        #[arg(long, num_args = 0..=1, default_missing_value = "6.12", value_name = "KERNEL")]
+        vm: Option<String>,
     },
     /// Run every test: unit tests and the privileged integration tests (root).
     Test {
@@ -47,6 +50,14 @@ enum Cmd {
         smoke: bool,
         /// Only these parts: packet, throughput, events.
         parts: Vec<String>,
+    },
+    /// Internal: the demo as the VM's init runs it (no build).
+    #[command(hide = true)]
+    DemoVm {
+        #[arg(long)]
+        agent: PathBuf,
+        #[arg(long)]
+        seconds: u64,
     },
     /// Internal: helpers the demo runs inside its namespaces.
     #[command(hide = true)]
@@ -128,10 +139,18 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::ensure(),
         Cmd::Build { release } => build(release).map(|p| println!("{}", p.display())),
-        Cmd::Run { seconds } => {
+        Cmd::Run {
+            seconds,
+            vm: Some(kernel),
+        } => {
+            let agent = build(false)?;
+            vm::demo(&kernel, &agent, seconds.unwrap_or(30))
+        }
+        Cmd::Run { seconds, vm: None } => {
             let agent = build(false)?;
             demo::run(&agent, seconds)
         }
+        Cmd::DemoVm { agent, seconds } => demo::run(&agent, Some(seconds)),
         Cmd::Test { vm, args } if !vm.is_empty() => {
             let agent = build(false)?;
             vm::test(&vm, &agent, &args)

@@ -286,37 +286,41 @@ fn copy_with_libs(
     Ok(())
 }
 
+/// What goes into a guest besides busybox, ip and tc: files (with their libraries when they are
+/// executables), directories copied to the same path, and the commands `init` runs.
+struct Guest {
+    files: Vec<(PathBuf, String)>,
+    dirs: Vec<PathBuf>,
+    commands: String,
+}
+
 /// Builds the initramfs for one kernel; returns its path.
-fn initramfs(
-    kernel_root: &Path,
-    release: &str,
-    agent: &Path,
-    bins: &[(String, PathBuf)],
-    filter: &[String],
-) -> anyhow::Result<PathBuf> {
+fn initramfs(kernel_root: &Path, release: &str, guest: &Guest) -> anyhow::Result<PathBuf> {
     let root = vm_dir().join("initramfs").join(release);
     let _ = std::fs::remove_dir_all(&root);
     for d in [
-        "bin", "sbin", "proc", "sys", "dev", "tmp", "run", "etc", "t", "modules",
+        "bin", "sbin", "proc", "sys", "dev", "tmp", "run", "etc", "t", "modules", "var",
     ] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::os::unix::fs::symlink("/run", root.join("var-run-link"))?;
-    std::fs::create_dir_all(root.join("var"))?;
-    std::fs::rename(root.join("var-run-link"), root.join("var/run"))?;
+    std::os::unix::fs::symlink("/run", root.join("var/run"))?;
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .context("busybox-static is missing: apt-get install busybox-static")?;
     let mut libs = BTreeSet::new();
     copy_with_libs(Path::new("/usr/sbin/ip"), &root, "/sbin/ip", &mut libs)?;
     copy_with_libs(Path::new("/usr/sbin/tc"), &root, "/sbin/tc", &mut libs)?;
-    copy_with_libs(agent, &root, "/t/trident-ports-agent", &mut libs)?;
-    for (name, exe) in bins {
-        copy_with_libs(exe, &root, &format!("/t/{name}"), &mut libs)?;
+    for (src, dest) in &guest.files {
+        copy_with_libs(src, &root, dest, &mut libs)?;
     }
     for lib in libs {
         let to = root.join(lib.strip_prefix("/").unwrap());
         std::fs::create_dir_all(to.parent().unwrap())?;
         std::fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
+    }
+    for dir in &guest.dirs {
+        let to = root.join(dir.strip_prefix("/").unwrap_or(dir));
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        run_checked(Command::new("cp").arg("-r").arg(dir).arg(&to))?;
     }
     // veth, clsact and cls_bpf are modules in Debian's kernels; compressed ones are unpacked.
     let modules = modules_dir(kernel_root, release);
@@ -343,13 +347,6 @@ fn initramfs(
             }
         }
     }
-    let mut runs = String::new();
-    for (name, _) in bins {
-        runs.push_str(&format!(
-            "echo \"VM-SUITE-BEGIN {name}\"; ./{name} --test-threads=1 --show-output {}; echo \"VM-SUITE-END {name} $?\"\n",
-            filter.join(" ")
-        ));
-    }
     let init = format!(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -360,9 +357,10 @@ fn initramfs(
          ip link set lo up\n\
          echo \"VM-KERNEL $(uname -r)\"\n\
          cd /t; export CI=true TRIDENT_PORTS_AGENT=/t/trident-ports-agent RUST_BACKTRACE=1 PATH=/sbin:/bin\n\
-         {runs}\
+         {}\
          echo VM-DONE\n\
-         poweroff -f\n"
+         poweroff -f\n",
+        guest.commands
     );
     std::fs::write(root.join("init"), init)?;
     use std::os::unix::fs::PermissionsExt;
@@ -382,13 +380,76 @@ fn initramfs(
     Ok(image)
 }
 
-/// Runs the privileged suites in one VM per kernel and reports per kernel.
-pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Result<()> {
+fn kernel(name: &str) -> anyhow::Result<&'static Kernel> {
+    KERNELS.iter().find(|k| k.name == name).with_context(|| {
+        format!(
+            "unknown kernel `{name}`; known: {}",
+            KERNELS
+                .iter()
+                .map(|k| k.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+fn tools() -> anyhow::Result<()> {
     need("qemu-system-x86_64", "qemu-system-x86")?;
     need("cpio", "cpio")?;
     if !Path::new("/bin/busybox").exists() {
         bail!("busybox-static is missing: apt-get install busybox-static");
     }
+    Ok(())
+}
+
+fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(vmlinuz(root).context("no vmlinuz")?)
+    .arg("-initrd")
+    .arg(image)
+    .args(["-append", "console=ttyS0 panic=-1 quiet"])
+    .stdin(Stdio::null());
+    Ok(c)
+}
+
+/// `cargo xtask run --vm KERNEL`: the README's demo inside a throwaway VM, on the terminal.
+pub fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
+    tools()?;
+    let (root, release) = fetch(kernel(name)?)?;
+    let me = std::env::current_exe()?;
+    let guest = Guest {
+        files: vec![
+            (agent.to_path_buf(), "/t/trident-ports-agent".into()),
+            (me, "/t/xtask".into()),
+        ],
+        dirs: vec![workspace_root().join("config")],
+        commands: format!("/t/xtask demo-vm --agent /t/trident-ports-agent --seconds {seconds}\n"),
+    };
+    let image = initramfs(&root, &release, &guest)?;
+    eprintln!("vm: booting {release} under QEMU (TCG); the demo runs {seconds} s");
+    let status = qemu(&root, &image)?
+        .status()
+        .context("running qemu-system-x86_64")?;
+    if !status.success() {
+        bail!("qemu exited with {status}");
+    }
+    Ok(())
+}
+
+/// Runs the privileged suites in one VM per kernel and reports per kernel.
+pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Result<()> {
+    tools()?;
     let bins = test_binaries()?;
     if bins.len() != SUITES.len() {
         bail!(
@@ -398,37 +459,32 @@ pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Resu
     }
     let mut report = Vec::new();
     for name in kernels {
-        let k = KERNELS.iter().find(|k| k.name == name).with_context(|| {
-            format!(
-                "unknown kernel `{name}`; known: {}",
-                KERNELS
-                    .iter()
-                    .map(|k| k.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
-        let (root, release) = fetch(k)?;
-        let image = initramfs(&root, &release, agent, &bins, filter)?;
+        let (root, release) = fetch(kernel(name)?)?;
+        let mut files = vec![(agent.to_path_buf(), "/t/trident-ports-agent".to_string())];
+        let mut commands = String::new();
+        for (suite, exe) in &bins {
+            files.push((exe.clone(), format!("/t/{suite}")));
+            commands.push_str(&format!(
+                "echo \"VM-SUITE-BEGIN {suite}\"; ./{suite} --test-threads=1 --show-output {}; echo \"VM-SUITE-END {suite} $?\"\n",
+                filter.join(" ")
+            ));
+        }
+        let image = initramfs(
+            &root,
+            &release,
+            &Guest {
+                files,
+                dirs: vec![],
+                commands,
+            },
+        )?;
         let started = Instant::now();
+        let q = qemu(&root, &image)?;
+        // A guest that hangs must not hang CI.
         let out = Command::new("timeout")
             .arg("900")
-            .arg("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "2048",
-                "-smp",
-                "2",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .arg("-kernel")
-            .arg(vmlinuz(&root).context("no vmlinuz")?)
-            .arg("-initrd")
-            .arg(&image)
-            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .arg(q.get_program())
+            .args(q.get_args())
             .stdin(Stdio::null())
             .output()
             .context("running qemu-system-x86_64")?;
