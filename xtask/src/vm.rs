@@ -309,6 +309,13 @@ fn initramfs(kernel_root: &Path, release: &str, guest: &Guest) -> anyhow::Result
     let mut libs = BTreeSet::new();
     copy_with_libs(Path::new("/usr/sbin/ip"), &root, "/sbin/ip", &mut libs)?;
     copy_with_libs(Path::new("/usr/sbin/tc"), &root, "/sbin/tc", &mut libs)?;
+    // util-linux's setpriv (busybox's takes other options), for the privilege tests.
+    copy_with_libs(
+        Path::new("/usr/bin/setpriv"),
+        &root,
+        "/sbin/setpriv",
+        &mut libs,
+    )?;
     for (src, dest) in &guest.files {
         copy_with_libs(src, &root, dest, &mut libs)?;
     }
@@ -356,7 +363,7 @@ fn initramfs(kernel_root: &Path, release: &str, guest: &Guest) -> anyhow::Result
          for m in /modules/*.ko; do insmod $m 2>/dev/null; done\n\
          ip link set lo up\n\
          echo \"VM-KERNEL $(uname -r)\"\n\
-         cd /t; export CI=true TRIDENT_PORTS_AGENT=/t/trident-ports-agent RUST_BACKTRACE=1 PATH=/sbin:/bin\n\
+         cd /t; export CI=true TRIDENT_PORTS_AGENT=/t/trident-ports-agent TRIDENT_PORTS_EMULATED=1 RUST_BACKTRACE=1 PATH=/sbin:/bin\n\
          {}\
          echo VM-DONE\n\
          poweroff -f\n",
