@@ -85,6 +85,19 @@ impl Agent {
         agent
     }
 
+    /// `run --config CONFIG --iface <the pair's node end> EXTRA...` in the pair's node namespace.
+    pub fn run(pair: &crate::netns::Pair, config: &std::path::Path, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &pair.node_if,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&pair.node, &args)
+    }
+
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

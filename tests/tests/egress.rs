@@ -47,10 +47,7 @@ fn egress_allow_list_with_events_and_clean_detach() {
     // Before the agent, everything flows.
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
 
-    let mut agent = Agent::start(
-        &pair.node,
-        &["run", "--config", &cfg, "--iface", &pair.node_if],
-    );
+    let mut agent = Agent::run(&pair, std::path::Path::new(&cfg), &[]);
     // Allowed (ip, port, proto) connects and exchanges data, TCP and UDP.
     tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
     udp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap();

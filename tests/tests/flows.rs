@@ -40,16 +40,15 @@ fn lab(name: &str, interval: &str) -> (Pair, PathBuf) {
 
 fn start(pair: &Pair, dir: &std::path::Path) -> Agent {
     let cfg = dir.join("node.yaml");
-    Agent::start(
-        &pair.node,
+    let file = dir.join("events.json");
+    Agent::run(
+        pair,
+        &cfg,
         &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--iface",
-            &pair.node_if,
             "--metrics",
             METRICS,
+            "--events-file",
+            file.to_str().unwrap(),
         ],
     )
 }
@@ -123,6 +122,14 @@ fn events_explain_themselves() {
             .contains("no backend needs 3260/tcp there"),
         "{iscsi}"
     );
+    // The events file holds the same JSON lines as stdout.
+    let file: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("events.json"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!file.is_empty());
+    assert_eq!(file, agent.wait_events(0, Duration::ZERO));
     agent.stop(libc::SIGTERM);
 }
 

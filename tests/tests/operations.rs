@@ -290,18 +290,7 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
     }
     let (pair, dir, _echo) = lab("reloads");
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(
-        &pair.node,
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--iface",
-            &pair.node_if,
-            "--watch-interval",
-            "1h",
-        ],
-    );
+    let mut agent = Agent::run(&pair, &cfg, &["--watch-interval", "1h"]);
     let traffic = Traffic::start(&pair);
     for i in 1..=100 {
         // Alternate between two policies that both allow 2049 and deny 3260.
@@ -396,18 +385,7 @@ fn configmap_symlink_swap_reloads() {
     )
     .unwrap();
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(
-        &pair.node,
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--iface",
-            &pair.node_if,
-            "--watch-interval",
-            "200ms",
-        ],
-    );
+    let mut agent = Agent::run(&pair, &cfg, &["--watch-interval", "200ms"]);
     tcp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap_err();
     // The atomic swap Kubernetes does: a new symlink renamed over ..data.
     symlink("..v2", cm.join("..data_tmp")).unwrap();
@@ -434,16 +412,7 @@ fn audit_and_enforce_switch_live() {
         "mode: audit\nbackends: {sources: [backends]}\nevents: {interval: 0s}\n",
     )
     .unwrap();
-    let mut agent = Agent::start(
-        &pair.node,
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--iface",
-            &pair.node_if,
-        ],
-    );
+    let mut agent = Agent::run(&pair, &cfg, &[]);
     let mode = |m: &str| {
         let out = Command::new(binary())
             .args(["mode", m, "--socket", agent.socket.to_str().unwrap()])

@@ -191,16 +191,7 @@ fn run_enforces_the_plan_compiled_from_backends() {
     )
     .unwrap();
     let cfg = dir.join("node.yaml");
-    let mut agent = Agent::start(
-        &pair.node,
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--iface",
-            &pair.node_if,
-        ],
-    );
+    let mut agent = Agent::run(&pair, &cfg, &[]);
     tcp_echo(&pair.node, sa("192.0.2.2:443"), T).unwrap();
     tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
     tcp_echo(&pair.node, sa("[2001:db8::2]:2049"), T).unwrap();

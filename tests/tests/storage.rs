@@ -15,16 +15,7 @@ fn agent(lab: &Lab, name: &str, backends: &str, node: &str) -> (Agent, PathBuf) 
     std::fs::write(dir.join("backends/backends.yaml"), backends).unwrap();
     std::fs::write(dir.join("node.yaml"), node).unwrap();
     let cfg = dir.join("node.yaml");
-    let a = Agent::start(
-        lab.node(),
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--iface",
-            &lab.pair.node_if,
-        ],
-    );
+    let a = Agent::run(&lab.pair, &cfg, &[]);
     (a, dir)
 }
 
