@@ -202,8 +202,17 @@ impl Stream {
         let rt = retransmits.clone();
         let mut threads = vec![server.run(move || {
             let l = TcpListener::bind(addr).expect("bind stream server");
+            l.set_nonblocking(true).unwrap();
             tx.send(()).unwrap();
-            let (mut c, _) = l.accept().expect("accept");
+            // Never block for good: a client that fails to connect must not hang the drop.
+            let mut c = loop {
+                match l.accept() {
+                    Ok((c, _)) => break c,
+                    Err(_) if s.load(Ordering::Relaxed) => return,
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            c.set_nonblocking(false).unwrap();
             c.set_write_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
             let chunk = [0x5au8; 16384];
