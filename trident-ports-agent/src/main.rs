@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trident_ports_agent::{
     compiler,
-    config::{Role, parse_net},
+    config::Role,
     plan::{Format, render},
     run::{Output, RunOptions, run},
     socket,
@@ -42,23 +42,8 @@ enum Command {
         /// Keep printing new events.
         #[arg(long, short = 'f')]
         follow: bool,
-        #[arg(long, value_parser = ["denied", "audit"])]
-        verdict: Option<String>,
-        #[arg(long, value_parser = ["egress", "ingress"])]
-        direction: Option<String>,
-        /// Destination address or CIDR.
-        #[arg(long, value_parser = parse_net)]
-        dst: Option<ipnet::IpNet>,
-        /// Source address or CIDR.
-        #[arg(long, value_parser = parse_net)]
-        src: Option<ipnet::IpNet>,
-        /// Source or destination port.
-        #[arg(long)]
-        port: Option<u16>,
-        #[arg(long, value_parser = ["tcp", "udp", "icmp", "icmpv6"])]
-        proto: Option<String>,
-        #[arg(long)]
-        backend: Option<String>,
+        #[command(flatten)]
+        filter: socket::Filter,
         /// Only events of the last DURATION (e.g. 5m); default: all the agent keeps.
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
@@ -124,28 +109,11 @@ async fn real_main() -> anyhow::Result<()> {
         }
         Command::Flows {
             follow,
-            verdict,
-            direction,
-            dst,
-            src,
-            port,
-            proto,
-            backend,
+            filter,
             since,
             output,
             socket,
-        } => {
-            let filter = socket::Filter {
-                verdict,
-                direction,
-                dst,
-                src,
-                port,
-                proto,
-                backend,
-            };
-            socket::flows(socket, since, follow, filter, output).await
-        }
+        } => socket::flows(socket, since, follow, filter, output).await,
         Command::Plan {
             config,
             backends,

@@ -158,15 +158,25 @@ async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyh
     }
 }
 
-/// What `flows` shows.
-#[derive(Debug, Default, Clone)]
+/// What `flows` shows: the command line and the library share this one struct.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Filter {
+    #[arg(long, value_parser = ["denied", "audit"])]
     pub verdict: Option<String>,
+    #[arg(long, value_parser = ["egress", "ingress"])]
     pub direction: Option<String>,
+    /// Destination address or CIDR.
+    #[arg(long, value_parser = crate::config::parse_net)]
     pub dst: Option<IpNet>,
+    /// Source address or CIDR.
+    #[arg(long, value_parser = crate::config::parse_net)]
     pub src: Option<IpNet>,
+    /// Source or destination port.
+    #[arg(long)]
     pub port: Option<u16>,
+    #[arg(long, value_parser = ["tcp", "udp", "icmp", "icmpv6"])]
     pub proto: Option<String>,
+    #[arg(long)]
     pub backend: Option<String>,
 }
 
