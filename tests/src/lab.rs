@@ -32,23 +32,45 @@ fn write(path: &PathBuf, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
+/// Which of the lab's servers to run.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Service {
+    Nfs,
+    Iscsi,
+    Smb,
+    Https,
+}
+
+impl Service {
+    /// The server and the client its readiness check uses.
+    fn tools(self) -> &'static [&'static str] {
+        match self {
+            Service::Nfs => &["ganesha.nfsd", "rpcbind", "rpc.statd", "nfs-ls"],
+            Service::Iscsi => &["tgtd", "tgtadm", "iscsi-inq"],
+            Service::Smb => &["smbd", "smbpasswd", "smbclient"],
+            Service::Https => &["openssl", "curl"],
+        }
+    }
+}
+
+/// The first bytes of the iSCSI LUN, so that a client can tell it read the lab's disk.
+pub const LUN_LABEL: &[u8] = b"trident-ports storage lab LUN\n";
+
 impl Lab {
     /// Storage answers on 192.0.2.2, 192.0.2.3 and 2001:db8::2; the node is 192.0.2.1 and
     /// 2001:db8::1.
     pub fn start() -> Self {
+        Self::start_with(
+            NetNs::new("tpn"),
+            &[Service::Nfs, Service::Iscsi, Service::Smb, Service::Https],
+        )
+    }
+
+    /// The lab with `node` as the node end (a fresh namespace or `NetNs::root()`) and only
+    /// `services` running.
+    pub fn start_with(node: NetNs, services: &[Service]) -> Self {
         let serial = LAB.lock().unwrap_or_else(|e| e.into_inner());
-        for tool in [
-            "ganesha.nfsd",
-            "rpcbind",
-            "rpc.statd",
-            "tgtd",
-            "smbd",
-            "nfs-ls",
-            "iscsi-inq",
-            "smbclient",
-            "curl",
-            "openssl",
-        ] {
+        for tool in services.iter().flat_map(|s| s.tools()) {
             assert!(
                 Command::new("sh")
                     .args(["-c", &format!("command -v {tool}")])
@@ -59,10 +81,13 @@ impl Lab {
                 "{tool} is missing: .ci/run installs the lab's Debian packages"
             );
         }
-        let pair = Pair::new(Addrs {
-            node: &["192.0.2.1/24", "2001:db8::1/64"],
-            storage: &["192.0.2.2/24", "192.0.2.3/24", "2001:db8::2/64"],
-        });
+        let pair = Pair::with_node(
+            node,
+            Addrs {
+                node: &["192.0.2.1/24", "2001:db8::1/64"],
+                storage: &["192.0.2.2/24", "192.0.2.3/24", "2001:db8::2/64"],
+            },
+        );
         let dir = std::env::temp_dir().join(unique("tp-lab-"));
         std::fs::create_dir_all(dir.join("export")).unwrap();
         let mut lab = Lab {
@@ -71,11 +96,15 @@ impl Lab {
             children: Vec::new(),
             _serial: serial,
         };
-        lab.start_nfs();
-        lab.start_iscsi();
-        lab.start_smb();
-        lab.start_https();
-        lab.wait_ready();
+        for s in services {
+            match s {
+                Service::Nfs => lab.start_nfs(),
+                Service::Iscsi => lab.start_iscsi(),
+                Service::Smb => lab.start_smb(),
+                Service::Https => lab.start_https(),
+            }
+        }
+        lab.wait_ready(services);
         lab
     }
 
@@ -109,9 +138,11 @@ impl Lab {
             ),
         );
         // A private /run: rpcbind's socket lives there, and only one rpcbind may own it.
+        // statd keeps its state in the lab too (it logs only to syslog, so a missing state
+        // directory would fail silently).
         let script = format!(
-            "set -e; mount -t tmpfs tmpfs /run; mkdir -p {d}/recovery; rpcbind -w; \
-             rpc.statd -p 4046 -o 4047 --no-notify; \
+            "set -e; mount -t tmpfs tmpfs /run; mkdir -p {d}/recovery {d}/statd/sm {d}/statd/sm.bak; \
+             rpcbind -w; rpc.statd -p 4046 -o 4047 --no-notify -P {d}/statd; \
              exec ganesha.nfsd -F -L {d}/ganesha.log -f {d}/ganesha.conf -p {d}/ganesha.pid"
         );
         self.spawn_in_storage(&script, "nfs.out");
@@ -119,7 +150,8 @@ impl Lab {
 
     fn start_iscsi(&mut self) {
         let d = self.dir.display().to_string();
-        let f = std::fs::File::create(self.dir.join("lun.img")).unwrap();
+        let mut f = std::fs::File::create(self.dir.join("lun.img")).unwrap();
+        std::io::Write::write_all(&mut f, LUN_LABEL).unwrap();
         f.set_len(16 << 20).unwrap();
         let script = format!(
             "tgtd -f & sleep 0.5; \
@@ -210,12 +242,19 @@ impl Lab {
         }
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let checks: [(&str, &[&str]); 4] = [
-            ("nfs", &["nfs-ls", "nfs://192.0.2.2/export?version=4"]),
-            ("iscsi", &["iscsi-inq", &self.iscsi_url("192.0.2.2")]),
+    fn wait_ready(&self, services: &[Service]) {
+        // Emulated guests start the servers several times slower.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let iscsi = self.iscsi_url("192.0.2.2");
+        let checks: [(Service, &str, &[&str]); 4] = [
             (
+                Service::Nfs,
+                "nfs",
+                &["nfs-ls", "nfs://192.0.2.2/export?version=4"],
+            ),
+            (Service::Iscsi, "iscsi", &["iscsi-inq", &iscsi]),
+            (
+                Service::Smb,
                 "smb",
                 &[
                     "smbclient",
@@ -227,11 +266,12 @@ impl Lab {
                 ],
             ),
             (
+                Service::Https,
                 "https",
                 &["curl", "-skf", "-o", "/dev/null", "https://192.0.2.2:8443/"],
             ),
         ];
-        for (what, cmd) in checks {
+        for (_, what, cmd) in checks.iter().filter(|c| services.contains(&c.0)) {
             loop {
                 if self.pair.node.try_exec(cmd).status.success() {
                     break;

@@ -46,6 +46,15 @@ impl NetNs {
         ns
     }
 
+    /// A name for the root namespace itself (`ip netns attach`), so that the helpers that take
+    /// a namespace work on the machine's own network stack. Dropping it removes only the name.
+    /// Used where the kernel offers a client only in the root namespace (iSCSI's netlink).
+    pub fn root() -> Self {
+        let name = unique("tpr");
+        ip(&["netns", "attach", &name, "1"]);
+        NetNs { name, owned: true }
+    }
+
     /// A handle to the same namespace for another thread; dropping it deletes nothing.
     pub fn borrow(&self) -> NetNs {
         NetNs {
@@ -137,7 +146,11 @@ pub struct Addrs<'a> {
 impl Pair {
     /// `addrs` are CIDR strings assigned to the node and storage ends.
     pub fn new(addrs: Addrs) -> Self {
-        let node = NetNs::new("tpn");
+        Self::with_node(NetNs::new("tpn"), addrs)
+    }
+
+    /// Like `new`, with `node` (a fresh namespace, or `NetNs::root()`) as the node end.
+    pub fn with_node(node: NetNs, addrs: Addrs) -> Self {
         let storage = NetNs::new("tps");
         let node_if = unique("vn");
         let storage_if = unique("vs");

@@ -1,0 +1,403 @@
+//! The node's own kernel clients, the ones kubelet's mounts and Trident's iSCSI logins use,
+//! through the enforcing agent: NFSv3 and NFSv4.1 mounts by mount.nfs and the kernel's NFS
+//! client, and an iSCSI login by iscsid and iscsi_tcp, to the storage lab's nfs-ganesha and tgt.
+//!
+//! The node is the root network namespace, as on a real worker: the kernel's iSCSI netlink
+//! exists only there. These tests mount file systems and start iscsid on the machine they run
+//! on, so they run only inside the throwaway test VM (`cargo xtask test --vm KERNEL`), which
+//! packs the servers, the clients and the kernel modules; elsewhere they skip and say so.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use trident_ports_tests::{
+    agent::Agent,
+    lab::{CHAP_SECRET, CHAP_USER, LUN_LABEL, Lab, Service, TARGET},
+    netns::NetNs,
+    require_root,
+};
+
+fn in_test_vm(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    if std::env::var("TRIDENT_PORTS_EMULATED").is_ok_and(|v| v == "1") {
+        return true;
+    }
+    eprintln!(
+        "skipping {test}: it mounts NFS and logs in to iSCSI with this machine's own kernel \
+         clients, so it runs only in the test VM (cargo xtask test --vm 6.12)"
+    );
+    false
+}
+
+fn lab() -> Lab {
+    let started = Instant::now();
+    let lab = Lab::start_with(NetNs::root(), &[Service::Nfs, Service::Iscsi]);
+    eprintln!("lab up in {:.1?}", started.elapsed());
+    lab
+}
+
+fn agent(lab: &Lab, name: &str, backends: &str) -> Agent {
+    let dir = lab.dir.join(format!("agent-{name}"));
+    std::fs::create_dir_all(dir.join("backends")).unwrap();
+    std::fs::write(dir.join("backends/backends.yaml"), backends).unwrap();
+    std::fs::write(
+        dir.join("node.yaml"),
+        "backends: {sources: [backends]}\nevents: {interval: 1s}\n",
+    )
+    .unwrap();
+    Agent::run(&lab.pair, &dir.join("node.yaml"), &[])
+}
+
+/// Runs a client command with a time limit; Ok(stdout) or Err(what it printed).
+fn client(cmd: &[&str], limit: Duration) -> Result<String, String> {
+    let out = Command::new("timeout")
+        .arg(limit.as_secs().to_string())
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", cmd[0]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{} ({}): {text}", cmd.join(" "), out.status))
+    }
+}
+
+/// A kernel NFS mount, unmounted when dropped.
+struct NfsMount {
+    dir: PathBuf,
+}
+
+impl NfsMount {
+    /// `mount.nfs SOURCE DIR -o OPTIONS` with one attempt (retry=0): an allowed mount takes
+    /// well under a second, a blocked one fails when mount.nfs gives up on its RPC.
+    fn new(lab: &Lab, source: &str, options: &str) -> Result<Self, String> {
+        let dir = lab
+            .dir
+            .join(format!("mnt-{}", trident_ports_tests::netns::unique("")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = format!("{options},retry=0");
+        let started = Instant::now();
+        let mounted = client(
+            &["mount.nfs", source, dir.to_str().unwrap(), "-o", &opts],
+            Duration::from_secs(90),
+        );
+        eprintln!(
+            "mount.nfs {source} -o {opts}: {} after {:.1?}",
+            if mounted.is_ok() { "mounted" } else { "failed" },
+            started.elapsed()
+        );
+        mounted?;
+        Ok(NfsMount { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for NfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-f")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// iscsid for the node, with its database under /var/lib/iscsi; on drop every session logs
+/// out and the daemon stops.
+struct Iscsid {
+    child: Child,
+}
+
+impl Iscsid {
+    fn start() -> Self {
+        for d in ["/etc/iscsi", "/var/lib/iscsi", "/run/lock/iscsi"] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(
+            "/etc/iscsi/initiatorname.iscsi",
+            "InitiatorName=iqn.2026-11.test.lab:node\n",
+        )
+        .unwrap();
+        let child = Command::new("iscsid")
+            .arg("-f")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting iscsid");
+        // iscsiadm talks to iscsid over an abstract socket: wait until it answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while iscsiadm(&["-m", "session"]).is_err_and(|e| e.contains("could not communicate")) {
+            assert!(Instant::now() < deadline, "iscsid did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Iscsid { child }
+    }
+}
+
+impl Drop for Iscsid {
+    fn drop(&mut self) {
+        let _ = iscsiadm(&["-m", "node", "--logoutall=all"]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all("/var/lib/iscsi");
+    }
+}
+
+fn iscsiadm(args: &[&str]) -> Result<String, String> {
+    iscsiadm_within(args, Duration::from_secs(60))
+}
+
+fn iscsiadm_within(args: &[&str], limit: Duration) -> Result<String, String> {
+    let mut cmd = vec!["iscsiadm"];
+    cmd.extend_from_slice(args);
+    client(&cmd, limit)
+}
+
+/// Discovery, CHAP, login to `portal`; returns the block device of LUN 1.
+fn iscsi_login(portal: &str) -> Result<PathBuf, String> {
+    let started = Instant::now();
+    let found = iscsiadm(&["-m", "discovery", "-t", "sendtargets", "-p", portal])?;
+    assert!(found.contains(TARGET), "discovery: {found}");
+    let node = ["-m", "node", "-T", TARGET, "-p", portal];
+    for (name, value) in [
+        ("node.session.auth.authmethod", "CHAP"),
+        ("node.session.auth.username", CHAP_USER),
+        ("node.session.auth.password", CHAP_SECRET),
+    ] {
+        let mut args = node.to_vec();
+        args.extend(["-o", "update", "-n", name, "-v", value]);
+        iscsiadm(&args)?;
+    }
+    let mut args = node.to_vec();
+    args.push("--login");
+    iscsiadm(&args)?;
+    // The SCSI scan runs after the login returns: wait for LUN 1's disk.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(dev) = lun_device() {
+            eprintln!(
+                "iSCSI login to {portal}: {} after {:.1?}",
+                dev.display(),
+                started.elapsed()
+            );
+            return Ok(dev);
+        }
+        if Instant::now() > deadline {
+            return Err("logged in, but no disk appeared for LUN 1".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// /dev/<disk> of the iSCSI session's LUN 1, from sysfs.
+fn lun_device() -> Option<PathBuf> {
+    for session in std::fs::read_dir("/sys/class/iscsi_session")
+        .ok()?
+        .flatten()
+    {
+        let device = session.path().join("device");
+        for target in std::fs::read_dir(&device).ok()?.flatten() {
+            let Ok(luns) = std::fs::read_dir(target.path()) else {
+                continue;
+            };
+            for lun in luns.flatten() {
+                if !lun.file_name().to_string_lossy().ends_with(":1") {
+                    continue;
+                }
+                let disk = std::fs::read_dir(lun.path().join("block"))
+                    .ok()?
+                    .flatten()
+                    .next()?;
+                // The node appears before the disk is usable: wait for its capacity too.
+                let size = std::fs::read_to_string(disk.path().join("size")).ok()?;
+                let dev = Path::new("/dev").join(disk.file_name());
+                if dev.exists() && size.trim().parse::<u64>().is_ok_and(|s| s > 0) {
+                    return Some(dev);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The first `n` bytes of a disk. Until the SCSI layer finishes attaching it, opening the
+/// node fails with ENXIO; that is retried for a while.
+fn read_head(disk: &Path, n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut head = vec![0u8; n];
+        match std::fs::File::open(disk).and_then(|mut f| f.read_exact(&mut head)) {
+            Ok(()) => return head,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("reading {}: {e}", disk.display()),
+        }
+    }
+}
+
+const BACKENDS: &str = "\
+version: 1
+storageDriverName: ontap-nas
+backendName: nas3
+managementLIF: 192.0.2.3
+dataLIF: 192.0.2.2
+nfsMountOptions: nfsvers=3
+---
+version: 1
+storageDriverName: ontap-nas
+backendName: nas6
+managementLIF: \"[2001:db8::2]\"
+dataLIF: \"[2001:db8::2]\"
+nfsMountOptions: nfsvers=4.1
+---
+version: 1
+storageDriverName: ontap-san
+backendName: san
+managementLIF: 192.0.2.3
+dataLIF: 192.0.2.2
+useCHAP: true
+";
+
+#[test]
+fn kernel_nfs_mounts_and_iscsi_login_work_through_enforcement() {
+    if !in_test_vm("kernel_nfs_mounts_and_iscsi_login_work_through_enforcement") {
+        return;
+    }
+    let lab = lab();
+    let mut a = agent(&lab, "allowed", BACKENDS);
+
+    let v4 = NfsMount::new(&lab, "192.0.2.2:/export", "vers=4.1").expect("NFSv4.1 mount");
+    assert_eq!(
+        std::fs::read_to_string(v4.path("hello.txt")).unwrap(),
+        "hello from the lab\n"
+    );
+    std::fs::write(v4.path("v4.txt"), "written over NFSv4.1\n").unwrap();
+    drop(v4);
+    let v3 = NfsMount::new(&lab, "192.0.2.2:/export", "vers=3,nolock").expect("NFSv3 mount");
+    assert_eq!(
+        std::fs::read_to_string(v3.path("v4.txt")).unwrap(),
+        "written over NFSv4.1\n"
+    );
+    std::fs::write(v3.path("v3.txt"), "written over NFSv3\n").unwrap();
+    drop(v3);
+    let v6 = NfsMount::new(&lab, "[2001:db8::2]:/export", "vers=4.1").expect("NFSv4.1 over IPv6");
+    assert_eq!(
+        std::fs::read_to_string(v6.path("v3.txt")).unwrap(),
+        "written over NFSv3\n"
+    );
+    drop(v6);
+    // What the servers wrote is what the clients read: the export is the lab's directory.
+    assert!(lab.dir.join("export/v3.txt").exists());
+
+    let _iscsid = Iscsid::start();
+    let disk = iscsi_login("192.0.2.2:3260").expect("iSCSI login with CHAP");
+    assert_eq!(
+        read_head(&disk, LUN_LABEL.len()),
+        LUN_LABEL,
+        "the first bytes of the lab's LUN"
+    );
+    iscsiadm(&["-m", "node", "--logoutall=all"]).expect("iSCSI logout");
+
+    assert!(
+        a.events.lock().unwrap().is_empty(),
+        "nothing the mounts and the login needed was denied: {:?}",
+        a.events.lock().unwrap()
+    );
+    // Enforcement was on all along: iSCSI to the management address has no rule.
+    // A dropped SYN leaves the initiator retrying until its login timeout: 5 s is plenty for
+    // the event, which comes with the first SYN.
+    iscsiadm_within(
+        &[
+            "-m",
+            "discovery",
+            "-t",
+            "sendtargets",
+            "-p",
+            "192.0.2.3:3260",
+        ],
+        Duration::from_secs(5),
+    )
+    .unwrap_err();
+    let events = a.wait_events(1, Duration::from_secs(5));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["dst"] == "192.0.2.3:3260" && e["reason"] == "no-rule"),
+        "{events:?}"
+    );
+    a.stop(libc::SIGTERM);
+}
+
+#[test]
+fn kernel_nfsv3_mount_is_blocked_under_an_nfsv4_only_policy() {
+    if !in_test_vm("kernel_nfsv3_mount_is_blocked_under_an_nfsv4_only_policy") {
+        return;
+    }
+    let lab = lab();
+    let backend = "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-prod\n\
+                   managementLIF: 192.0.2.3\ndataLIF: 192.0.2.2\nnfsMountOptions: nfsvers=4.1\n";
+    let mut a = agent(&lab, "v4only", backend);
+    let v4 = NfsMount::new(&lab, "192.0.2.2:/export", "vers=4.1").expect("NFSv4.1 mount");
+    assert!(v4.path("hello.txt").exists());
+    drop(v4);
+
+    let started = Instant::now();
+    let err = NfsMount::new(&lab, "192.0.2.2:/export", "vers=3,nolock")
+        .err()
+        .expect("an NFSv3 mount must not succeed under an NFSv4-only policy");
+    eprintln!("NFSv3 mount refused after {:.1?}: {err}", started.elapsed());
+    // Straight to mountd, as a client that knows the port would: the next NFSv3 port closed.
+    // (Over UDP the drop at egress fails the send at once; over TCP mount.nfs would retry its
+    // SYN for minutes.)
+    NfsMount::new(
+        &lab,
+        "192.0.2.2:/export",
+        "vers=3,nolock,proto=tcp,port=2049,mountproto=udp,mountport=635",
+    )
+    .err()
+    .expect("an NFSv3 mount through mountd's port must not succeed either");
+
+    let events = a.wait_events(2, Duration::from_secs(5));
+    let rpcbind = events
+        .iter()
+        .find(|e| e["dst"] == "192.0.2.2:111")
+        .unwrap_or_else(|| panic!("no event for rpcbind: {events:?}"));
+    assert_eq!(
+        rpcbind["purpose"],
+        "RPCBIND/portmapper, needed only for NFSv3"
+    );
+    assert_eq!(rpcbind["backend"], "nas-prod");
+    assert!(
+        rpcbind["hint"]
+            .as_str()
+            .unwrap()
+            .contains("mounts NFSv4 (nfsvers=4.1)"),
+        "{rpcbind}"
+    );
+    let mountd = events
+        .iter()
+        .find(|e| e["dst"] == "192.0.2.2:635")
+        .unwrap_or_else(|| panic!("no event for mountd: {events:?}"));
+    assert_eq!(mountd["purpose"], "Mount daemon, needed only for NFSv3");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["dst"] == "192.0.2.2:111" || e["dst"] == "192.0.2.2:635"),
+        "only the NFSv3 ports were denied: {events:?}"
+    );
+    a.stop(libc::SIGTERM);
+}

@@ -1,0 +1,233 @@
+//! The privileged tests on a throwaway VM per kernel: a Debian kernel (`kernels`), a busybox
+//! initramfs carrying the test binaries, the agent and what they need (`initramfs`), the storage
+//! lab's servers and the node's kernel clients (`lab`), and QEMU (TCG: this machine's /dev/kvm
+//! cannot run guests) booting the kernel directly.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, workspace_root};
+
+mod initramfs;
+mod kernels;
+mod lab;
+
+use initramfs::{Guest, initramfs};
+use kernels::{fetch, kernel, vmlinuz};
+
+/// Test binaries run in the guest, and what each needs.
+const SUITES: &[&str] = &["packets", "egress", "ingress", "kernel_clients"];
+
+fn vm_dir() -> PathBuf {
+    workspace_root().join("target/vm")
+}
+
+fn need(tool: &str, package: &str) -> anyhow::Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    if !found {
+        bail!("{tool} is missing: apt-get install {package}");
+    }
+    Ok(())
+}
+
+/// The test binaries cargo built, by suite name.
+fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args([
+            "test",
+            "-p",
+            "trident-ports-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .args(SUITES.iter().flat_map(|s| ["--test", s]))
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json_lite(line) else {
+            continue;
+        };
+        if let Some((name, exe)) = v {
+            bins.push((name, PathBuf::from(exe)));
+        }
+    }
+    Ok(bins)
+}
+
+/// Pulls (target name, executable) out of a cargo artifact message without a JSON dependency.
+fn serde_json_lite(line: &str) -> anyhow::Result<Option<(String, String)>> {
+    if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"executable\":\"") {
+        return Ok(None);
+    }
+    let field = |key: &str| -> Option<String> {
+        let start = line.find(key)? + key.len();
+        let end = line[start..].find('"')? + start;
+        Some(line[start..end].to_string())
+    };
+    let name = field("\"target\":{\"kind\":[\"test\"],\"crate_types\":[\"bin\"],\"name\":\"");
+    Ok(match (name, field("\"executable\":\"")) {
+        (Some(n), Some(e)) if SUITES.contains(&n.as_str()) => Some((n, e)),
+        _ => None,
+    })
+}
+
+fn tools() -> anyhow::Result<()> {
+    need("qemu-system-x86_64", "qemu-system-x86")?;
+    need("cpio", "cpio")?;
+    if !Path::new("/bin/busybox").exists() {
+        bail!("busybox-static is missing: apt-get install busybox-static");
+    }
+    Ok(())
+}
+
+fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(vmlinuz(root).context("no vmlinuz")?)
+    .arg("-initrd")
+    .arg(image)
+    .args(["-append", "console=ttyS0 panic=-1 quiet"])
+    .stdin(Stdio::null());
+    Ok(c)
+}
+
+/// `cargo xtask run --vm KERNEL`: the README's demo inside a throwaway VM, on the terminal.
+pub fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
+    tools()?;
+    let (root, release) = fetch(kernel(name)?)?;
+    let me = std::env::current_exe()?;
+    let guest = Guest {
+        files: vec![
+            (agent.to_path_buf(), "/t/trident-ports-agent".into()),
+            (me, "/t/xtask".into()),
+        ],
+        dirs: vec![workspace_root().join("config")],
+        commands: format!("/t/xtask demo-vm --agent /t/trident-ports-agent --seconds {seconds}\n"),
+        ..Guest::default()
+    };
+    let image = initramfs(&root, &release, &guest)?;
+    eprintln!("vm: booting {release} under QEMU (TCG); the demo runs {seconds} s");
+    let status = qemu(&root, &image)?
+        .status()
+        .context("running qemu-system-x86_64")?;
+    if !status.success() {
+        bail!("qemu exited with {status}");
+    }
+    Ok(())
+}
+
+/// Runs the privileged suites in one VM per kernel and reports per kernel.
+pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Result<()> {
+    tools()?;
+    let bins = test_binaries()?;
+    if bins.len() != SUITES.len() {
+        bail!(
+            "expected test binaries {SUITES:?}, found {:?}",
+            bins.iter().map(|b| &b.0).collect::<Vec<_>>()
+        );
+    }
+    let mut report = Vec::new();
+    for name in kernels {
+        let (root, release) = fetch(kernel(name)?)?;
+        let mut files = vec![(agent.to_path_buf(), "/t/trident-ports-agent".to_string())];
+        let mut commands = String::new();
+        for (suite, exe) in &bins {
+            files.push((exe.clone(), format!("/t/{suite}")));
+            commands.push_str(&format!(
+                "echo \"VM-SUITE-BEGIN {suite}\"; timeout -s KILL 300 ./{suite} --test-threads=1 --show-output {}; echo \"VM-SUITE-END {suite} $?\"\n",
+                filter.join(" ")
+            ));
+        }
+        let mut guest = Guest {
+            files,
+            commands,
+            ..Guest::default()
+        };
+        lab::add(&mut guest)?;
+        let image = initramfs(&root, &release, &guest)?;
+        let started = Instant::now();
+        let q = qemu(&root, &image)?;
+        // A guest that hangs must not hang CI.
+        // A guest that never finishes (emulation stalls happen) gets one more boot; a guest
+        // that finishes with failed tests does not.
+        let mut console = String::new();
+        for attempt in 1..=2 {
+            let out = Command::new("timeout")
+                .arg("1200")
+                .arg(q.get_program())
+                .args(q.get_args())
+                .stdin(Stdio::null())
+                .output()
+                .context("running qemu-system-x86_64")?;
+            console = String::from_utf8_lossy(&out.stdout).into_owned();
+            if console.contains("VM-DONE") {
+                break;
+            }
+            eprintln!(
+                "vm {name}: the guest did not finish (attempt {attempt}); console kept in target/vm"
+            );
+            std::fs::write(
+                vm_dir().join(format!("console-{release}-attempt{attempt}.log")),
+                &console,
+            )?;
+        }
+        let log = vm_dir().join(format!("console-{release}.log"));
+        std::fs::write(&log, &console)?;
+        let mut results = Vec::new();
+        for line in console.lines() {
+            if let Some(rest) = line.trim().strip_prefix("VM-SUITE-END ") {
+                let mut it = rest.split_whitespace();
+                results.push((
+                    it.next().unwrap_or("?").to_string(),
+                    it.next().unwrap_or("?") == "0",
+                ));
+            }
+            if line.contains("test result:") || line.contains("skipping") || line.contains("FAILED")
+            {
+                eprintln!("vm {name}: {}", line.trim());
+            }
+        }
+        let done = console.contains("VM-DONE");
+        let ok = done && results.len() == bins.len() && results.iter().all(|(_, ok)| *ok);
+        report.push((name.clone(), release, ok, results, started.elapsed(), log));
+    }
+    eprintln!("\nvm results:");
+    for (name, release, ok, results, took, log) in &report {
+        let suites: Vec<String> = results
+            .iter()
+            .map(|(s, ok)| format!("{s}={}", if *ok { "ok" } else { "FAILED" }))
+            .collect();
+        eprintln!(
+            "  {name} ({release}): {} in {took:.0?} [{}] console: {}",
+            if *ok { "ok" } else { "FAILED" },
+            suites.join(", "),
+            log.display()
+        );
+    }
+    if report.iter().any(|r| !r.2) {
+        bail!("tests failed on some kernels");
+    }
+    Ok(())
+}
