@@ -209,7 +209,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let mut watch = tokio::time::interval(opts.watch_interval);
+    // The first look comes one interval from now: the policy was just compiled from these files.
+    let mut watch = tokio::time::interval_at(
+        tokio::time::Instant::now() + opts.watch_interval,
+        opts.watch_interval,
+    );
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprint = sources_fingerprint(&opts);
     let stdout = std::io::stdout();
