@@ -898,3 +898,96 @@ fn audit_mode_passes_and_reports() {
         Some(reason::NO_RULE),
     );
 }
+
+#[test]
+fn established_flows_are_judged_again_after_a_policy_switch() {
+    if !require_root("established_flows_are_judged_again_after_a_policy_switch") {
+        return;
+    }
+    // One CPU, so that the per-CPU last-flow shortcut is the one answering for a repeated flow.
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let mut lab = Lab::new(Mode::Enforce);
+    let e = programs::TC_EGRESS;
+    let first = v4(ipv4(
+        "192.0.2.1",
+        "192.0.2.2",
+        TCP,
+        0,
+        &tcp(40001, 443, ACK),
+    ));
+    let other = v4(ipv4(
+        "192.0.2.1",
+        "192.0.2.2",
+        TCP,
+        0,
+        &tcp(40002, 443, ACK),
+    ));
+    lab.check(
+        "new flow, by rule",
+        e,
+        &first,
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "the same flow next (last-flow shortcut)",
+        e,
+        &first,
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
+    lab.check(
+        "another flow, by rule",
+        e,
+        &other,
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "the first flow again (connection table)",
+        e,
+        &first,
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
+    // The same policy without 443: neither the table nor the shortcut may keep the flows alive.
+    let mut p = policy();
+    p.entries.remove(1);
+    lab.dp.apply(&p, 0).unwrap();
+    lab.check(
+        "the last flow under a policy without its port",
+        e,
+        &first,
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "the other flow too",
+        e,
+        &other,
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
+    lab.check(
+        "the port the policy still has",
+        e,
+        &egress_syn("192.0.2.2", 2049),
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+}

@@ -178,9 +178,23 @@ pub struct Config {
     pub generation: u8,
     /// `MODE_ENFORCE` or `MODE_AUDIT`.
     pub mode: u8,
-    pub _pad: [u8; 2],
+    /// `TABLE_*` bits: which optional tables the active generation has entries in, so that
+    /// packets skip lookups that cannot match.
+    pub tables: u8,
+    pub _pad: u8,
     /// At most one event per flow and direction per this many nanoseconds (0: every packet).
     pub event_interval_ns: u64,
+}
+
+/// The `Config::tables` bit that says the generation has subnet peers (`PEER_PREFIXES`) for
+/// direction `dir`.
+pub const fn table_peer_prefixes(dir: u8) -> u8 {
+    1 << dir
+}
+
+/// The `Config::tables` bit that says the generation has port ranges (`RANGES`) for `dir`.
+pub const fn table_ranges(dir: u8) -> u8 {
+    4 << dir
 }
 
 /// A denied (or audited) packet, as written to the ring buffer.

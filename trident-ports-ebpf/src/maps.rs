@@ -50,6 +50,21 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map(name = "TP_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(2, 0);
 
+/// The last flow this CPU allowed in each direction, from the connection table or a rule, and
+/// the policy sequence it was allowed under: the next packet of the same flow (bulk storage
+/// I/O sends long runs of them) needs no lookup. Only the owning CPU touches its slot.
+#[map(name = "TP_LAST_FLOW")]
+pub static LAST_FLOW: PerCpuArray<LastFlow> = PerCpuArray::with_max_entries(2, 0);
+
+/// A flow in the orientation `Parsed` has it (source first), as words to compare.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastFlow {
+    pub words: [u64; 5],
+    pub seq: u32,
+    pub _pad: u32,
+}
+
 #[inline(always)]
 pub fn count(dir: u8, counter: u32) {
     let slot = dir as u32 * trident_ports_common::counter::COUNT + counter;

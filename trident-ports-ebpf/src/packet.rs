@@ -12,6 +12,9 @@ pub trait Packet {
     /// holds a pointer, which verifiers before 6.x reject on paths they cannot prune.
     fn read<T: Copy>(&self, off: usize) -> (bool, T);
     fn ifindex(&self) -> u32;
+    /// The start and end of the bytes the program can read directly: for TC, the skb's linear
+    /// area, which holds the headers of nearly every packet.
+    fn direct(&self) -> (usize, usize);
 }
 
 #[inline(always)]
@@ -45,12 +48,17 @@ impl Packet for TcContext {
         // SAFETY: the context pointer is valid for the whole program run.
         unsafe { (*self.skb.skb).ifindex }
     }
+
+    #[inline(always)]
+    fn direct(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
 }
 
 impl Packet for XdpContext {
     /// bpf_xdp_load_bytes (Linux 5.18) rather than direct access: the verifier cannot bound
     /// direct reads at offsets that depend on header lengths, and the helper also reads
-    /// multi-buffer frames.
+    /// multi-buffer frames. (`parse::common` reads fixed offsets directly.)
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> (bool, T) {
         let mut out = zeroed::<T>();
@@ -73,5 +81,10 @@ impl Packet for XdpContext {
     fn ifindex(&self) -> u32 {
         // SAFETY: the context pointer is valid for the whole program run.
         unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn direct(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
     }
 }

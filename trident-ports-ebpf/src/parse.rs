@@ -66,6 +66,77 @@ pub struct Parsed {
     pub _pad: [u8; 3],
 }
 
+/// The shapes nearly all storage traffic has, read straight from the packet at fixed offsets
+/// behind one bounds check: untagged Ethernet, then IPv4 without options that is not a later
+/// fragment, or IPv6 whose next header is TCP or UDP, then TCP or UDP. Fills `out` as `parse`
+/// would and returns true; false leaves the packet to `parse` (other shapes, frames shorter than
+/// a TCP header would need, or headers not all in the directly readable bytes), which costs a
+/// helper call per field.
+#[inline(always)]
+pub fn common<P: Packet>(pkt: &P, out: &mut Parsed) -> bool {
+    let (data, end) = pkt.direct();
+    if data + ETH_HLEN > end {
+        return false;
+    }
+    let ethertype = u16::from_be(load::<u16>(data + 12));
+    let l4 = if ethertype == ETH_P_IP {
+        // One bound for TCP and UDP alike, each a single comparison the verifier can follow.
+        if data + ETH_HLEN + 20 + 14 > end {
+            return false;
+        }
+        let ip = data + ETH_HLEN;
+        let frag = u16::from_be(load::<u16>(ip + 6));
+        if load::<u8>(ip) != 0x45 || frag & 0x1fff != 0 {
+            return false;
+        }
+        out.proto = load::<u8>(ip + 9);
+        out.family = 4;
+        out.src = v4_mapped(load::<u32>(ip + 12).to_ne_bytes());
+        out.dst = v4_mapped(load::<u32>(ip + 16).to_ne_bytes());
+        ip + 20
+    } else if ethertype == ETH_P_IPV6 {
+        if data + ETH_HLEN + 40 + 14 > end {
+            return false;
+        }
+        let ip = data + ETH_HLEN;
+        out.proto = load::<u8>(ip + 6);
+        out.family = 6;
+        out.src = address(ip + 8);
+        out.dst = address(ip + 24);
+        ip + 40
+    } else {
+        return false;
+    };
+    if out.proto != PROTO_TCP && out.proto != PROTO_UDP {
+        return false;
+    }
+    let ports = load::<u32>(l4).to_ne_bytes();
+    out.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    out.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    out.tcp_flags = if out.proto == PROTO_TCP {
+        load::<u8>(l4 + 13)
+    } else {
+        0
+    };
+    out.kind = kind::PORTS;
+    true
+}
+
+/// A load from packet memory that `common` has bounds-checked. Word-sized: the x86-64 and arm64
+/// JITs load packet data at any alignment, where a byte-wise read would cost a load per byte.
+#[inline(always)]
+fn load<T: Copy>(addr: usize) -> T {
+    // SAFETY: callers read only inside the range their bounds check proved.
+    unsafe { core::ptr::read(addr as *const T) }
+}
+
+#[inline(always)]
+fn address(addr: usize) -> [u8; 16] {
+    let w = load::<[u64; 2]>(addr);
+    // SAFETY: two u64s and sixteen bytes have the same size and no invalid values.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
+}
+
 /// Fills `out` (which starts zeroed) and returns true; false when the frame is not IPv4/IPv6 or
 /// too short to hold the IP addresses (the IP layer discards the latter itself, and without
 /// addresses there is no peer to protect).

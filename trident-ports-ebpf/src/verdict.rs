@@ -3,14 +3,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use trident_ports_common::{
     Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
     PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey,
-    RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason,
+    RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason, table_peer_prefixes, table_ranges,
 };
 
 use crate::{
     events,
-    maps::{CONFIG, FLOWS, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
+    maps::{CONFIG, FLOWS, GUARDS, LAST_FLOW, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
     packet::Packet,
-    parse::{Parsed, kind, parse},
+    parse::{Parsed, common, kind, parse},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,8 +45,14 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     parsed.tcp_flags = 0;
     parsed.sport = 0;
     parsed.dport = 0;
-    if !parse(pkt, parsed) {
+    if !common(pkt, parsed) && !parse(pkt, parsed) {
         count(dir, counter::PASSED);
+        return Action::Pass;
+    }
+    let words = flow_words(parsed);
+    if parsed.kind == kind::PORTS && last_flow_is(cfg.seq, dir, &words) {
+        count(dir, counter::CONNTRACK_HIT);
+        count(dir, counter::ALLOWED);
         return Action::Pass;
     }
     let (local, remote) = if dir == DIR_EGRESS {
@@ -54,7 +60,7 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     } else {
         (&parsed.dst, &parsed.src)
     };
-    let peer = lookup_peer(cfg.generation, dir, remote);
+    let peer = lookup_peer(&cfg, dir, remote);
     let judgement = judge(&cfg, dir, parsed, local, remote, peer);
     match judgement {
         Judgement::Untouched(c) => {
@@ -62,6 +68,9 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             Action::Pass
         }
         Judgement::Allowed => {
+            if parsed.kind == kind::PORTS && peer.flags & PEER_PROTECTED != 0 {
+                remember_flow(cfg.seq, dir, &words);
+            }
             count(dir, counter::ALLOWED);
             Action::Pass
         }
@@ -161,7 +170,7 @@ fn judge_ports(
                 count(dir, counter::CONNTRACK_HIT);
                 return Judgement::Allowed;
             }
-            if rule_allows(cfg.generation, dir, p.class, proto, parsed.dport) {
+            if rule_allows(cfg, dir, p.class, proto, parsed.dport) {
                 let state = FlowState {
                     seq: cfg.seq,
                     _pad: 0,
@@ -177,7 +186,7 @@ fn judge_ports(
                 reason::UNSOLICITED
             });
         }
-        if rule_allows(cfg.generation, dir, p.class, proto, parsed.dport) {
+        if rule_allows(cfg, dir, p.class, proto, parsed.dport) {
             return Judgement::Allowed;
         }
     }
@@ -185,6 +194,42 @@ fn judge_ports(
         return Judgement::Denied(reason::SOURCE_NOT_ALLOWED);
     }
     Judgement::Untouched(counter::PASSED)
+}
+
+/// The packet's flow as `LastFlow` words: addresses, then ports and protocol.
+#[inline(always)]
+fn flow_words(p: &Parsed) -> [u64; 5] {
+    // SAFETY: sixteen bytes and two u64s have the same size and no invalid values.
+    let src = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(p.src) };
+    let dst = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(p.dst) };
+    let ports = p.sport as u64 | (p.dport as u64) << 16 | (p.proto as u64) << 32;
+    [src[0], src[1], dst[0], dst[1], ports]
+}
+
+/// True when this CPU's last allowed flow in `dir` is this one, allowed under the running
+/// policy: the connection table would say the same (a policy switch changes `seq`).
+#[inline(always)]
+fn last_flow_is(seq: u32, dir: u8, w: &[u64; 5]) -> bool {
+    let Some(last) = LAST_FLOW.get(dir as u32) else {
+        return false;
+    };
+    last.seq == seq
+        && last.words[0] == w[0]
+        && last.words[1] == w[1]
+        && last.words[2] == w[2]
+        && last.words[3] == w[3]
+        && last.words[4] == w[4]
+}
+
+#[inline(always)]
+fn remember_flow(seq: u32, dir: u8, w: &[u64; 5]) {
+    if let Some(last) = LAST_FLOW.get_ptr_mut(dir as u32) {
+        // SAFETY: this CPU's slot; programs do not nest on one CPU within one direction.
+        unsafe {
+            (*last).words = *w;
+            (*last).seq = seq;
+        }
+    }
 }
 
 #[inline(always)]
@@ -212,12 +257,11 @@ fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
     if unsafe { (*state).seq } == cfg.seq {
         return true;
     }
-    let g = cfg.generation;
-    let out = lookup_peer(g, DIR_EGRESS, &flow.remote);
-    let inb = (known(&out) && rule_allows(g, DIR_EGRESS, out.class, flow.proto, flow.remote_port))
-        || {
-            let p = lookup_peer(g, DIR_INGRESS, &flow.remote);
-            known(&p) && rule_allows(g, DIR_INGRESS, p.class, flow.proto, flow.local_port)
+    let out = lookup_peer(cfg, DIR_EGRESS, &flow.remote);
+    let inb =
+        (known(&out) && rule_allows(cfg, DIR_EGRESS, out.class, flow.proto, flow.remote_port)) || {
+            let p = lookup_peer(cfg, DIR_INGRESS, &flow.remote);
+            known(&p) && rule_allows(cfg, DIR_INGRESS, p.class, flow.proto, flow.local_port)
         };
     if inb {
         unsafe { (*state).seq = cfg.seq };
@@ -232,9 +276,9 @@ fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
 /// copies undefined payload bytes, which LLVM may take from a clobbered register and which the
 /// verifier then rejects.
 #[inline(always)]
-pub fn lookup_peer(generation: u8, dir: u8, addr: &[u8; 16]) -> PeerInfo {
+pub fn lookup_peer(cfg: &Config, dir: u8, addr: &[u8; 16]) -> PeerInfo {
     let key = PeerKey {
-        generation,
+        generation: cfg.generation,
         dir,
         _pad: [0; 2],
         addr: *addr,
@@ -242,6 +286,9 @@ pub fn lookup_peer(generation: u8, dir: u8, addr: &[u8; 16]) -> PeerInfo {
     // SAFETY: values are plain data written by the agent.
     if let Some(info) = unsafe { PEERS.get(&key) } {
         return *info;
+    }
+    if cfg.tables & table_peer_prefixes(dir) == 0 {
+        return UNKNOWN;
     }
     match PEER_PREFIXES.get(Key::new(PEER_KEY_HEADER_BITS + 128, key)) {
         Some(info) => *info,
@@ -260,7 +307,8 @@ fn known(p: &PeerInfo) -> bool {
 }
 
 #[inline(always)]
-fn rule_allows(generation: u8, dir: u8, class: u32, proto: u8, port: u16) -> bool {
+fn rule_allows(cfg: &Config, dir: u8, class: u32, proto: u8, port: u16) -> bool {
+    let generation = cfg.generation;
     let exact = RuleKey {
         generation,
         dir,
@@ -272,6 +320,9 @@ fn rule_allows(generation: u8, dir: u8, class: u32, proto: u8, port: u16) -> boo
     };
     if unsafe { RULES.get(&exact) }.is_some() {
         return true;
+    }
+    if cfg.tables & table_ranges(dir) == 0 {
+        return false;
     }
     let range = RangeKey {
         generation,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ipnet::IpNet;
 use trident_ports_common::{
     DIR_EGRESS, DIR_INGRESS, GuardKey, PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey,
-    RANGE_KEY_HEADER_BITS, RangeKey, RuleKey,
+    RANGE_KEY_HEADER_BITS, RangeKey, RuleKey, table_peer_prefixes, table_ranges,
 };
 
 use crate::policy::{Direction, Policy, PortRange, Proto};
@@ -70,6 +70,16 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// The `Config::tables` bits for these tables.
+    pub fn present(&self) -> u8 {
+        let prefixes = self
+            .prefixes
+            .iter()
+            .map(|(_, k, _)| table_peer_prefixes(k.dir));
+        let ranges = self.ranges.iter().map(|(_, k)| table_ranges(k.dir));
+        prefixes.chain(ranges).fold(0, |bits, b| bits | b)
+    }
+
     pub fn len(&self) -> usize {
         self.peers.len()
             + self.prefixes.len()

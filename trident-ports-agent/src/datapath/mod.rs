@@ -347,7 +347,8 @@ impl Datapath {
                 Mode::Enforce => MODE_ENFORCE,
                 Mode::Audit => MODE_AUDIT,
             },
-            _pad: [0; 2],
+            tables: tables.present(),
+            _pad: 0,
             event_interval_ns,
         };
         self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
