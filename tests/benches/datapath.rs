@@ -359,33 +359,30 @@ fn iperf(pair: &Pair, seconds: u32) -> f64 {
         / 1e9
 }
 
-fn throughput(smoke: bool) {
-    println!("## TCP throughput over a veth pair (iperf3, one stream, Gbit/s)\n");
-    let seconds = if smoke { 1 } else { 4 };
-    let pair = Pair::standard();
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.storage.name,
-            "iperf3",
-            "-s",
-            "-B",
-            "192.0.2.2",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let base = iperf(&pair, seconds);
-    println!("| entries | no filter | trident-ports | nftables (sets) | iptables (rules) |");
-    println!("|---:|---:|---:|---:|---:|");
-    let sizes: &[usize] = if smoke { &[10] } else { &[10, 1_000, 10_000] };
+#[derive(Clone, Copy, PartialEq)]
+enum Filter {
+    None,
+    TridentPorts,
+    Nftables,
+    Iptables,
+}
+
+const FILTERS: [Filter; 4] = [
+    Filter::None,
+    Filter::TridentPorts,
+    Filter::Nftables,
+    Filter::Iptables,
+];
+
+/// One iperf3 run with `filter` installed on the node side for `entries`, removed afterwards.
+fn iperf_with(pair: &Pair, filter: Filter, entries: &[(Ipv4Addr, u16)], seconds: u32) -> f64 {
     let node = pair.node.name.clone();
-    for &n in sizes {
-        let entries = v4_entries(n);
-        // trident-ports, in the node namespace, in process.
-        let tp = {
+    let tmp =
+        |ext: &str| std::env::temp_dir().join(format!("tp-bench-{}.{ext}", std::process::id()));
+    match filter {
+        Filter::None => iperf(pair, seconds),
+        Filter::TridentPorts => {
+            // In process, in the node namespace; dropping the datapath detaches it.
             let node_if = pair.node_if.clone();
             let policy = Policy {
                 role: "worker".into(),
@@ -402,32 +399,85 @@ fn throughput(smoke: bool) {
                     .unwrap();
                 dp
             });
-            let g = iperf(&pair, seconds);
+            let g = iperf(pair, seconds);
             drop(dp);
             g
-        };
-        let nft_file = std::env::temp_dir().join(format!("tp-bench-{}.nft", std::process::id()));
-        std::fs::write(&nft_file, nft_rules(&entries)).unwrap();
-        sh(&node, &format!("nft -f {}", nft_file.display()));
-        let nft = iperf(&pair, seconds);
-        sh(&node, "nft delete table inet bench");
-        let ipt_file = std::env::temp_dir().join(format!("tp-bench-{}.ipt", std::process::id()));
-        std::fs::write(&ipt_file, iptables_rules(&entries)).unwrap();
-        sh(&node, &format!("iptables-restore < {}", ipt_file.display()));
-        let ipt = iperf(&pair, seconds);
-        sh(&node, "iptables -F && iptables -X");
+        }
+        Filter::Nftables => {
+            let file = tmp("nft");
+            std::fs::write(&file, nft_rules(entries)).unwrap();
+            sh(&node, &format!("nft -f {}", file.display()));
+            let g = iperf(pair, seconds);
+            sh(&node, "nft delete table inet bench");
+            let _ = std::fs::remove_file(file);
+            g
+        }
+        Filter::Iptables => {
+            let file = tmp("ipt");
+            std::fs::write(&file, iptables_rules(entries)).unwrap();
+            sh(&node, &format!("iptables-restore < {}", file.display()));
+            let g = iperf(pair, seconds);
+            sh(&node, "iptables -F && iptables -X");
+            let _ = std::fs::remove_file(file);
+            g
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn throughput(smoke: bool) {
+    println!("## TCP throughput over a veth pair (iperf3, one stream, Gbit/s)\n");
+    let (seconds, rounds) = if smoke { (1, 1) } else { (3, 5) };
+    let pair = Pair::standard();
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.storage.name,
+            "iperf3",
+            "-s",
+            "-B",
+            "192.0.2.2",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    println!(
+        "| entries | no filter | trident-ports | nftables (sets) | iptables (rules) | trident-ports runs |"
+    );
+    println!("|---:|---:|---:|---:|---:|---|");
+    let sizes: &[usize] = if smoke { &[10] } else { &[10, 1_000, 10_000] };
+    for &n in sizes {
+        let entries = v4_entries(n);
+        // Rounds interleave the four set-ups, so that drift of the machine hits them alike.
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); FILTERS.len()];
+        for _ in 0..rounds {
+            for (k, f) in FILTERS.iter().enumerate() {
+                runs[k].push(iperf_with(&pair, *f, &entries, seconds));
+            }
+        }
+        let tp_runs: Vec<String> = runs[1].iter().map(|g| format!("{g:.1}")).collect();
+        let med: Vec<f64> = runs.iter_mut().map(|r| median(r)).collect();
+        let base = med[0];
         let pct = |g: f64| format!("{g:.2} ({:.0}%)", 100.0 * g / base);
         println!(
-            "| {n} | {base:.2} | {} | {} | {} |",
-            pct(tp),
-            pct(nft),
-            pct(ipt)
+            "| {n} | {base:.2} | {} | {} | {} | {} |",
+            pct(med[1]),
+            pct(med[2]),
+            pct(med[3]),
+            tp_runs.join(", ")
         );
-        let _ = std::fs::remove_file(nft_file);
-        let _ = std::fs::remove_file(ipt_file);
     }
     println!(
-        "\nEach figure is one {seconds}-second iperf3 run from the node namespace to the storage namespace; the filters sit on the node side (trident-ports: TC egress and ingress programs; nftables/iptables: output and input hooks), with the iperf3 flow's entry last.\n"
+        "\nMedians of {rounds} runs of {seconds} s each, the four set-ups interleaved round by round; the \
+         percentages are of the no-filter median. One iperf3 stream from the node namespace to the storage \
+         namespace; the filters sit on the node side (trident-ports: TC egress and ingress programs; \
+         nftables/iptables: output and input hooks), with the iperf3 flow's entry last.\n"
     );
     let _ = server.kill();
     let _ = server.wait();

@@ -497,10 +497,12 @@ fn vlan_tagged_frames_are_judged() {
     let mut lab = Lab::new(Mode::Enforce);
     let e = programs::TC_EGRESS;
     for tags in [vec![0x8100], vec![0x88a8, 0x8100]] {
+        // A new flow each time, judged by the rules rather than found in the connection table.
+        let sport = 40000 + tags.len() as u16;
         let ok = ether(
             &tags,
             0x0800,
-            &ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(40000, 2049, SYN)),
+            &ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(sport, 2049, SYN)),
         );
         let bad = ether(
             &tags,

@@ -38,7 +38,8 @@ pub mod reason {
 
 /// Indices into the per-CPU counter array; each direction has its own block of `COUNTERS`.
 pub mod counter {
-    /// Allowed by a rule or by the connection table.
+    /// Allowed by a rule (or an ICMP error quoting a tracked flow). Packets allowed by the
+    /// connection table count under `CONNTRACK_HIT` instead: one increment per packet.
     pub const ALLOWED: u32 = 0;
     /// Dropped.
     pub const DENIED: u32 = 1;
@@ -46,7 +47,7 @@ pub mod counter {
     pub const AUDITED: u32 = 2;
     /// Not subject to policy: the peer is not protected, or the packet is not IP.
     pub const PASSED: u32 = 3;
-    /// Allowed by the connection table (a subset of ALLOWED).
+    /// Allowed by the connection table (or this CPU's last-flow shortcut in front of it).
     pub const CONNTRACK_HIT: u32 = 4;
     /// Non-first fragments to or from protected peers, passed (see the datapath docs).
     pub const FRAGMENT: u32 = 5;

@@ -45,16 +45,19 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 #[map(name = "TP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Scratch space for the parsed headers, one slot per direction: the 512-byte BPF stack cannot
-/// hold them beside the lookup keys. Programs do not nest on one CPU within one direction.
+/// Per-CPU state, one slot per direction; programs do not nest on one CPU within one direction.
 #[map(name = "TP_SCRATCH")]
-pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(2, 0);
+pub static SCRATCH: PerCpuArray<Slot> = PerCpuArray::with_max_entries(2, 0);
 
-/// The last flow this CPU allowed in each direction, from the connection table or a rule, and
-/// the policy sequence it was allowed under: the next packet of the same flow (bulk storage
-/// I/O sends long runs of them) needs no lookup. Only the owning CPU touches its slot.
-#[map(name = "TP_LAST_FLOW")]
-pub static LAST_FLOW: PerCpuArray<LastFlow> = PerCpuArray::with_max_entries(2, 0);
+#[repr(C)]
+pub struct Slot {
+    /// The parsed headers: the 512-byte BPF stack cannot hold them beside the lookup keys.
+    pub parsed: Parsed,
+    /// The last flow this CPU allowed in this direction, from the connection table or a rule,
+    /// and the policy sequence it was allowed under: the next packet of the same flow (bulk
+    /// storage I/O sends long runs of them) needs no lookup.
+    pub last: LastFlow,
+}
 
 /// A flow in the orientation `Parsed` has it (source first), as words to compare.
 #[repr(C)]

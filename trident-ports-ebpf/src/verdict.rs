@@ -8,7 +8,7 @@ use trident_ports_common::{
 
 use crate::{
     events,
-    maps::{CONFIG, FLOWS, GUARDS, LAST_FLOW, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
+    maps::{CONFIG, FLOWS, GUARDS, LastFlow, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
     packet::Packet,
     parse::{Parsed, common, kind, parse},
 };
@@ -23,7 +23,8 @@ pub enum Action {
 enum Judgement {
     /// Not subject to policy.
     Untouched(u32),
-    Allowed,
+    /// Allowed by a rule (`ALLOWED`) or by the connection table (`CONNTRACK_HIT`).
+    Allowed(u32),
     Denied(u8),
 }
 
@@ -40,7 +41,7 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         return Action::Pass;
     };
     // SAFETY: this CPU's slot for this direction, used by this program run only.
-    let parsed = unsafe { &mut *slot };
+    let (parsed, last) = unsafe { (&mut (*slot).parsed, &mut (*slot).last) };
     parsed.kind = kind::TRUNCATED;
     parsed.tcp_flags = 0;
     parsed.sport = 0;
@@ -50,9 +51,8 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         return Action::Pass;
     }
     let words = flow_words(parsed);
-    if parsed.kind == kind::PORTS && last_flow_is(cfg.seq, dir, &words) {
+    if parsed.kind == kind::PORTS && last_flow_is(last, cfg.seq, &words) {
         count(dir, counter::CONNTRACK_HIT);
-        count(dir, counter::ALLOWED);
         return Action::Pass;
     }
     let (local, remote) = if dir == DIR_EGRESS {
@@ -67,11 +67,12 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             count(dir, c);
             Action::Pass
         }
-        Judgement::Allowed => {
+        Judgement::Allowed(c) => {
             if parsed.kind == kind::PORTS && peer.flags & PEER_PROTECTED != 0 {
-                remember_flow(cfg.seq, dir, &words);
+                last.words = words;
+                last.seq = cfg.seq;
             }
-            count(dir, counter::ALLOWED);
+            count(dir, c);
             Action::Pass
         }
         Judgement::Denied(why) => {
@@ -136,7 +137,7 @@ fn judge(
                 )
             };
             if flow_is_known(cfg, &flow) {
-                Judgement::Allowed
+                Judgement::Allowed(counter::ALLOWED)
             } else if protected {
                 Judgement::Denied(reason::ICMP_UNRELATED)
             } else {
@@ -167,8 +168,7 @@ fn judge_ports(
         if p.flags & PEER_PROTECTED != 0 {
             let flow = flow_key(local, remote, local_port, remote_port, proto);
             if flow_is_known(cfg, &flow) {
-                count(dir, counter::CONNTRACK_HIT);
-                return Judgement::Allowed;
+                return Judgement::Allowed(counter::CONNTRACK_HIT);
             }
             if rule_allows(cfg, dir, p.class, proto, parsed.dport) {
                 let state = FlowState {
@@ -178,7 +178,7 @@ fn judge_ports(
                 // A full table evicts its least recently used flow; a failed insert only means
                 // this flow is judged by the rules again on its next packet.
                 let _ = FLOWS.insert(&flow, &state, 0);
-                return Judgement::Allowed;
+                return Judgement::Allowed(counter::ALLOWED);
             }
             return Judgement::Denied(if dir == DIR_EGRESS {
                 reason::NO_RULE
@@ -187,7 +187,7 @@ fn judge_ports(
             });
         }
         if rule_allows(cfg, dir, p.class, proto, parsed.dport) {
-            return Judgement::Allowed;
+            return Judgement::Allowed(counter::ALLOWED);
         }
     }
     if dir == DIR_INGRESS && is_guarded(cfg.generation, proto, parsed.dport) {
@@ -206,30 +206,17 @@ fn flow_words(p: &Parsed) -> [u64; 5] {
     [src[0], src[1], dst[0], dst[1], ports]
 }
 
-/// True when this CPU's last allowed flow in `dir` is this one, allowed under the running
-/// policy: the connection table would say the same (a policy switch changes `seq`).
+/// True when `last`, this CPU's last allowed flow in this direction, is this one, allowed
+/// under the running policy: the connection table would say the same (a policy switch changes
+/// `seq`).
 #[inline(always)]
-fn last_flow_is(seq: u32, dir: u8, w: &[u64; 5]) -> bool {
-    let Some(last) = LAST_FLOW.get(dir as u32) else {
-        return false;
-    };
+fn last_flow_is(last: &LastFlow, seq: u32, w: &[u64; 5]) -> bool {
     last.seq == seq
         && last.words[0] == w[0]
         && last.words[1] == w[1]
         && last.words[2] == w[2]
         && last.words[3] == w[3]
         && last.words[4] == w[4]
-}
-
-#[inline(always)]
-fn remember_flow(seq: u32, dir: u8, w: &[u64; 5]) {
-    if let Some(last) = LAST_FLOW.get_ptr_mut(dir as u32) {
-        // SAFETY: this CPU's slot; programs do not nest on one CPU within one direction.
-        unsafe {
-            (*last).words = *w;
-            (*last).seq = seq;
-        }
-    }
 }
 
 #[inline(always)]
