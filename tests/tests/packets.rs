@@ -964,10 +964,58 @@ fn established_flows_are_judged_again_after_a_policy_switch() {
         counter::CONNTRACK_HIT,
         None,
     );
-    // The same policy without 443: neither the table nor the shortcut may keep the flows alive.
+    let v6 = v6(ipv6(
+        "2001:db8::1",
+        "2001:db8::2",
+        TCP,
+        &tcp(40003, 2049, ACK),
+    ));
+    lab.check(
+        "an IPv6 flow, by rule",
+        e,
+        &v6,
+        TC_PASS,
+        counter::ALLOWED,
+        None,
+    );
+    lab.check(
+        "the IPv6 flow next (last-flow shortcut)",
+        e,
+        &v6,
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
+    lab.check(
+        "the first flow again (connection table)",
+        e,
+        &first,
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
+    lab.check(
+        "the first flow next (last-flow shortcut)",
+        e,
+        &first,
+        TC_PASS,
+        counter::CONNTRACK_HIT,
+        None,
+    );
+    // The same policy without IPv4 443, and with IPv6 2050 instead of 2049 (so that the peer
+    // stays protected): neither the table nor the shortcut may keep those flows alive.
     let mut p = policy();
+    p.entries[2] = entry(Direction::Egress, "2001:db8::2/128", 2050, 2050, Proto::Tcp);
     p.entries.remove(1);
     lab.dp.apply(&p, 0).unwrap();
+    lab.check(
+        "the IPv6 flow under a policy without its port",
+        e,
+        &v6,
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::NO_RULE),
+    );
     lab.check(
         "the last flow under a policy without its port",
         e,

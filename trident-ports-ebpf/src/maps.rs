@@ -59,7 +59,8 @@ pub struct Slot {
     pub last: LastFlow,
 }
 
-/// A flow in the orientation `Parsed` has it (source first), as words to compare.
+/// A flow as `parse::flow_words` gives it, and the policy sequence it was allowed under. A
+/// zeroed slot matches no packet: the last word of a flow carries its protocol.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LastFlow {

@@ -66,75 +66,102 @@ pub struct Parsed {
     pub _pad: [u8; 3],
 }
 
-/// The shapes nearly all storage traffic has, read straight from the packet at fixed offsets
-/// behind one bounds check: untagged Ethernet, then IPv4 without options that is not a later
-/// fragment, or IPv6 whose next header is TCP or UDP, then TCP or UDP. Fills `out` as `parse`
-/// would and returns true; false leaves the packet to `parse` (other shapes, frames shorter than
-/// a TCP header would need, or headers not all in the directly readable bytes), which costs a
-/// helper call per field.
+/// Fills `out` as `parse` would for a packet whose `flow_words` were found: the common shapes
+/// need no further header reads but the TCP flags.
 #[inline(always)]
-pub fn common<P: Packet>(pkt: &P, out: &mut Parsed) -> bool {
-    let (data, end) = pkt.direct();
-    if data + ETH_HLEN > end {
-        return false;
-    }
-    let ethertype = u16::from_be(load::<u16>(data + 12));
-    let l4 = if ethertype == ETH_P_IP {
-        // One bound for TCP and UDP alike, each a single comparison the verifier can follow.
-        if data + ETH_HLEN + 20 + 14 > end {
-            return false;
-        }
-        let ip = data + ETH_HLEN;
-        let frag = u16::from_be(load::<u16>(ip + 6));
-        if load::<u8>(ip) != 0x45 || frag & 0x1fff != 0 {
-            return false;
-        }
-        out.proto = load::<u8>(ip + 9);
-        out.family = 4;
-        out.src = v4_mapped(load::<u32>(ip + 12).to_ne_bytes());
-        out.dst = v4_mapped(load::<u32>(ip + 16).to_ne_bytes());
-        ip + 20
-    } else if ethertype == ETH_P_IPV6 {
-        if data + ETH_HLEN + 40 + 14 > end {
-            return false;
-        }
-        let ip = data + ETH_HLEN;
-        out.proto = load::<u8>(ip + 6);
-        out.family = 6;
-        out.src = address(ip + 8);
-        out.dst = address(ip + 24);
-        ip + 40
-    } else {
-        return false;
-    };
-    if out.proto != PROTO_TCP && out.proto != PROTO_UDP {
-        return false;
-    }
-    let ports = load::<u32>(l4).to_ne_bytes();
+pub fn common<P: Packet>(pkt: &P, words: &[u64; 5], out: &mut Parsed) {
+    let meta = words[4];
+    out.proto = (meta >> 32) as u8;
+    let ports = (meta as u32).to_ne_bytes();
     out.sport = u16::from_be_bytes([ports[0], ports[1]]);
     out.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    out.tcp_flags = if out.proto == PROTO_TCP {
-        load::<u8>(l4 + 13)
+    let l4 = if meta >> 40 == 4 {
+        let a = words[0].to_ne_bytes();
+        out.family = 4;
+        out.src = v4_mapped([a[0], a[1], a[2], a[3]]);
+        out.dst = v4_mapped([a[4], a[5], a[6], a[7]]);
+        ETH_HLEN + 20
     } else {
-        0
+        out.family = 6;
+        // SAFETY: two u64s and sixteen bytes have the same size and no invalid values.
+        out.src = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[0], words[1]]) };
+        out.dst = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[2], words[3]]) };
+        ETH_HLEN + 40
     };
+    out.tcp_flags = 0;
+    if out.proto == PROTO_TCP {
+        // `flow_words` checked this bound; the verifier needs to see it again here.
+        let (data, end) = pkt.direct();
+        if data + l4 + 14 <= end {
+            out.tcp_flags = load::<u8>(data + l4 + 13);
+        }
+    }
     out.kind = kind::PORTS;
-    true
 }
 
-/// A load from packet memory that `common` has bounds-checked. Word-sized: the x86-64 and arm64
+/// The shapes nearly all storage traffic has, read straight from the packet at fixed offsets
+/// behind one bounds check: untagged Ethernet, then IPv4 without options that is not a later
+/// fragment, or IPv6 whose next header is TCP or UDP, then TCP or UDP (and at least as many
+/// bytes as a TCP header up to its flags). Returns the flow as five words taken from the headers
+/// without conversion: the addresses, then ports, protocol and family. Two packets have equal
+/// words exactly when they belong to the same flow in the same direction. False for any other
+/// shape, or headers not all in the directly readable bytes: `parse` reads those with a helper
+/// call per field.
+#[inline(always)]
+pub fn flow_words<P: Packet>(pkt: &P) -> (bool, [u64; 5]) {
+    let (data, end) = pkt.direct();
+    let none = (false, [0; 5]);
+    if data + ETH_HLEN + 20 + 14 > end {
+        return none;
+    }
+    let ethertype = load::<u16>(data + 12);
+    let ip = data + ETH_HLEN;
+    if ethertype == ETH_P_IP.to_be() {
+        // Version 4, no options; fragment offset (its big-endian 13 bits) zero.
+        if load::<u8>(ip) != 0x45 || load::<u16>(ip + 6) & 0x1fff_u16.to_be() != 0 {
+            return none;
+        }
+        let proto = load::<u8>(ip + 9);
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return none;
+        }
+        let addrs = load::<u64>(ip + 12);
+        let ports = load::<u32>(ip + 20) as u64;
+        (
+            true,
+            [addrs, 0, 0, 0, ports | (proto as u64) << 32 | 4 << 40],
+        )
+    } else if ethertype == ETH_P_IPV6.to_be() {
+        if data + ETH_HLEN + 40 + 14 > end {
+            return none;
+        }
+        let proto = load::<u8>(ip + 6);
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return none;
+        }
+        let a = load::<[u64; 4]>(ip + 8);
+        let ports = load::<u32>(ip + 40) as u64;
+        (
+            true,
+            [
+                a[0],
+                a[1],
+                a[2],
+                a[3],
+                ports | (proto as u64) << 32 | 6 << 40,
+            ],
+        )
+    } else {
+        none
+    }
+}
+
+/// A load from packet memory that the caller has bounds-checked. Word-sized: the x86-64 and arm64
 /// JITs load packet data at any alignment, where a byte-wise read would cost a load per byte.
 #[inline(always)]
 fn load<T: Copy>(addr: usize) -> T {
     // SAFETY: callers read only inside the range their bounds check proved.
     unsafe { core::ptr::read(addr as *const T) }
-}
-
-#[inline(always)]
-fn address(addr: usize) -> [u8; 16] {
-    let w = load::<[u64; 2]>(addr);
-    // SAFETY: two u64s and sixteen bytes have the same size and no invalid values.
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
 }
 
 /// Fills `out` (which starts zeroed) and returns true; false when the frame is not IPv4/IPv6 or

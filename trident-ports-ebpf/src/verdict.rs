@@ -10,7 +10,7 @@ use crate::{
     events,
     maps::{CONFIG, FLOWS, GUARDS, LastFlow, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
     packet::Packet,
-    parse::{Parsed, common, kind, parse},
+    parse::{Parsed, common, flow_words, kind, parse},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,27 +32,34 @@ enum Judgement {
 /// returns the action. The event is emitted after the verdict is fixed and cannot change it.
 #[inline(always)]
 pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => Config::default(),
-    };
     let Some(slot) = SCRATCH.get_ptr_mut(dir as u32) else {
         count(dir, counter::PASSED);
         return Action::Pass;
     };
     // SAFETY: this CPU's slot for this direction, used by this program run only.
     let (parsed, last) = unsafe { (&mut (*slot).parsed, &mut (*slot).last) };
+    let seq = match CONFIG.get(0) {
+        Some(c) => c.seq,
+        None => 0,
+    };
+    // The next packet of the flow this CPU allowed last: no parsing, no lookup.
+    let (common_shape, words) = flow_words(pkt);
+    if common_shape && last_flow_is(last, seq, &words) {
+        count(dir, counter::CONNTRACK_HIT);
+        return Action::Pass;
+    }
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    };
     parsed.kind = kind::TRUNCATED;
     parsed.tcp_flags = 0;
     parsed.sport = 0;
     parsed.dport = 0;
-    if !common(pkt, parsed) && !parse(pkt, parsed) {
+    if common_shape {
+        common(pkt, &words, parsed);
+    } else if !parse(pkt, parsed) {
         count(dir, counter::PASSED);
-        return Action::Pass;
-    }
-    let words = flow_words(parsed);
-    if parsed.kind == kind::PORTS && last_flow_is(last, cfg.seq, &words) {
-        count(dir, counter::CONNTRACK_HIT);
         return Action::Pass;
     }
     let (local, remote) = if dir == DIR_EGRESS {
@@ -68,7 +75,7 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             Action::Pass
         }
         Judgement::Allowed(c) => {
-            if parsed.kind == kind::PORTS && peer.flags & PEER_PROTECTED != 0 {
+            if common_shape && parsed.kind == kind::PORTS && peer.flags & PEER_PROTECTED != 0 {
                 last.words = words;
                 last.seq = cfg.seq;
             }
@@ -194,16 +201,6 @@ fn judge_ports(
         return Judgement::Denied(reason::SOURCE_NOT_ALLOWED);
     }
     Judgement::Untouched(counter::PASSED)
-}
-
-/// The packet's flow as `LastFlow` words: addresses, then ports and protocol.
-#[inline(always)]
-fn flow_words(p: &Parsed) -> [u64; 5] {
-    // SAFETY: sixteen bytes and two u64s have the same size and no invalid values.
-    let src = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(p.src) };
-    let dst = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(p.dst) };
-    let ports = p.sport as u64 | (p.dport as u64) << 16 | (p.proto as u64) << 32;
-    [src[0], src[1], dst[0], dst[1], ports]
 }
 
 /// True when `last`, this CPU's last allowed flow in this direction, is this one, allowed
