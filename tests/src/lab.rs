@@ -353,6 +353,33 @@ impl Lab {
     }
 }
 
+/// Asserts that `events` explain an NFSv3 mount blocked under an NFSv4-only `backend`
+/// (`nfsMountOptions: nfsvers=4.1`, data LIF 192.0.2.2): the portmapper and mountd were denied,
+/// each event saying what the port is for, and the hint naming the backend's NFS version.
+pub fn assert_nfsv3_block_explained(events: &[serde_json::Value], backend: &str) {
+    let find = |dst: &str| {
+        events
+            .iter()
+            .find(|e| e["dst"] == dst)
+            .unwrap_or_else(|| panic!("no event for {dst}: {events:?}"))
+    };
+    let rpcbind = find("192.0.2.2:111");
+    assert_eq!(
+        rpcbind["purpose"],
+        "RPCBIND/portmapper, needed only for NFSv3"
+    );
+    assert_eq!(rpcbind["backend"], backend);
+    assert!(
+        rpcbind["hint"]
+            .as_str()
+            .unwrap()
+            .contains("mounts NFSv4 (nfsvers=4.1)"),
+        "{rpcbind}"
+    );
+    let mountd = find("192.0.2.2:635");
+    assert_eq!(mountd["purpose"], "Mount daemon, needed only for NFSv3");
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         // tgtd ignores SIGTERM while a target exists: remove it first, then stop everything.

@@ -14,7 +14,7 @@ use std::{
 
 use trident_ports_tests::{
     agent::Agent,
-    lab::{CHAP_SECRET, CHAP_USER, LUN_LABEL, Lab, Service, TARGET},
+    lab::{CHAP_SECRET, CHAP_USER, LUN_LABEL, Lab, Service, TARGET, assert_nfsv3_block_explained},
     netns::NetNs,
     require_root,
 };
@@ -372,27 +372,7 @@ fn kernel_nfsv3_mount_is_blocked_under_an_nfsv4_only_policy() {
     .expect("an NFSv3 mount through mountd's port must not succeed either");
 
     let events = a.wait_events(2, Duration::from_secs(5));
-    let rpcbind = events
-        .iter()
-        .find(|e| e["dst"] == "192.0.2.2:111")
-        .unwrap_or_else(|| panic!("no event for rpcbind: {events:?}"));
-    assert_eq!(
-        rpcbind["purpose"],
-        "RPCBIND/portmapper, needed only for NFSv3"
-    );
-    assert_eq!(rpcbind["backend"], "nas-prod");
-    assert!(
-        rpcbind["hint"]
-            .as_str()
-            .unwrap()
-            .contains("mounts NFSv4 (nfsvers=4.1)"),
-        "{rpcbind}"
-    );
-    let mountd = events
-        .iter()
-        .find(|e| e["dst"] == "192.0.2.2:635")
-        .unwrap_or_else(|| panic!("no event for mountd: {events:?}"));
-    assert_eq!(mountd["purpose"], "Mount daemon, needed only for NFSv3");
+    assert_nfsv3_block_explained(&events, "nas-prod");
     assert!(
         events
             .iter()

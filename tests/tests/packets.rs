@@ -932,106 +932,45 @@ fn established_flows_are_judged_again_after_a_policy_switch() {
         0,
         &tcp(40002, 443, ACK),
     ));
-    lab.check(
-        "new flow, by rule",
-        e,
-        &first,
-        TC_PASS,
-        counter::ALLOWED,
-        None,
-    );
-    lab.check(
-        "the same flow next (last-flow shortcut)",
-        e,
-        &first,
-        TC_PASS,
-        counter::CONNTRACK_HIT,
-        None,
-    );
-    lab.check(
-        "another flow, by rule",
-        e,
-        &other,
-        TC_PASS,
-        counter::ALLOWED,
-        None,
-    );
-    lab.check(
-        "the first flow again (connection table)",
-        e,
-        &first,
-        TC_PASS,
-        counter::CONNTRACK_HIT,
-        None,
-    );
-    let v6 = v6(ipv6(
+    let six = v6(ipv6(
         "2001:db8::1",
         "2001:db8::2",
         TCP,
         &tcp(40003, 2049, ACK),
     ));
-    lab.check(
-        "an IPv6 flow, by rule",
-        e,
-        &v6,
-        TC_PASS,
-        counter::ALLOWED,
-        None,
-    );
-    lab.check(
-        "the IPv6 flow next (last-flow shortcut)",
-        e,
-        &v6,
-        TC_PASS,
-        counter::CONNTRACK_HIT,
-        None,
-    );
-    lab.check(
-        "the first flow again (connection table)",
-        e,
-        &first,
-        TC_PASS,
-        counter::CONNTRACK_HIT,
-        None,
-    );
-    lab.check(
-        "the first flow next (last-flow shortcut)",
-        e,
-        &first,
-        TC_PASS,
-        counter::CONNTRACK_HIT,
-        None,
-    );
+    let (rule, table) = (counter::ALLOWED, counter::CONNTRACK_HIT);
+    for (what, frame, ctr) in [
+        ("new flow, by rule", &first, rule),
+        ("the same flow next (last-flow shortcut)", &first, table),
+        ("another flow, by rule", &other, rule),
+        ("the first flow again (connection table)", &first, table),
+        ("an IPv6 flow, by rule", &six, rule),
+        ("the IPv6 flow next (last-flow shortcut)", &six, table),
+        ("the first flow again (connection table)", &first, table),
+        ("the first flow next (last-flow shortcut)", &first, table),
+    ] {
+        lab.check(what, e, frame, TC_PASS, ctr, None);
+    }
     // The same policy without IPv4 443, and with IPv6 2050 instead of 2049 (so that the peer
     // stays protected): neither the table nor the shortcut may keep those flows alive.
     let mut p = policy();
     p.entries[2] = entry(Direction::Egress, "2001:db8::2/128", 2050, 2050, Proto::Tcp);
     p.entries.remove(1);
     lab.dp.apply(&p, 0).unwrap();
-    lab.check(
-        "the IPv6 flow under a policy without its port",
-        e,
-        &v6,
-        TC_DROP,
-        counter::DENIED,
-        Some(reason::NO_RULE),
-    );
-    lab.check(
-        "the last flow under a policy without its port",
-        e,
-        &first,
-        TC_DROP,
-        counter::DENIED,
-        Some(reason::NO_RULE),
-    );
-    lab.check(
-        "the other flow too",
-        e,
-        &other,
-        TC_DROP,
-        counter::DENIED,
-        Some(reason::NO_RULE),
-    );
+    for (what, frame) in [
+        ("the IPv6 flow under a policy without its port", &six),
+        ("the last flow under a policy without its port", &first),
+        ("the other flow too", &other),
+    ] {
+        lab.check(
+            what,
+            e,
+            frame,
+            TC_DROP,
+            counter::DENIED,
+            Some(reason::NO_RULE),
+        );
+    }
     lab.check(
         "the port the policy still has",
         e,

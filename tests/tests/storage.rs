@@ -3,7 +3,11 @@
 //! a plan compiled from backend definitions that point at the lab.
 use std::{path::PathBuf, time::Duration};
 
-use trident_ports_tests::{agent::Agent, lab::Lab, require_root};
+use trident_ports_tests::{
+    agent::Agent,
+    lab::{Lab, assert_nfsv3_block_explained},
+    require_root,
+};
 
 const NODE: &str = "backends: {sources: [backends]}\nevents: {interval: 1s}\n";
 
@@ -120,27 +124,7 @@ fn nfsv4_only_backend_blocks_an_nfsv3_mount_with_explained_events() {
     ])
     .unwrap_err();
     let events = a.wait_events(2, Duration::from_secs(5));
-    let rpcbind = events
-        .iter()
-        .find(|e| e["dst"] == "192.0.2.2:111")
-        .unwrap_or_else(|| panic!("{events:?}"));
-    assert_eq!(
-        rpcbind["purpose"],
-        "RPCBIND/portmapper, needed only for NFSv3"
-    );
-    assert_eq!(rpcbind["backend"], "nas-prod");
-    assert!(
-        rpcbind["hint"]
-            .as_str()
-            .unwrap()
-            .contains("mounts NFSv4 (nfsvers=4.1)"),
-        "{rpcbind}"
-    );
-    let mountd = events
-        .iter()
-        .find(|e| e["dst"] == "192.0.2.2:635")
-        .unwrap_or_else(|| panic!("{events:?}"));
-    assert_eq!(mountd["purpose"], "Mount daemon, needed only for NFSv3");
+    assert_nfsv3_block_explained(&events, "nas-prod");
     a.stop(libc::SIGTERM);
 }
 
