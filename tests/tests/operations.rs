@@ -1,7 +1,8 @@
 //! Running it for real: kill -9 under traffic keeps enforcement, a new agent adopts it with no
 //! allowed flow dropped, uninstall leaves nothing; 100 reloads under traffic with no drop of
 //! allowed traffic and no pass of denied traffic; a bad reload keeps the running policy; a
-//! ConfigMap-style symlink swap reloads; audit and enforce switch live.
+//! ConfigMap-style symlink swap reloads; audit and enforce switch live; a reload that waits on
+//! a slow resolver does not hold up the event stream.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -450,4 +451,63 @@ fn audit_and_enforce_switch_live() {
     );
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// /etc/netns/<namespace>, which `ip netns exec` bind-mounts over /etc; removed on drop.
+struct NetnsEtc(PathBuf);
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_slow_resolver_does_not_hold_up_events() {
+    if !require_root("a_slow_resolver_does_not_hold_up_events") {
+        return;
+    }
+    let (pair, dir, _echo) = lab("slowdns");
+    // The node's resolver asks an on-link documentation address that nobody answers: every
+    // lookup of a name not in its hosts file waits out the timeout.
+    let etc = NetnsEtc(PathBuf::from("/etc/netns").join(&pair.node.name));
+    std::fs::create_dir_all(&etc.0).unwrap();
+    std::fs::write(etc.0.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(
+        etc.0.join("resolv.conf"),
+        "nameserver 192.0.2.53\noptions timeout:4 attempts:1\n",
+    )
+    .unwrap();
+    let cfg = dir.join("node.yaml");
+    let mut agent = Agent::run(&pair, &cfg, &["--watch-interval", "1h"]);
+    std::fs::write(
+        dir.join("backends/named.yaml"),
+        "version: 1\nstorageDriverName: ontap-nas\nbackendName: named\nmanagementLIF: filer.lab.test\n",
+    )
+    .unwrap();
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    agent.wait_for_log("SIGHUP: reloading", Duration::from_secs(2));
+    let started = Instant::now();
+    // While the reload waits on the resolver, a denied connection is reported at once.
+    assert!(tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).is_err());
+    let events = agent.wait_events(1, Duration::from_secs(2));
+    assert!(
+        events.iter().any(|e| e["dst"] == "192.0.2.2:3260"),
+        "{events:?}"
+    );
+    let reported = started.elapsed();
+    assert!(
+        !agent.stderr.lock().unwrap().contains("reload failed"),
+        "the reload was meant to still be resolving"
+    );
+    assert!(
+        reported < Duration::from_secs(3),
+        "the event took {reported:?}, behind the 4 s lookup"
+    );
+    // The lookup fails in the end: the running policy stays, and says why.
+    agent.wait_for_log("reload failed", Duration::from_secs(20));
+    assert!(agent.stderr.lock().unwrap().contains("filer.lab.test"));
+    assert!(tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).is_ok());
+    agent.stop(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -120,6 +120,7 @@ struct Shared {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let opts = Arc::new(opts);
     let (cfg, policy) = compiler::load(opts.config.as_deref(), &opts.extra_backends, opts.role)?;
     let mut interfaces = cfg.interfaces.clone();
     interfaces.extend(opts.interfaces.iter().cloned());
@@ -216,6 +217,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprint = sources_fingerprint(&opts);
+    // Reloads run one after another on their own thread: compiling resolves host names, and a
+    // slow resolver must not hold up the event stream below (the ring buffer would overflow).
+    let (reloads, requests) = std::sync::mpsc::channel::<bool>();
+    let reloader = {
+        let (shared, opts) = (shared.clone(), opts.clone());
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                for always in requests {
+                    reload(&shared, &opts, always);
+                }
+            })?
+    };
     let stdout = std::io::stdout();
     loop {
         tokio::select! {
@@ -223,17 +237,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading");
-                reload(&shared, &opts, true);
+                let _ = reloads.send(true);
             }
             _ = watch.tick() => {
                 let now = sources_fingerprint(&opts);
                 if now != fingerprint {
                     info!("configuration or backend files changed: reloading");
                     fingerprint = now;
-                    reload(&shared, &opts, true);
+                    let _ = reloads.send(true);
                 } else {
                     // Host names may resolve differently now: recompile, apply only a change.
-                    reload(&shared, &opts, false);
+                    let _ = reloads.send(false);
                 }
             }
             guard = ring.readable_mut() => {
@@ -267,6 +281,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
+    // A reload under way finishes; the datapath is then dropped (and detached) with `shared`.
+    drop(reloads);
+    let _ = reloader.join();
     let pinned = shared.dp.lock().unwrap().pinned();
     if pinned {
         info!(pin_dir = %opts.pin_dir.as_ref().unwrap().display(), "stopping: enforcement stays in place (pinned); `uninstall` removes it");
