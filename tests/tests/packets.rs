@@ -906,7 +906,7 @@ fn established_flows_are_judged_again_after_a_policy_switch() {
     if !require_root("established_flows_are_judged_again_after_a_policy_switch") {
         return;
     }
-    // One CPU, so that the per-CPU last-flow shortcut is the one answering for a repeated flow.
+    // One CPU, so that the per-CPU recent-flow cache is the one answering for a repeated flow.
     // SAFETY: a zeroed cpu_set_t with CPU 0 set, for the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -916,7 +916,15 @@ fn established_flows_are_judged_again_after_a_policy_switch() {
             0
         );
     }
+    // With the cache, and with the connection table alone.
+    for cache in [true, false] {
+        judged_again_after_a_switch(cache);
+    }
+}
+
+fn judged_again_after_a_switch(cache: bool) {
     let mut lab = Lab::new(Mode::Enforce);
+    lab.dp.set_recent_flows(cache).unwrap();
     let e = programs::TC_EGRESS;
     let first = v4(ipv4(
         "192.0.2.1",
@@ -941,15 +949,22 @@ fn established_flows_are_judged_again_after_a_policy_switch() {
     let (rule, table) = (counter::ALLOWED, counter::CONNTRACK_HIT);
     for (what, frame, ctr) in [
         ("new flow, by rule", &first, rule),
-        ("the same flow next (last-flow shortcut)", &first, table),
+        ("the same flow next (recent flow)", &first, table),
         ("another flow, by rule", &other, rule),
         ("the first flow again (connection table)", &first, table),
         ("an IPv6 flow, by rule", &six, rule),
-        ("the IPv6 flow next (last-flow shortcut)", &six, table),
+        ("the IPv6 flow next (recent flow)", &six, table),
         ("the first flow again (connection table)", &first, table),
-        ("the first flow next (last-flow shortcut)", &first, table),
+        ("the first flow next (recent flow)", &first, table),
     ] {
-        lab.check(what, e, frame, TC_PASS, ctr, None);
+        lab.check(
+            &format!("{what}, cache {cache}"),
+            e,
+            frame,
+            TC_PASS,
+            ctr,
+            None,
+        );
     }
     // The same policy without IPv4 443, and with IPv6 2050 instead of 2049 (so that the peer
     // stays protected): neither the table nor the shortcut may keep those flows alive.

@@ -182,10 +182,15 @@ pub struct Config {
     /// `TABLE_*` bits: which optional tables the active generation has entries in, so that
     /// packets skip lookups that cannot match.
     pub tables: u8,
-    pub _pad: u8,
+    /// `OPTION_*` bits.
+    pub options: u8,
     /// At most one event per flow and direction per this many nanoseconds (0: every packet).
     pub event_interval_ns: u64,
 }
+
+/// `Config::options`: do not use the per-CPU recent-flow cache; every packet of an established
+/// flow goes to the connection table. For measuring the table, and for ruling the cache out.
+pub const OPTION_NO_RECENT_FLOWS: u8 = 1;
 
 /// The `Config::tables` bit that says the generation has subnet peers (`PEER_PREFIXES`) for
 /// direction `dir`.

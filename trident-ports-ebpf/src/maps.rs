@@ -53,11 +53,17 @@ pub static SCRATCH: PerCpuArray<Slot> = PerCpuArray::with_max_entries(2, 0);
 pub struct Slot {
     /// The parsed headers: the 512-byte BPF stack cannot hold them beside the lookup keys.
     pub parsed: Parsed,
-    /// The last flow this CPU allowed in this direction, from the connection table or a rule,
-    /// and the policy sequence it was allowed under: the next packet of the same flow (bulk
-    /// storage I/O sends long runs of them) needs no lookup.
-    pub last: LastFlow,
 }
+
+/// Flows of each direction this CPU allowed recently (from the connection table or a rule),
+/// direct-mapped by a hash of the flow, with the policy sequence each was allowed under: the
+/// next packets of a node's few busy storage connections (bulk I/O, interleaved or not) need
+/// neither parsing nor lookups. A collision only sends a flow back to the connection table.
+#[map(name = "TP_RECENT")]
+pub static RECENT: PerCpuArray<LastFlow> = PerCpuArray::with_max_entries(2 * RECENT_PER_DIR, 0);
+
+/// Recent flows kept per CPU and direction (a power of two).
+pub const RECENT_PER_DIR: u32 = 64;
 
 /// A flow as `parse::flow_words` gives it, and the policy sequence it was allowed under. A
 /// zeroed slot matches no packet: the last word of a flow carries its protocol.

@@ -2,13 +2,17 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use trident_ports_common::{
     Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
-    PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey,
-    RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason, table_peer_prefixes, table_ranges,
+    OPTION_NO_RECENT_FLOWS, PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey,
+    RANGE_KEY_HEADER_BITS, RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason,
+    table_peer_prefixes, table_ranges,
 };
 
 use crate::{
     events,
-    maps::{CONFIG, FLOWS, GUARDS, LastFlow, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
+    maps::{
+        CONFIG, FLOWS, GUARDS, LastFlow, PEER_PREFIXES, PEERS, RANGES, RECENT, RECENT_PER_DIR,
+        RULES, SCRATCH, count,
+    },
     packet::Packet,
     parse::{Parsed, common, flow_words, kind, parse},
 };
@@ -37,14 +41,23 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         return Action::Pass;
     };
     // SAFETY: this CPU's slot for this direction, used by this program run only.
-    let (parsed, last) = unsafe { (&mut (*slot).parsed, &mut (*slot).last) };
-    let seq = match CONFIG.get(0) {
-        Some(c) => c.seq,
-        None => 0,
+    let parsed = unsafe { &mut (*slot).parsed };
+    let (seq, options) = match CONFIG.get(0) {
+        Some(c) => (c.seq, c.options),
+        None => (0, 0),
     };
-    // The next packet of the flow this CPU allowed last: no parsing, no lookup.
+    // A packet of a flow this CPU allowed recently: no parsing, no lookup.
     let (common_shape, words) = flow_words(pkt);
-    if common_shape && last_flow_is(last, seq, &words) {
+    let recent = if options & OPTION_NO_RECENT_FLOWS == 0 {
+        RECENT.get_ptr_mut(recent_index(dir, &words))
+    } else {
+        None
+    };
+    if let Some(r) = recent
+        // SAFETY: this CPU's entry; programs do not nest on one CPU within one direction.
+        && common_shape
+        && same_flow(unsafe { &*r }, seq, &words)
+    {
         count(dir, counter::CONNTRACK_HIT);
         return Action::Pass;
     }
@@ -75,9 +88,16 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             Action::Pass
         }
         Judgement::Allowed(c) => {
-            if common_shape && parsed.kind == kind::PORTS && peer.flags & PEER_PROTECTED != 0 {
-                last.words = words;
-                last.seq = cfg.seq;
+            if let Some(r) = recent
+                && common_shape
+                && parsed.kind == kind::PORTS
+                && peer.flags & PEER_PROTECTED != 0
+            {
+                // SAFETY: as above.
+                unsafe {
+                    (*r).words = words;
+                    (*r).seq = cfg.seq;
+                }
             }
             count(dir, c);
             Action::Pass
@@ -203,17 +223,26 @@ fn judge_ports(
     Judgement::Untouched(counter::PASSED)
 }
 
-/// True when `last`, this CPU's last allowed flow in this direction, is this one, allowed
-/// under the running policy: the connection table would say the same (a policy switch changes
-/// `seq`).
+/// The `RECENT` entry for a flow: its direction's half, at a hash of its words.
 #[inline(always)]
-fn last_flow_is(last: &LastFlow, seq: u32, w: &[u64; 5]) -> bool {
-    last.seq == seq
-        && last.words[0] == w[0]
-        && last.words[1] == w[1]
-        && last.words[2] == w[2]
-        && last.words[3] == w[3]
-        && last.words[4] == w[4]
+fn recent_index(dir: u8, w: &[u64; 5]) -> u32 {
+    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
+    x ^= x >> 32;
+    x ^= x >> 16;
+    x ^= x >> 8;
+    (dir as u32 & 1) * RECENT_PER_DIR + (x as u32 & (RECENT_PER_DIR - 1))
+}
+
+/// True when `entry` holds this flow, allowed under the running policy: the connection table
+/// would say the same (a policy switch changes `seq`).
+#[inline(always)]
+fn same_flow(entry: &LastFlow, seq: u32, w: &[u64; 5]) -> bool {
+    entry.seq == seq
+        && entry.words[0] == w[0]
+        && entry.words[1] == w[1]
+        && entry.words[2] == w[2]
+        && entry.words[3] == w[3]
+        && entry.words[4] == w[4]
 }
 
 #[inline(always)]

@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, FlowKey, FlowState, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerInfo,
-    PeerKey, RangeKey, RuleKey, counter, limits, maps, programs,
+    COUNTER_SLOTS, Config, FlowKey, FlowState, GuardKey, MODE_AUDIT, MODE_ENFORCE,
+    OPTION_NO_RECENT_FLOWS, PeerInfo, PeerKey, RangeKey, RuleKey, counter, limits, maps, programs,
 };
 
 use crate::{
@@ -348,7 +348,7 @@ impl Datapath {
                 Mode::Audit => MODE_AUDIT,
             },
             tables: tables.present(),
-            _pad: 0,
+            options: current.options,
             event_interval_ns,
         };
         self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
@@ -375,6 +375,17 @@ impl Datapath {
             }
         }
         Ok(added)
+    }
+
+    /// Turns the per-CPU recent-flow cache off or on (`OPTION_NO_RECENT_FLOWS`); on by default.
+    pub fn set_recent_flows(&mut self, on: bool) -> Result<()> {
+        let mut cfg = self.config()?;
+        cfg.options = if on {
+            cfg.options & !OPTION_NO_RECENT_FLOWS
+        } else {
+            cfg.options | OPTION_NO_RECENT_FLOWS
+        };
+        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
     }
 
     /// Switches between enforce and audit without touching the policy.
