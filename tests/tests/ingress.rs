@@ -65,15 +65,7 @@ fn ingress_checks(extra_args: &[&str], name: &str) {
         &[sa("192.0.2.2:2049"), sa("[2001:db8::2]:2049")],
     );
     let cfg = dir.join("node.yaml");
-    let mut args = vec![
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--iface",
-        &pair.node_if,
-    ];
-    args.extend_from_slice(extra_args);
-    let mut agent = Agent::start(&pair.node, &args);
+    let mut agent = Agent::run(&pair, &cfg, extra_args);
     let st = &pair.storage;
     // Trident's node ports: the cluster gets in, an outsider does not, nobody reaches the probe.
     tcp_echo_from(st, ip("192.0.2.3"), sa("192.0.2.1:8000"), T).unwrap();

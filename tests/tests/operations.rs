@@ -168,17 +168,9 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     let pin = fs.0.join("trident-ports");
     let (pair, dir, _echo) = lab(name);
     let cfg = dir.join("node.yaml");
-    let mut args = vec![
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--iface",
-        &pair.node_if,
-        "--pin-dir",
-        pin.to_str().unwrap(),
-    ];
+    let mut args = vec!["--pin-dir", pin.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let a = Agent::start(&pair.node, &args);
+    let a = Agent::run(&pair, &cfg, &args);
     let traffic = Traffic::start(&pair);
     std::thread::sleep(Duration::from_millis(700));
     // kill -9: no chance to clean up, and enforcement must hold.
@@ -195,7 +187,7 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
         "still enforced after kill -9"
     );
     // A new agent adopts the pinned state.
-    let mut b = Agent::start(&pair.node, &args);
+    let mut b = Agent::run(&pair, &cfg, &args);
     b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(

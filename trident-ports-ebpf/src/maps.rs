@@ -45,15 +45,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 #[map(name = "TP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Per-CPU state, one slot per direction; programs do not nest on one CPU within one direction.
+/// Scratch space for the parsed headers, one slot per direction: the 512-byte BPF stack cannot
+/// hold them beside the lookup keys. Programs do not nest on one CPU within one direction.
 #[map(name = "TP_SCRATCH")]
-pub static SCRATCH: PerCpuArray<Slot> = PerCpuArray::with_max_entries(2, 0);
-
-#[repr(C)]
-pub struct Slot {
-    /// The parsed headers: the 512-byte BPF stack cannot hold them beside the lookup keys.
-    pub parsed: Parsed,
-}
+pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(2, 0);
 
 /// Flows of each direction this CPU allowed recently (from the connection table or a rule),
 /// direct-mapped by a hash of the flow, with the policy sequence each was allowed under: the

@@ -41,14 +41,14 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         return Action::Pass;
     };
     // SAFETY: this CPU's slot for this direction, used by this program run only.
-    let parsed = unsafe { &mut (*slot).parsed };
-    let (seq, options) = match CONFIG.get(0) {
-        Some(c) => (c.seq, c.options),
-        None => (0, 0),
+    let parsed = unsafe { &mut *slot };
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
     };
     // A packet of a flow this CPU allowed recently: no parsing, no lookup.
     let (common_shape, words) = flow_words(pkt);
-    let recent = if options & OPTION_NO_RECENT_FLOWS == 0 {
+    let recent = if cfg.options & OPTION_NO_RECENT_FLOWS == 0 {
         RECENT.get_ptr_mut(recent_index(dir, &words))
     } else {
         None
@@ -56,15 +56,11 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     if let Some(r) = recent
         // SAFETY: this CPU's entry; programs do not nest on one CPU within one direction.
         && common_shape
-        && same_flow(unsafe { &*r }, seq, &words)
+        && same_flow(unsafe { &*r }, cfg.seq, &words)
     {
         count(dir, counter::CONNTRACK_HIT);
         return Action::Pass;
     }
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => Config::default(),
-    };
     parsed.kind = kind::TRUNCATED;
     parsed.tcp_flags = 0;
     parsed.sport = 0;
