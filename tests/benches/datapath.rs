@@ -9,6 +9,7 @@
 //!    writer, with losses; the agent's resident memory.
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd},
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -24,7 +25,7 @@ use trident_ports_agent::{
     explain::Explainer,
     policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
 };
-use trident_ports_common::{DIR_EGRESS, counter, programs};
+use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs};
 use trident_ports_tests::{netns::Pair, packet::*};
 
 fn entry(dst: String, port: u16) -> Entry {
@@ -89,87 +90,116 @@ fn run_ns(dp: &mut Datapath, prog: &str, frame: &[u8], repeat: u32) -> f64 {
     r.duration.as_nanos() as f64
 }
 
-/// What BPF_PROG_TEST_RUN itself costs per repetition on this machine: the kernel's mean for a
-/// SCHED_CLS program that only returns (`r0 = 0; exit`), loaded with the bpf() syscall. Every
-/// other column includes it.
+/// Name of the benchmark's empty program, by which its kernel statistics are found.
+const EMPTY_PROGRAM: &str = "tp_bench_empty";
+
+/// A SCHED_CLS program that only returns (`r0 = 0; exit`), loaded with the bpf() syscall:
+/// what BPF_PROG_TEST_RUN and the kernel's run-time statistics cost on their own.
+struct EmptyProgram(std::os::fd::OwnedFd);
+
+impl EmptyProgram {
+    fn load() -> Self {
+        #[repr(C)]
+        struct ProgLoad {
+            prog_type: u32,
+            insn_cnt: u32,
+            insns: u64,
+            license: u64,
+            log_level: u32,
+            log_size: u32,
+            log_buf: u64,
+            kern_version: u32,
+            prog_flags: u32,
+            prog_name: [u8; 16],
+        }
+        const BPF_PROG_LOAD: i64 = 5;
+        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+        // mov r0, 0; exit
+        let insns: [u64; 2] = [0xb7, 0x95];
+        let license = b"GPL\0";
+        let mut prog_name = [0u8; 16];
+        prog_name[..EMPTY_PROGRAM.len()].copy_from_slice(EMPTY_PROGRAM.as_bytes());
+        let load = ProgLoad {
+            prog_type: BPF_PROG_TYPE_SCHED_CLS,
+            insn_cnt: 2,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 0,
+            log_size: 0,
+            log_buf: 0,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name,
+        };
+        // SAFETY: a bpf(2) call with a fully initialised attribute of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &load as *const ProgLoad,
+                std::mem::size_of::<ProgLoad>(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "loading the empty program: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+        Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// The kernel's mean per repetition of one BPF_PROG_TEST_RUN.
+    fn test_run_ns(&self, frame: &[u8], repeat: u32) -> f64 {
+        #[repr(C)]
+        struct TestRunAttr {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+        }
+        const BPF_PROG_TEST_RUN: i64 = 10;
+        let mut run = TestRunAttr {
+            prog_fd: self.0.as_raw_fd() as u32,
+            retval: 0,
+            data_size_in: frame.len() as u32,
+            data_size_out: 0,
+            data_in: frame.as_ptr() as u64,
+            data_out: 0,
+            repeat,
+            duration: 0,
+        };
+        // SAFETY: as above; the kernel writes retval and duration back into `run`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut run as *mut TestRunAttr,
+                std::mem::size_of::<TestRunAttr>(),
+            )
+        };
+        assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
+        run.duration as f64
+    }
+
+    /// Runs and run time the kernel's statistics have recorded for this program so far.
+    fn stats(&self) -> (u64, Duration) {
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.name_as_str() == Some(EMPTY_PROGRAM))
+            .expect("the empty program is loaded");
+        (info.run_count(), info.run_time())
+    }
+}
+
+/// What BPF_PROG_TEST_RUN itself costs per repetition on this machine. Every other column of
+/// the per-packet table includes it.
 fn empty_program_ns(frame: &[u8], repeat: u32) -> f64 {
-    #[repr(C)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-    }
-    #[repr(C)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-    }
-    const BPF_PROG_LOAD: i64 = 5;
-    const BPF_PROG_TEST_RUN: i64 = 10;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    // mov r0, 0; exit
-    let insns: [u64; 2] = [0xb7, 0x95];
-    let license = b"GPL\0";
-    let load = ProgLoad {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
-        kern_version: 0,
-        prog_flags: 0,
-    };
-    // SAFETY: a bpf(2) call with a fully initialised attribute of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &load as *const ProgLoad,
-            std::mem::size_of::<ProgLoad>(),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "loading the empty program: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut run = TestRunAttr {
-        prog_fd: fd as u32,
-        retval: 0,
-        data_size_in: frame.len() as u32,
-        data_size_out: 0,
-        data_in: frame.as_ptr() as u64,
-        data_out: 0,
-        repeat,
-        duration: 0,
-    };
-    // SAFETY: as above; the kernel writes retval and duration back into `run`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut run as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
-    // SAFETY: closing the descriptor this function opened.
-    unsafe { libc::close(fd as i32) };
-    run.duration as f64
+    EmptyProgram::load().test_run_ns(frame, repeat)
 }
 
 fn per_packet(smoke: bool) {
@@ -273,6 +303,10 @@ fn per_packet(smoke: bool) {
             c.get(DIR_EGRESS, counter::CONNTRACK_HIT) >= repeat as u64,
             "the table-hit packet hit the table"
         );
+        assert!(
+            c.get(DIR_EGRESS, counter::RECENT_HIT) >= repeat as u64,
+            "the recent-flow packet was answered by the cache"
+        );
         println!(
             "| {n} | {recent:.1} | {hit:.1} | {rule:.1} | {new_flow:.1} | {denied:.1} | {unprotected:.1} | {floor:.1} | {empty:.1} |"
         );
@@ -332,6 +366,10 @@ fn iptables_rules(entries: &[(Ipv4Addr, u16)]) -> String {
 }
 
 fn iperf(pair: &Pair, seconds: u32) -> f64 {
+    iperf_streams(pair, seconds, 1)
+}
+
+fn iperf_streams(pair: &Pair, seconds: u32, streams: u32) -> f64 {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -342,6 +380,8 @@ fn iperf(pair: &Pair, seconds: u32) -> f64 {
             "192.0.2.2",
             "-t",
             &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
             "-J",
         ])
         .output()
@@ -477,6 +517,145 @@ fn throughput(smoke: bool) {
          percentages are of the no-filter median. One iperf3 stream from the node namespace to the storage \
          namespace; the filters sit on the node side (trident-ports: TC egress and ingress programs; \
          nftables/iptables: output and input hooks), with the iperf3 flow's entry last.\n"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Runs and run time of one attached program so far, as the kernel counts them while
+/// BPF_ENABLE_STATS is on.
+fn prog_stats(dp: &mut Datapath, prog: &str) -> (u64, Duration) {
+    let info = dp.program_mut(prog).unwrap().info().unwrap();
+    (info.run_count(), info.run_time())
+}
+
+fn iperf_server(pair: &Pair) -> std::process::Child {
+    let server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.storage.name,
+            "iperf3",
+            "-s",
+            "-B",
+            "192.0.2.2",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server
+}
+
+/// The programs' own cost per packet on real traffic: the kernel's run-time statistics
+/// (BPF_ENABLE_STATS) of the attached programs while iperf3 runs through them. No test-run
+/// harness is involved; each run is timed by the kernel around the program call.
+fn real_traffic(smoke: bool) {
+    println!("## Cost per packet on real traffic (kernel run-time statistics, ns/packet)\n");
+    println!(
+        "| entries | streams | recent-flow cache | egress packets | egress ns/packet | ingress packets | ingress ns/packet | answered by the cache (egress, ingress) | Gbit/s |"
+    );
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    let seconds = if smoke { 1 } else { 3 };
+    let pair = Pair::standard();
+    let mut server = iperf_server(&pair);
+    let runs: &[(usize, u32, bool)] = if smoke {
+        &[(10, 1, true)]
+    } else {
+        &[
+            (10, 1, true),
+            (10, 1, false),
+            (100_000, 1, true),
+            (100_000, 1, false),
+            (100_000, 8, true),
+            (100_000, 8, false),
+        ]
+    };
+    let per = |a: (u64, Duration), b: (u64, Duration)| {
+        let runs = b.0 - a.0;
+        (runs, (b.1 - a.1).as_nanos() as f64 / runs.max(1) as f64)
+    };
+    let mut last = None;
+    for &(n, streams, cache) in runs {
+        let node_if = pair.node_if.clone();
+        let policy = Policy {
+            role: "worker".into(),
+            entries: v4_entries(n)
+                .iter()
+                .map(|(a, p)| entry(format!("{a}/32"), *p))
+                .collect(),
+            ..Default::default()
+        };
+        let mut dp = pair.node.within(move || {
+            let mut dp = Datapath::load().unwrap();
+            dp.apply(&policy, 1_000_000_000).unwrap();
+            dp.set_recent_flows(cache).unwrap();
+            dp.attach(&node_if, Default::default(), Default::default())
+                .unwrap();
+            dp
+        });
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+        let e0 = prog_stats(&mut dp, programs::TC_EGRESS);
+        let i0 = prog_stats(&mut dp, programs::TC_INGRESS);
+        let gbit = iperf_streams(&pair, seconds, streams);
+        let e1 = prog_stats(&mut dp, programs::TC_EGRESS);
+        let i1 = prog_stats(&mut dp, programs::TC_INGRESS);
+        drop(stats);
+        let c = dp.counters().unwrap();
+        assert_eq!(
+            c.get(DIR_EGRESS, counter::DENIED),
+            0,
+            "the iperf3 flows are allowed"
+        );
+        let (ep, ens) = per(e0, e1);
+        let (ip, ins) = per(i0, i1);
+        let cached = |d| {
+            let hits = c.get(d, counter::RECENT_HIT);
+            let allowed = hits + c.get(d, counter::CONNTRACK_HIT) + c.get(d, counter::ALLOWED);
+            format!("{:.2}%", 100.0 * hits as f64 / allowed.max(1) as f64)
+        };
+        println!(
+            "| {n} | {streams} | {} | {ep} | {ens:.1} | {ip} | {ins:.1} | {}, {} | {gbit:.2} |",
+            if cache { "on" } else { "off" },
+            cached(DIR_EGRESS),
+            cached(DIR_INGRESS)
+        );
+        last = Some(dp);
+    }
+    // What the statistics themselves add: an empty program, and the same program on one of
+    // the iperf3 flow's packets, repeated in BPF_PROG_TEST_RUN (caches hot) with statistics on.
+    let repeat = if smoke { 100_000 } else { 2_000_000 };
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let empty = EmptyProgram::load();
+    let arp = ether(&[], 0x0806, &[0u8; 28]);
+    let s0 = empty.stats();
+    empty.test_run_ns(&arp, repeat);
+    let (_, floor) = per(s0, empty.stats());
+    let mut dp = last.unwrap();
+    let ack = v4(ipv4(
+        "192.0.2.1",
+        "192.0.2.2",
+        TCP,
+        0,
+        &tcp(40_000, 5201, ACK),
+    ));
+    run_ns(&mut dp, programs::TC_EGRESS, &ack, 1);
+    let h0 = prog_stats(&mut dp, programs::TC_EGRESS);
+    run_ns(&mut dp, programs::TC_EGRESS, &ack, repeat);
+    let (_, hot) = per(h0, prog_stats(&mut dp, programs::TC_EGRESS));
+    drop(stats);
+    println!(
+        "\nOne {seconds}-s iperf3 run (node namespace to storage namespace) per row, through the TC egress and \
+         ingress programs on the node side, with the iperf3 entry last in an IPv4 policy of n (address, port) \
+         entries. The mean is the kernel's run_time_ns / run_cnt over the run (BPF_ENABLE_STATS): the program \
+         call itself plus two clock reads around it, no BPF_PROG_TEST_RUN harness. Every packet is allowed: \
+         the first of each flow by a rule, the rest by the recent-flow cache or (cache off) the connection \
+         table.\n"
+    );
+    println!(
+        "Recorded the same way, {repeat} BPF_PROG_TEST_RUN repetitions (caches hot): an empty program \
+         {floor:.1} ns (the statistics' own clock reads), the egress program on an iperf3 packet with the \
+         last row's policy {hot:.1} ns.\n"
     );
     let _ = server.kill();
     let _ = server.wait();
@@ -655,6 +834,9 @@ fn main() {
     );
     if want("packet") {
         per_packet(smoke);
+    }
+    if want("traffic") {
+        real_traffic(smoke);
     }
     if want("throughput") {
         throughput(smoke);

@@ -78,6 +78,7 @@ struct Lab {
 
 impl Lab {
     fn new(mode: Mode) -> Self {
+        pin_to_cpu0();
         let mut dp = Datapath::load().expect("load");
         if kernel() >= XDP_KERNEL {
             dp.load_xdp().expect("load the XDP program");
@@ -139,6 +140,20 @@ impl Lab {
             self.reasons(),
             ev.into_iter().collect::<Vec<_>>(),
             "{what}: events"
+        );
+    }
+}
+
+/// Test runs execute on the calling thread's CPU, and the recent-flow cache is per CPU: on one
+/// CPU, which path answers a repeated flow (cache or connection table) is known.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
         );
     }
 }
@@ -573,11 +588,11 @@ fn ingress_replies_callbacks_guards_and_icmp_errors() {
     );
     lab.check("reply", i, &syn_ack, TC_PASS, counter::CONNTRACK_HIT, None);
     lab.check(
-        "egress again: table hit",
+        "egress again: recent flow",
         e,
         &egress_syn("192.0.2.2", 2049),
         TC_PASS,
-        counter::CONNTRACK_HIT,
+        counter::RECENT_HIT,
         None,
     );
     lab.check(
@@ -906,16 +921,6 @@ fn established_flows_are_judged_again_after_a_policy_switch() {
     if !require_root("established_flows_are_judged_again_after_a_policy_switch") {
         return;
     }
-    // One CPU, so that the per-CPU recent-flow cache is the one answering for a repeated flow.
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
     // With the cache, and with the connection table alone.
     for cache in [true, false] {
         judged_again_after_a_switch(cache);
@@ -933,13 +938,6 @@ fn judged_again_after_a_switch(cache: bool) {
         0,
         &tcp(40001, 443, ACK),
     ));
-    let other = v4(ipv4(
-        "192.0.2.1",
-        "192.0.2.2",
-        TCP,
-        0,
-        &tcp(40002, 443, ACK),
-    ));
     let six = v6(ipv6(
         "2001:db8::1",
         "2001:db8::2",
@@ -947,15 +945,63 @@ fn judged_again_after_a_switch(cache: bool) {
         &tcp(40003, 2049, ACK),
     ));
     let (rule, table) = (counter::ALLOWED, counter::CONNTRACK_HIT);
+    let recent = if cache { counter::RECENT_HIT } else { table };
+    lab.check(
+        &format!("new flow, by rule, cache {cache}"),
+        e,
+        &first,
+        TC_PASS,
+        rule,
+        None,
+    );
+    lab.check(
+        &format!("the same flow next (recent flow), cache {cache}"),
+        e,
+        &first,
+        TC_PASS,
+        recent,
+        None,
+    );
+    // Flows to the same port until the first flow has to be answered by the connection table:
+    // the second new flow in its set of two pushed it out.
+    let other = (50_000..52_000u16)
+        .map(|sport| {
+            v4(ipv4(
+                "192.0.2.1",
+                "192.0.2.2",
+                TCP,
+                0,
+                &tcp(sport, 443, ACK),
+            ))
+        })
+        .find(|candidate| {
+            lab.check(
+                &format!("another flow, by rule, cache {cache}"),
+                e,
+                candidate,
+                TC_PASS,
+                rule,
+                None,
+            );
+            let before = lab.dp.counters().unwrap();
+            assert_eq!(lab.run(e, &first), TC_PASS, "the first flow again");
+            let after = lab.dp.counters().unwrap();
+            let grew = |c| after.get(DIR_EGRESS, c) - before.get(DIR_EGRESS, c);
+            if grew(table) == 1 {
+                return true;
+            }
+            assert_eq!(grew(recent), 1, "the first flow again: recent or table");
+            false
+        })
+        .expect("flows that share the first flow's cache set");
+    // The first flow went back into the set beside the one that pushed it out: both are served
+    // by the cache from now on.
     for (what, frame, ctr) in [
-        ("new flow, by rule", &first, rule),
-        ("the same flow next (recent flow)", &first, table),
-        ("another flow, by rule", &other, rule),
-        ("the first flow again (connection table)", &first, table),
+        ("the flow that pushed it out (recent flow)", &other, recent),
+        ("the first flow next (recent flow)", &first, recent),
         ("an IPv6 flow, by rule", &six, rule),
-        ("the IPv6 flow next (recent flow)", &six, table),
-        ("the first flow again (connection table)", &first, table),
-        ("the first flow next (recent flow)", &first, table),
+        ("the IPv6 flow next (recent flow)", &six, recent),
+        ("the first flow again (recent flow)", &first, recent),
     ] {
         lab.check(
             &format!("{what}, cache {cache}"),

@@ -137,13 +137,13 @@ impl Metrics {
         let mut last = self.last.lock().unwrap();
         let delta = |d: u8, c: u32| now.get(d, c).saturating_sub(last.get(d, c));
         for d in [DIR_EGRESS, DIR_INGRESS] {
-            // The kernel counts connection-table hits apart from rule matches.
+            // The kernel counts connection-table and recent-flow hits apart from rule matches.
             self.packets
                 .get_or_create(&labels(&[
                     ("direction", dir_name(d)),
                     ("verdict", "allowed"),
                 ]))
-                .inc_by(delta(d, counter::CONNTRACK_HIT));
+                .inc_by(delta(d, counter::CONNTRACK_HIT) + delta(d, counter::RECENT_HIT));
             for (c, verdict) in [
                 (counter::ALLOWED, "allowed"),
                 (counter::DENIED, "denied"),

@@ -39,7 +39,8 @@ pub mod reason {
 /// Indices into the per-CPU counter array; each direction has its own block of `COUNTERS`.
 pub mod counter {
     /// Allowed by a rule (or an ICMP error quoting a tracked flow). Packets allowed by the
-    /// connection table count under `CONNTRACK_HIT` instead: one increment per packet.
+    /// connection table count under `CONNTRACK_HIT`, those of a flow the CPU allowed recently
+    /// under `RECENT_HIT`: one increment per packet.
     pub const ALLOWED: u32 = 0;
     /// Dropped.
     pub const DENIED: u32 = 1;
@@ -47,7 +48,7 @@ pub mod counter {
     pub const AUDITED: u32 = 2;
     /// Not subject to policy: the peer is not protected, or the packet is not IP.
     pub const PASSED: u32 = 3;
-    /// Allowed by the connection table (or this CPU's last-flow shortcut in front of it).
+    /// Allowed by the connection table.
     pub const CONNTRACK_HIT: u32 = 4;
     /// Non-first fragments to or from protected peers, passed (see the datapath docs).
     pub const FRAGMENT: u32 = 5;
@@ -56,8 +57,10 @@ pub mod counter {
     pub const EVENTS_SUPPRESSED: u32 = 7;
     /// Events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 8;
+    /// Allowed as a flow this CPU allowed recently, before any parsing or lookup.
+    pub const RECENT_HIT: u32 = 9;
     /// Denied or audited packets by reason: `REASON_BASE + reason::*`.
-    pub const REASON_BASE: u32 = 9;
+    pub const REASON_BASE: u32 = 10;
     pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
 }
 

@@ -50,24 +50,33 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map(name = "TP_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(2, 0);
 
-/// Flows of each direction this CPU allowed recently (from the connection table or a rule),
-/// direct-mapped by a hash of the flow, with the policy sequence each was allowed under: the
-/// next packets of a node's few busy storage connections (bulk I/O, interleaved or not) need
-/// neither parsing nor lookups. A collision only sends a flow back to the connection table.
+/// Flows of each direction this CPU allowed recently (from the connection table or a rule), in
+/// two-way sets chosen by a hash of the flow, with the policy sequence each was allowed under:
+/// the next packets of a node's few busy storage connections (bulk I/O, interleaved or not)
+/// need neither parsing nor lookups. Two ways keep two busy flows that share a set from
+/// evicting each other on every packet; a third only sends the oldest back to the connection
+/// table.
 #[map(name = "TP_RECENT")]
-pub static RECENT: PerCpuArray<LastFlow> = PerCpuArray::with_max_entries(2 * RECENT_PER_DIR, 0);
+pub static RECENT: PerCpuArray<RecentSet> = PerCpuArray::with_max_entries(2 * RECENT_SETS, 0);
 
-/// Recent flows kept per CPU and direction (a power of two).
-pub const RECENT_PER_DIR: u32 = 64;
+/// Sets of recent flows per CPU and direction (a power of two).
+pub const RECENT_SETS: u32 = 128;
 
 /// A flow as `parse::flow_words` gives it, and the policy sequence it was allowed under. A
-/// zeroed slot matches no packet: the last word of a flow carries its protocol.
+/// zeroed entry matches no packet: the last word of a flow carries its protocol.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LastFlow {
     pub words: [u64; 5],
     pub seq: u32,
     pub _pad: u32,
+}
+
+/// One set: `ways[0]` is the flow inserted last, `ways[1]` the one before it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RecentSet {
+    pub ways: [LastFlow; 2],
 }
 
 #[inline(always)]

@@ -10,8 +10,8 @@ use trident_ports_common::{
 use crate::{
     events,
     maps::{
-        CONFIG, FLOWS, GUARDS, LastFlow, PEER_PREFIXES, PEERS, RANGES, RECENT, RECENT_PER_DIR,
-        RULES, SCRATCH, count,
+        CONFIG, FLOWS, GUARDS, LastFlow, PEER_PREFIXES, PEERS, RANGES, RECENT, RECENT_SETS, RULES,
+        SCRATCH, count,
     },
     packet::Packet,
     parse::{Parsed, common, flow_words, kind, parse},
@@ -54,11 +54,12 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         None
     };
     if let Some(r) = recent
-        // SAFETY: this CPU's entry; programs do not nest on one CPU within one direction.
         && common_shape
-        && same_flow(unsafe { &*r }, cfg.seq, &words)
+        // SAFETY: this CPU's set; programs do not nest on one CPU within one direction.
+        && (same_flow(unsafe { &(*r).ways[0] }, cfg.seq, &words)
+            || same_flow(unsafe { &(*r).ways[1] }, cfg.seq, &words))
     {
-        count(dir, counter::CONNTRACK_HIT);
+        count(dir, counter::RECENT_HIT);
         return Action::Pass;
     }
     parsed.kind = kind::TRUNCATED;
@@ -91,8 +92,12 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             {
                 // SAFETY: as above.
                 unsafe {
-                    (*r).words = words;
-                    (*r).seq = cfg.seq;
+                    (*r).ways[1] = (*r).ways[0];
+                    (*r).ways[0] = LastFlow {
+                        words,
+                        seq: cfg.seq,
+                        _pad: 0,
+                    };
                 }
             }
             count(dir, c);
@@ -219,14 +224,14 @@ fn judge_ports(
     Judgement::Untouched(counter::PASSED)
 }
 
-/// The `RECENT` entry for a flow: its direction's half, at a hash of its words.
+/// The `RECENT` set for a flow: its direction's half, at a hash of its words.
 #[inline(always)]
 fn recent_index(dir: u8, w: &[u64; 5]) -> u32 {
     let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
     x ^= x >> 32;
     x ^= x >> 16;
     x ^= x >> 8;
-    (dir as u32 & 1) * RECENT_PER_DIR + (x as u32 & (RECENT_PER_DIR - 1))
+    (dir as u32 & 1) * RECENT_SETS + (x as u32 & (RECENT_SETS - 1))
 }
 
 /// True when `entry` holds this flow, allowed under the running policy: the connection table
