@@ -118,6 +118,11 @@ impl Agent {
         );
     }
 
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     /// Waits until at least `n` events arrived, and returns all of them.
     pub fn wait_events(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;

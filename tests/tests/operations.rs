@@ -163,6 +163,143 @@ fn attached_programs(pair: &Pair) -> usize {
     tcx + filters + xdp
 }
 
+/// Creates a map with bpf(2) and pins it at `path`: what an agent of another version might have
+/// left there.
+fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: i64 = 0;
+    const BPF_OBJ_PIN: i64 = 6;
+    let create = MapCreate {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+    };
+    // SAFETY: bpf(2) with fully initialised attributes of the sizes passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &create as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let pin = ObjPin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: as above; the pin holds its own reference, so the descriptor can be closed.
+    unsafe {
+        let rc = libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const ObjPin,
+            std::mem::size_of::<ObjPin>(),
+        );
+        assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+        libc::close(fd as i32);
+    }
+}
+
+/// An upgrade whose maps changed shape: the new agent must not share the old pinned maps with
+/// its programs (the verifier would reject them, or lookups would miss), and enforcement must
+/// not pause while it replaces them.
+#[test]
+fn an_upgrade_replaces_pinned_maps_of_another_layout() {
+    if !require_root("an_upgrade_replaces_pinned_maps_of_another_layout") {
+        return;
+    }
+    use trident_ports_common::{COUNTER_SLOTS, Config, maps};
+    let fs = BpfFs::new();
+    let pin = fs.0.join("trident-ports");
+    let (pair, dir, _echo) = lab("upgrade");
+    let cfg = dir.join("node.yaml");
+    let args = ["--pin-dir", pin.to_str().unwrap()];
+    let a = Agent::run(&pair, &cfg, &args);
+    let traffic = Traffic::start(&pair);
+    std::thread::sleep(Duration::from_millis(700));
+    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    drop(a);
+    // The old agent's programs stay attached with their maps; the pins now name maps of an
+    // older shape: a smaller configuration record and fewer counters.
+    const ARRAY: u32 = 2;
+    const PERCPU_ARRAY: u32 = 6;
+    for (name, map_type, value_size, entries) in [
+        (maps::CONFIG, ARRAY, 8, 1),
+        (maps::COUNTERS, PERCPU_ARRAY, 8, 4),
+    ] {
+        let path = pin.join("maps").join(name);
+        std::fs::remove_file(&path).unwrap();
+        pin_map(&path, map_type, 4, value_size, entries);
+    }
+    let mut b = Agent::run(&pair, &cfg, &args);
+    b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
+    let log = b.log();
+    for name in [maps::CONFIG, maps::COUNTERS] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("another layout") && l.contains(name)),
+            "{name} replaced:\n{log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection table") && l.contains(maps::FLOWS)),
+        "the connection table goes with the configuration:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("another layout") && l.contains(maps::PEERS)),
+        "maps of the same layout are kept:\n{log}"
+    );
+    let info = |name: &str| aya::maps::MapInfo::from_pin(pin.join("maps").join(name)).unwrap();
+    assert_eq!(
+        info(maps::CONFIG).value_size() as usize,
+        std::mem::size_of::<Config>()
+    );
+    assert_eq!(info(maps::COUNTERS).max_entries(), COUNTER_SLOTS);
+    std::thread::sleep(Duration::from_millis(700));
+    let events = b.wait_events(1, Duration::from_secs(3));
+    assert!(
+        events.iter().any(|e| e["dst"] == "192.0.2.2:3260"),
+        "the new agent enforces and reports: {events:?}"
+    );
+    b.stop(libc::SIGTERM);
+    let (ok, failed, passed) = traffic.finish();
+    assert!(ok > 10, "allowed exchanges: {ok}");
+    assert_eq!(failed, 0, "no allowed exchange failed across the upgrade");
+    assert_eq!(passed, 0, "the denied port never passed");
+    let out = pair
+        .node
+        .command(binary().to_str().unwrap())
+        .args(["uninstall", "--pin-dir", pin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     let fs = BpfFs::new();
     let pin = fs.0.join("trident-ports");
@@ -189,6 +326,11 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     // A new agent adopts the pinned state.
     let mut b = Agent::run(&pair, &cfg, &args);
     b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
+    assert!(
+        !b.log().contains("another layout"),
+        "the same build reuses every pinned map:\n{}",
+        b.log()
+    );
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(
         attached_programs(&pair),

@@ -80,6 +80,21 @@ impl Datapath {
             maps::COUNTERS,
         ];
         if let Some(p) = &pins {
+            for (name, old) in p.retire_other_layouts(OBJECT, &names)? {
+                match old {
+                    Some(layout) => tracing::warn!(
+                        map = name,
+                        pinned = %layout,
+                        "the pinned map has another layout (an agent of another version pinned \
+                         it): replaced with a new one"
+                    ),
+                    None => tracing::warn!(
+                        map = name,
+                        "the pinned connection table belongs to the replaced configuration: \
+                         replaced with a new one, filled again from the node's sockets"
+                    ),
+                }
+            }
             for name in names {
                 loader.map_pin_path(name, p.map(name));
             }

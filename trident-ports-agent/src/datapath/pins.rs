@@ -18,9 +18,33 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use trident_ports_common::maps;
+
 use crate::error::{Error, Result};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// What programs compiled against a map rely on. A map pinned by an agent of another version
+/// may differ: this build's programs cannot share it (the verifier rejects them, or their
+/// lookups miss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, key {} B, value {} B, {} entries, flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -60,6 +84,79 @@ impl Pins {
 
     pub fn map(&self, name: &str) -> PathBuf {
         self.dir.join("maps").join(name)
+    }
+
+    /// The layout of the map pinned as `name`, if one is.
+    pub fn pinned_layout(&self, name: &str) -> Result<Option<MapLayout>> {
+        let path = self.map(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| Error::Config {
+            path: path.clone(),
+            message: format!("reading the pinned map: {e}"),
+        })?;
+        Ok(Some(MapLayout {
+            // A type this aya does not know cannot be the one the programs were built for.
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        }))
+    }
+
+    /// Unpins every map in `names` whose pinned layout is not the one `object` defines, and
+    /// with the configuration also the connection table, whose entries count as checked only
+    /// under the configuration's policy sequence: a fresh configuration restarts that sequence,
+    /// and old entries could then pass as checked against a policy they never met. Returns the
+    /// maps unpinned, with the layout each had.
+    pub fn retire_other_layouts(
+        &self,
+        object: &[u8],
+        names: &[&str],
+    ) -> Result<Vec<(String, Option<MapLayout>)>> {
+        let obj = aya_obj::Object::parse(object).map_err(|e| Error::Load(format!("{e:#}")))?;
+        let mut retired = Vec::new();
+        for name in names {
+            let Some(have) = self.pinned_layout(name)? else {
+                continue;
+            };
+            let def = obj
+                .maps
+                .get(*name)
+                .ok_or_else(|| Error::Load(format!("the eBPF object has no map {name}")))?;
+            let want = MapLayout {
+                map_type: def.map_type(),
+                key_size: def.key_size(),
+                value_size: def.value_size(),
+                max_entries: def.max_entries(),
+                flags: def.map_flags(),
+            };
+            if have != want {
+                self.retire_map(name)?;
+                retired.push((name.to_string(), Some(have)));
+            }
+        }
+        if retired.iter().any(|(n, _)| n == maps::CONFIG)
+            && !retired.iter().any(|(n, _)| n == maps::FLOWS)
+            && self.map(maps::FLOWS).exists()
+        {
+            self.retire_map(maps::FLOWS)?;
+            retired.push((maps::FLOWS.to_string(), None));
+        }
+        Ok(retired)
+    }
+
+    /// Unpins `name`, so that the loader creates and pins a fresh map in its place. Programs
+    /// still using the old map (through links an earlier agent pinned) keep it until their
+    /// links move to this build's programs, so enforcement does not pause.
+    pub fn retire_map(&self, name: &str) -> Result<()> {
+        let path = self.map(name);
+        std::fs::remove_file(&path).map_err(|e| Error::Config {
+            path,
+            message: format!("unpinning a map of another layout: {e}"),
+        })
     }
 
     pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
