@@ -1,7 +1,8 @@
 //! Denied-flow events: decoding the kernel's records and writing them as JSON lines or text.
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv6Addr},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
@@ -137,8 +138,33 @@ pub fn if_name(ifindex: u32) -> String {
         .into_owned()
 }
 
+/// Interface names by index, for the event stream. if_indextoname costs a socket, an ioctl and
+/// a close: once per event it was the event writer's largest cost under a flood.
+#[derive(Default)]
+pub struct IfNames {
+    names: HashMap<u32, (String, Instant)>,
+}
+
+impl IfNames {
+    /// How long a name is reused: an interface renamed (or an index reused) shows under its new
+    /// name within this.
+    const FRESH: Duration = Duration::from_secs(1);
+
+    pub fn get(&mut self, ifindex: u32) -> String {
+        let now = Instant::now();
+        match self.names.get(&ifindex) {
+            Some((name, at)) if now.duration_since(*at) < Self::FRESH => name.clone(),
+            _ => {
+                let name = if_name(ifindex);
+                self.names.insert(ifindex, (name.clone(), now));
+                name
+            }
+        }
+    }
+}
+
 impl Record {
-    pub fn from_event(ev: &Event, clock: &Clock) -> Self {
+    pub fn from_event(ev: &Event, clock: &Clock, names: &mut IfNames) -> Self {
         let has_ports = ev.proto == trident_ports_common::PROTO_TCP
             || ev.proto == trident_ports_common::PROTO_UDP;
         let has_ports = has_ports && (ev.src_port != 0 || ev.dst_port != 0);
@@ -156,7 +182,7 @@ impl Record {
                 "ingress"
             }
             .into(),
-            iface: if_name(ev.ifindex),
+            iface: names.get(ev.ifindex),
             src: endpoint(ev.src, ev.src_port, has_ports),
             dst: endpoint(ev.dst, ev.dst_port, has_ports),
             proto: proto_name(ev.proto),
@@ -235,7 +261,7 @@ mod tests {
         let back = decode(bytes).unwrap();
         assert_eq!(back, ev);
         assert!(decode(&bytes[..10]).is_none());
-        let r = Record::from_event(&back, &Clock::new());
+        let r = Record::from_event(&back, &Clock::new(), &mut IfNames::default());
         assert_eq!(r.src, "192.0.2.1:40000");
         assert_eq!(r.dst, "198.51.100.10:4045");
         assert_eq!(r.proto, "tcp");
@@ -246,6 +272,16 @@ mod tests {
         assert_eq!(r.iface, "lo");
         assert_eq!(r.suppressed, 3);
         assert!(r.ts.ends_with('Z') && r.ts.contains('T'), "{}", r.ts);
+    }
+
+    #[test]
+    fn interface_names_are_looked_up_and_reused() {
+        let mut names = IfNames::default();
+        assert_eq!(names.get(1), "lo");
+        assert_eq!(names.get(1), "lo");
+        // No interface has this index: the event still names it.
+        assert_eq!(names.get(999_999), "if999999");
+        assert_eq!(names.names.len(), 2);
     }
 
     #[test]
@@ -265,7 +301,7 @@ mod tests {
             dir: DIR_INGRESS,
             ..Default::default()
         };
-        let r = Record::from_event(&ev, &Clock::new());
+        let r = Record::from_event(&ev, &Clock::new(), &mut IfNames::default());
         assert_eq!(r.dst, "[2001:db8::1]:2049");
         assert_eq!(r.direction, "ingress");
         assert_eq!(r.tcp_flags, None);

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::{
     compiler,
     datapath::{Datapath, IngressHook, TcAttach},
-    events::{Clock, Record, decode},
+    events::{Clock, IfNames, Record, decode},
     explain::Explainer,
     hub::{Hub, RotatingFile},
     metrics::Metrics,
@@ -207,6 +207,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let clock = Clock::new();
+    let mut names = IfNames::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -254,20 +255,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 let explainer = shared.explainer.read().unwrap();
-                let mut out = stdout.lock();
+                // Stdout is line-buffered: a batch goes out in few writes, not one per event.
+                let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
                 while let Some(item) = rb.next() {
                     let Some(ev) = decode(&item) else {
                         warn!(len = item.len(), "skipping a ring-buffer record of unexpected size");
                         continue;
                     };
-                    let mut rec = Record::from_event(&ev, &clock);
+                    let mut rec = Record::from_event(&ev, &clock, &mut names);
                     explainer.explain(&ev, &mut rec);
                     let json = serde_json::to_string(&rec)?;
-                    let line = match opts.output {
-                        Output::Json => json.clone(),
-                        Output::Text => rec.text(),
-                    };
-                    writeln!(out, "{line}")?;
+                    match opts.output {
+                        Output::Json => writeln!(out, "{json}")?,
+                        Output::Text => writeln!(out, "{}", rec.text())?,
+                    }
                     if let Some(f) = file.as_mut() {
                         if let Err(e) = f.write_line(&json) {
                             warn!("writing the events file: {e}");
