@@ -916,6 +916,77 @@ fn audit_mode_passes_and_reports() {
     );
 }
 
+/// Guarded ports live in a per-generation bitmap: a switch must clear what the previous policy
+/// guarded, in both generations, and TCP and UDP ports are separate.
+#[test]
+fn guarded_ports_follow_policy_switches() {
+    if !require_root("guarded_ports_follow_policy_switches") {
+        return;
+    }
+    let mut lab = Lab::new(Mode::Enforce);
+    let i = programs::TC_INGRESS;
+    let outsider = |proto: u8, port: u16| {
+        let l4 = if proto == TCP {
+            tcp(50000, port, SYN)
+        } else {
+            udp(50000, port)
+        };
+        v4(ipv4("192.0.2.99", "192.0.2.1", proto, 0, &l4))
+    };
+    let guard = |proto, port| Guard {
+        port,
+        proto,
+        purpose: "test".into(),
+    };
+    let expect = |lab: &mut Lab, what: &str, guarded: &[(u8, u16)], open: &[(u8, u16)]| {
+        for &(proto, port) in guarded {
+            lab.check(
+                &format!("{what}: {proto}/{port} guarded"),
+                i,
+                &outsider(proto, port),
+                TC_DROP,
+                counter::DENIED,
+                Some(reason::SOURCE_NOT_ALLOWED),
+            );
+        }
+        for &(proto, port) in open {
+            lab.check(
+                &format!("{what}: {proto}/{port} open"),
+                i,
+                &outsider(proto, port),
+                TC_PASS,
+                counter::PASSED,
+                None,
+            );
+        }
+    };
+    expect(
+        &mut lab,
+        "first policy",
+        &[(TCP, 8000), (TCP, 17546)],
+        &[(UDP, 8000), (TCP, 8001), (TCP, 7999), (TCP, 8064)],
+    );
+    // The other generation: 8000 and 17546 no longer guarded, UDP 8001 and TCP 63 now.
+    let mut p = policy();
+    p.guarded = vec![guard(Proto::Udp, 8001), guard(Proto::Tcp, 63)];
+    lab.dp.apply(&p, 0).unwrap();
+    expect(
+        &mut lab,
+        "second policy",
+        &[(UDP, 8001), (TCP, 63)],
+        &[(TCP, 8000), (TCP, 17546), (TCP, 8001), (TCP, 64)],
+    );
+    // Back to the first generation's slot: nothing of the first policy may remain there.
+    p.guarded = vec![guard(Proto::Tcp, 8000)];
+    lab.dp.apply(&p, 0).unwrap();
+    expect(
+        &mut lab,
+        "third policy",
+        &[(TCP, 8000)],
+        &[(TCP, 17546), (UDP, 8001), (TCP, 63)],
+    );
+}
+
 #[test]
 fn established_flows_are_judged_again_after_a_policy_switch() {
     if !require_root("established_flows_are_judged_again_after_a_policy_switch") {

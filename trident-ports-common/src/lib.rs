@@ -124,13 +124,36 @@ pub struct RangeKey {
 /// Bits of a [`RangeKey`] before the port: LPM prefixes add the port prefix length to this.
 pub const RANGE_KEY_HEADER_BITS: u32 = 64;
 
-/// A node port that only listed sources may reach (Trident's 8000, 8443, 8001, the probe port).
+/// A node port that only listed sources may reach (Trident's 8000, 8443, 8001, the probe port),
+/// in one policy generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct GuardKey {
     pub generation: u8,
     pub proto: u8,
     pub port: u16,
+}
+
+/// Words of the guarded-port bitmap per generation and protocol: one bit per port.
+pub const GUARD_WORDS_PER_SET: u32 = 65_536 / 64;
+
+/// Words of the guarded-port bitmap: two generations, TCP and UDP. Every ingress packet from an
+/// address outside the policy asks it, so it is an array read rather than a hash lookup.
+pub const GUARD_WORDS: u32 = 2 * 2 * GUARD_WORDS_PER_SET;
+
+impl GuardKey {
+    /// The bitmap word and bit of this port; `None` for a protocol that has no guarded ports.
+    #[inline(always)]
+    pub fn slot(&self) -> Option<(u32, u64)> {
+        let set = match self.proto {
+            PROTO_TCP => 0,
+            PROTO_UDP => 1,
+            _ => return None,
+        };
+        let word = ((self.generation as u32 & 1) * 2 + set) * GUARD_WORDS_PER_SET
+            + (self.port as u32 >> 6);
+        Some((word, 1u64 << (self.port & 63)))
+    }
 }
 
 /// One flow, seen from the node: the same key whichever direction a packet goes.
@@ -260,7 +283,6 @@ pub mod limits {
     pub const PEER_PREFIXES: u32 = 65_536;
     pub const RULES: u32 = 524_288;
     pub const RANGES: u32 = 65_536;
-    pub const GUARDS: u32 = 1_024;
     pub const FLOWS: u32 = 65_536;
     pub const GATES: u32 = 16_384;
     pub const EVENTS_BYTES: u32 = 1 << 20;
@@ -297,7 +319,6 @@ mod pod {
     unsafe impl aya::Pod for PeerInfo {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for RangeKey {}
-    unsafe impl aya::Pod for GuardKey {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for EventGate {}

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, EventGate, FlowKey, FlowState, GateKey, GuardKey, PeerInfo, PeerKey,
+    COUNTER_SLOTS, Config, EventGate, FlowKey, FlowState, GUARD_WORDS, GateKey, PeerInfo, PeerKey,
     RangeKey, RuleKey, limits,
 };
 
@@ -30,8 +30,9 @@ pub static RULES: HashMap<RuleKey, u32> = HashMap::with_max_entries(limits::RULE
 #[map(name = "TP_RANGES")]
 pub static RANGES: LpmTrie<RangeKey, u32> = LpmTrie::with_max_entries(limits::RANGES, NO_PREALLOC);
 
+/// Guarded node ports, a bitmap (see `GuardKey::slot`).
 #[map(name = "TP_GUARDS")]
-pub static GUARDS: HashMap<GuardKey, u32> = HashMap::with_max_entries(limits::GUARDS, 0);
+pub static GUARDS: Array<u64> = Array::with_max_entries(GUARD_WORDS, 0);
 
 #[map(name = "TP_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(limits::FLOWS, 0);

@@ -358,5 +358,11 @@ fn is_guarded(generation: u8, proto: u8, port: u16) -> bool {
         proto,
         port,
     };
-    unsafe { GUARDS.get(&key) }.is_some()
+    let Some((word, bit)) = key.slot() else {
+        return false;
+    };
+    match GUARDS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
 }

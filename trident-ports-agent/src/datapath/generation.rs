@@ -1,8 +1,11 @@
 //! Policy switches by generation: the new policy is written beside the running one, one store
 //! to the configuration entry switches, then the old generation is removed.
 use aya::maps::lpm_trie::Key;
+use std::collections::BTreeMap;
+
 use trident_ports_common::{
-    Config, GuardKey, MODE_AUDIT, MODE_ENFORCE, PeerKey, RangeKey, RuleKey, limits, maps,
+    Config, GUARD_WORDS_PER_SET, GuardKey, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, PeerKey,
+    RangeKey, RuleKey, limits, maps,
 };
 
 use super::{Datapath, Tables, compile, map_err};
@@ -60,7 +63,6 @@ impl Datapath {
             ),
             (maps::RULES, t.rules.len(), limits::RULES / 2),
             (maps::RANGES, t.ranges.len(), limits::RANGES / 2),
-            (maps::GUARDS, t.guards.len(), limits::GUARDS / 2),
         ];
         for (map, entries, limit) in checks {
             if entries > limit as usize {
@@ -91,8 +93,15 @@ impl Datapath {
                 .insert(&Key::new(*bits, *k), 1, 0)
                 .map_err(map_err(maps::RANGES))?;
         }
-        for k in &t.guards {
-            self.guards.insert(k, 1, 0).map_err(map_err(maps::GUARDS))?;
+        // The generation's words were cleared by `remove_generation`: only set bits are written.
+        let mut words: BTreeMap<u32, u64> = BTreeMap::new();
+        for (word, bit) in t.guards.iter().filter_map(GuardKey::slot) {
+            *words.entry(word).or_default() |= bit;
+        }
+        for (word, bits) in words {
+            self.guards
+                .set(word, bits, 0)
+                .map_err(map_err(maps::GUARDS))?;
         }
         Ok(())
     }
@@ -134,14 +143,19 @@ impl Datapath {
         for k in ranges {
             let _ = self.ranges.remove(&k);
         }
-        let guards: Vec<GuardKey> = self
-            .guards
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.generation == generation)
-            .collect();
-        for k in guards {
-            let _ = self.guards.remove(&k);
+        // Every word of the generation's bitmap, TCP and UDP: an array has no keys to find.
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let first = GuardKey {
+                generation,
+                proto,
+                port: 0,
+            };
+            let Some((start, _)) = first.slot() else {
+                continue;
+            };
+            for word in start..start + GUARD_WORDS_PER_SET {
+                self.guards.set(word, 0, 0).map_err(map_err(maps::GUARDS))?;
+            }
         }
         Ok(())
     }

@@ -14,8 +14,8 @@ use aya::{
     programs::SchedClassifier,
 };
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, FlowKey, FlowState, GuardKey, MODE_AUDIT, MODE_ENFORCE,
-    OPTION_NO_RECENT_FLOWS, PeerInfo, PeerKey, RangeKey, RuleKey, counter, maps, programs,
+    COUNTER_SLOTS, Config, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE, OPTION_NO_RECENT_FLOWS,
+    PeerInfo, PeerKey, RangeKey, RuleKey, counter, maps, programs,
 };
 
 use crate::{
@@ -37,7 +37,7 @@ pub struct Datapath {
     prefixes: LpmTrie<MapData, PeerKey, PeerInfo>,
     rules: HashMap<MapData, RuleKey, u32>,
     ranges: LpmTrie<MapData, RangeKey, u32>,
-    guards: HashMap<MapData, GuardKey, u32>,
+    guards: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowState>,
     events: Option<RingBuf<MapData>>,
