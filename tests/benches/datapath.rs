@@ -531,7 +531,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn throughput(smoke: bool) {
     println!("## TCP throughput over a veth pair (iperf3, one stream, Gbit/s)\n");
-    let (seconds, rounds) = if smoke { (1, 1) } else { (3, 5) };
+    let (seconds, rounds) = if smoke { (1, 1) } else { (3, 7) };
     let pair = Pair::standard();
     let mut server = Command::new("ip")
         .args([
