@@ -3,6 +3,7 @@
 //!
 //! Every namespace a test creates is removed when its guard drops, also when the test fails.
 pub mod agent;
+pub mod bpffs;
 pub mod lab;
 pub mod netns;
 pub mod packet;

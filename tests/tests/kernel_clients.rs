@@ -13,7 +13,8 @@ use std::{
 };
 
 use trident_ports_tests::{
-    agent::Agent,
+    agent::{Agent, binary},
+    bpffs::{BpfFs, pin_map},
     lab::{CHAP_SECRET, CHAP_USER, LUN_LABEL, Lab, Service, TARGET, assert_nfsv3_block_explained},
     netns::NetNs,
     require_root,
@@ -41,6 +42,10 @@ fn lab() -> Lab {
 }
 
 fn agent(lab: &Lab, name: &str, backends: &str) -> Agent {
+    agent_with(lab, name, backends, &[])
+}
+
+fn agent_with(lab: &Lab, name: &str, backends: &str, extra: &[&str]) -> Agent {
     let dir = lab.dir.join(format!("agent-{name}"));
     std::fs::create_dir_all(dir.join("backends")).unwrap();
     std::fs::write(dir.join("backends/backends.yaml"), backends).unwrap();
@@ -49,7 +54,7 @@ fn agent(lab: &Lab, name: &str, backends: &str) -> Agent {
         "backends: {sources: [backends]}\nevents: {interval: 1s}\n",
     )
     .unwrap();
-    Agent::run(&lab.pair, &dir.join("node.yaml"), &[])
+    Agent::run(&lab.pair, &dir.join("node.yaml"), extra)
 }
 
 /// Runs a client command with a time limit; Ok(stdout) or Err(what it printed).
@@ -380,4 +385,80 @@ fn kernel_nfsv3_mount_is_blocked_under_an_nfsv4_only_policy() {
         "only the NFSv3 ports were denied: {events:?}"
     );
     a.stop(libc::SIGTERM);
+}
+
+/// Losing a mount is the worst failure trident-ports can cause. An upgrade whose configuration
+/// record changed shape replaces the pinned configuration and, with it, the connection table:
+/// a mounted NFS file system must stay usable across it, through the connection it already
+/// had, with nothing denied.
+#[test]
+fn an_nfs_mount_stays_usable_across_an_upgrade_that_replaces_the_connection_table() {
+    if !in_test_vm("an_nfs_mount_stays_usable_across_an_upgrade_that_replaces_the_connection_table")
+    {
+        return;
+    }
+    let lab = lab();
+    let fs = BpfFs::mount();
+    let pin = fs.0.join("trident-ports");
+    let pin_arg = pin.to_str().unwrap().to_string();
+    let args = ["--pin-dir", pin_arg.as_str()];
+    let a = agent_with(&lab, "upgrade", BACKENDS, &args);
+    // Soft, so that a connection the upgrade broke shows as an error, not a hang.
+    let mount = NfsMount::new(
+        &lab,
+        "192.0.2.2:/export",
+        "vers=4.1,soft,timeo=30,retrans=2",
+    )
+    .expect("NFSv4.1 mount");
+    std::fs::write(mount.path("before.txt"), "before the upgrade\n").unwrap();
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    drop(a);
+    // What an older agent would have pinned: a configuration record of another size.
+    let config = pin.join("maps").join(trident_ports_common::maps::CONFIG);
+    std::fs::remove_file(&config).unwrap();
+    const ARRAY: u32 = 2;
+    pin_map(&config, ARRAY, 4, 8, 1);
+    let mut b = agent_with(&lab, "upgrade", BACKENDS, &args);
+    b.wait_for_log("adopted the pinned attachment", Duration::from_secs(10));
+    let log = b.log();
+    assert!(
+        log.lines().any(|l| l.contains("connection table")),
+        "the connection table was replaced with the configuration:\n{log}"
+    );
+    for line in log.lines().filter(|l| l.contains("attached")) {
+        eprintln!("{line}");
+    }
+    let path = |name: &str| mount.path(name).to_str().unwrap().to_string();
+    let read = client(&["cat", &path("before.txt")], Duration::from_secs(30))
+        .expect("reading over the mount after the upgrade");
+    assert_eq!(read, "before the upgrade\n");
+    client(
+        &["sh", "-c", &format!("echo after > {}", path("after.txt"))],
+        Duration::from_secs(30),
+    )
+    .expect("writing over the mount after the upgrade");
+    assert_eq!(
+        std::fs::read_to_string(lab.dir.join("export/after.txt")).unwrap(),
+        "after\n",
+        "the server has what the node wrote"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        b.events.lock().unwrap().is_empty(),
+        "nothing was denied across the upgrade: {:?}",
+        b.events.lock().unwrap()
+    );
+    drop(mount);
+    b.stop(libc::SIGTERM);
+    // The node is the VM's root namespace: leave no enforcement behind for the next test.
+    let out = Command::new(binary())
+        .args(["uninstall", "--pin-dir", &pin_arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -16,35 +16,13 @@ use std::{
 
 use trident_ports_tests::{
     agent::{Agent, binary},
-    netns::{Pair, unique},
+    bpffs::{BpfFs, pin_map},
+    netns::Pair,
     require_root,
     traffic::{Echo, sa, tcp_echo},
 };
 
 const T: Duration = Duration::from_millis(500);
-
-/// A BPF filesystem of the test's own, outside /sys (which `ip netns exec` remounts).
-struct BpfFs(PathBuf);
-
-impl BpfFs {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(unique("tp-bpffs-"));
-        std::fs::create_dir_all(&p).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "bpf", "bpf", p.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a bpf filesystem");
-        BpfFs(p)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// Allowed and denied TCP attempts in a loop, counting what went wrong.
 struct Traffic {
@@ -163,65 +141,6 @@ fn attached_programs(pair: &Pair) -> usize {
     tcx + filters + xdp
 }
 
-/// Creates a map with bpf(2) and pins it at `path`: what an agent of another version might have
-/// left there.
-fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
-    #[repr(C)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_MAP_CREATE: i64 = 0;
-    const BPF_OBJ_PIN: i64 = 6;
-    let create = MapCreate {
-        map_type,
-        key_size,
-        value_size,
-        max_entries,
-        map_flags: 0,
-    };
-    // SAFETY: bpf(2) with fully initialised attributes of the sizes passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &create as *const MapCreate,
-            std::mem::size_of::<MapCreate>(),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let pin = ObjPin {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: fd as u32,
-        file_flags: 0,
-    };
-    // SAFETY: as above; the pin holds its own reference, so the descriptor can be closed.
-    unsafe {
-        let rc = libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &pin as *const ObjPin,
-            std::mem::size_of::<ObjPin>(),
-        );
-        assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-        libc::close(fd as i32);
-    }
-}
-
 /// An upgrade whose maps changed shape: the new agent must not share the old pinned maps with
 /// its programs (the verifier would reject them, or lookups would miss), and enforcement must
 /// not pause while it replaces them.
@@ -231,7 +150,7 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
         return;
     }
     use trident_ports_common::{COUNTER_SLOTS, Config, maps};
-    let fs = BpfFs::new();
+    let fs = BpfFs::mount();
     let pin = fs.0.join("trident-ports");
     let (pair, dir, _echo) = lab("upgrade");
     let cfg = dir.join("node.yaml");
@@ -301,7 +220,7 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
 }
 
 fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
-    let fs = BpfFs::new();
+    let fs = BpfFs::mount();
     let pin = fs.0.join("trident-ports");
     let (pair, dir, _echo) = lab(name);
     let cfg = dir.join("node.yaml");
