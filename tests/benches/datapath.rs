@@ -26,7 +26,7 @@ use trident_ports_agent::{
     policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
 };
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs};
-use trident_ports_tests::{netns::Pair, packet::*};
+use trident_ports_tests::{OnCpu0, bpffs::sys_bpf, netns::Pair, packet::*};
 
 fn entry(dst: String, port: u16) -> Entry {
     Entry {
@@ -124,7 +124,7 @@ impl EmptyProgram {
         let license = b"GPL\0";
         let mut prog_name = [0u8; 16];
         prog_name[..EMPTY_PROGRAM.len()].copy_from_slice(EMPTY_PROGRAM.as_bytes());
-        let load = ProgLoad {
+        let mut load = ProgLoad {
             prog_type,
             insn_cnt: 2,
             insns: insns.as_ptr() as u64,
@@ -136,20 +136,7 @@ impl EmptyProgram {
             prog_flags: 0,
             prog_name,
         };
-        // SAFETY: a bpf(2) call with a fully initialised attribute of the size passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &load as *const ProgLoad,
-                std::mem::size_of::<ProgLoad>(),
-            )
-        };
-        assert!(
-            fd >= 0,
-            "loading the empty program: {}",
-            std::io::Error::last_os_error()
-        );
+        let fd = sys_bpf(BPF_PROG_LOAD, &mut load).expect("loading the empty program");
         // SAFETY: a descriptor the kernel just returned, owned by nobody else.
         Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
     }
@@ -178,16 +165,7 @@ impl EmptyProgram {
             repeat,
             duration: 0,
         };
-        // SAFETY: as above; the kernel writes retval and duration back into `run`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut run as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
+        sys_bpf(BPF_PROG_TEST_RUN, &mut run).expect("test run of the empty program");
         run.duration as f64
     }
 
@@ -219,35 +197,9 @@ fn path_ns(dp: &mut Datapath, prog: &str, frame: &[u8], repeat: u32, dir: u8, co
     median(&mut runs)
 }
 
-/// Keeps the calling thread on CPU 0 while it lives, then gives it back its CPUs: test runs
-/// execute on the caller's CPU, and the recent-flow cache is per CPU, so a run that moved
-/// would meet another CPU's cache.
-struct OnCpu0(libc::cpu_set_t);
-
-impl OnCpu0 {
-    fn new() -> Self {
-        // SAFETY: sched_{get,set}affinity on the calling thread with owned, sized sets.
-        unsafe {
-            let mut old: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
-            OnCpu0(old)
-        }
-    }
-}
-
-impl Drop for OnCpu0 {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
-    }
-}
-
 fn per_packet(smoke: bool) {
-    let _cpu = OnCpu0::new();
+    // The recent-flow cache is per CPU: a run that moved would meet another CPU's cache.
+    let _cpu = OnCpu0::pin();
     println!("## Cost per packet (BPF_PROG_TEST_RUN, ns/packet)\n");
     println!(
         "| program | entries | allowed, recent flow | allowed, table hit | allowed by rule, no table entry | allowed, new flow | denied | unprotected | not IP | empty program |"
@@ -474,6 +426,28 @@ const FILTERS: [Filter; 4] = [
     Filter::Iptables,
 ];
 
+/// trident-ports enforcing an allow list of `entries` on the node side of `pair`, in process;
+/// dropping the datapath detaches it.
+fn trident_ports_on(pair: &Pair, entries: &[(Ipv4Addr, u16)], recent_flows: bool) -> Datapath {
+    let node_if = pair.node_if.clone();
+    let policy = Policy {
+        role: "worker".into(),
+        entries: entries
+            .iter()
+            .map(|(a, p)| entry(format!("{a}/32"), *p))
+            .collect(),
+        ..Default::default()
+    };
+    pair.node.within(move || {
+        let mut dp = Datapath::load().unwrap();
+        dp.apply(&policy, 1_000_000_000).unwrap();
+        dp.set_recent_flows(recent_flows).unwrap();
+        dp.attach(&node_if, Default::default(), Default::default())
+            .unwrap();
+        dp
+    })
+}
+
 /// One iperf3 run with `filter` installed on the node side for `entries`, removed afterwards.
 fn iperf_with(pair: &Pair, filter: Filter, entries: &[(Ipv4Addr, u16)], seconds: u32) -> f64 {
     let node = pair.node.name.clone();
@@ -482,23 +456,7 @@ fn iperf_with(pair: &Pair, filter: Filter, entries: &[(Ipv4Addr, u16)], seconds:
     match filter {
         Filter::None => iperf(pair, seconds),
         Filter::TridentPorts => {
-            // In process, in the node namespace; dropping the datapath detaches it.
-            let node_if = pair.node_if.clone();
-            let policy = Policy {
-                role: "worker".into(),
-                entries: entries
-                    .iter()
-                    .map(|(a, p)| entry(format!("{a}/32"), *p))
-                    .collect(),
-                ..Default::default()
-            };
-            let dp = pair.node.within(move || {
-                let mut dp = Datapath::load().unwrap();
-                dp.apply(&policy, 1_000_000_000).unwrap();
-                dp.attach(&node_if, Default::default(), Default::default())
-                    .unwrap();
-                dp
-            });
+            let dp = trident_ports_on(pair, entries, true);
             let g = iperf(pair, seconds);
             drop(dp);
             g
@@ -533,20 +491,7 @@ fn throughput(smoke: bool) {
     println!("## TCP throughput over a veth pair (iperf3, one stream, Gbit/s)\n");
     let (seconds, rounds) = if smoke { (1, 1) } else { (3, 7) };
     let pair = Pair::standard();
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.storage.name,
-            "iperf3",
-            "-s",
-            "-B",
-            "192.0.2.2",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut server = iperf_server(&pair);
     println!(
         "| entries | no filter | trident-ports | nftables (sets) | iptables (rules) | trident-ports runs |"
     );
@@ -638,23 +583,7 @@ fn real_traffic(smoke: bool) {
     };
     let mut last = None;
     for &(n, streams, cache) in runs {
-        let node_if = pair.node_if.clone();
-        let policy = Policy {
-            role: "worker".into(),
-            entries: v4_entries(n)
-                .iter()
-                .map(|(a, p)| entry(format!("{a}/32"), *p))
-                .collect(),
-            ..Default::default()
-        };
-        let mut dp = pair.node.within(move || {
-            let mut dp = Datapath::load().unwrap();
-            dp.apply(&policy, 1_000_000_000).unwrap();
-            dp.set_recent_flows(cache).unwrap();
-            dp.attach(&node_if, Default::default(), Default::default())
-                .unwrap();
-            dp
-        });
+        let mut dp = trident_ports_on(&pair, &v4_entries(n), cache);
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
         let e0 = prog_stats(&mut dp, programs::TC_EGRESS);
         let i0 = prog_stats(&mut dp, programs::TC_INGRESS);

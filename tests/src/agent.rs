@@ -26,6 +26,22 @@ pub fn binary() -> PathBuf {
     p
 }
 
+/// `trident-ports-agent uninstall --pin-dir PIN` in `ns`: detaches what a pinned agent left and
+/// removes the pins. Panics with the agent's stderr if it fails; returns its stdout.
+pub fn uninstall(ns: &NetNs, pin: &std::path::Path) -> String {
+    let out = ns
+        .command(binary().to_str().unwrap())
+        .args(["uninstall", "--pin-dir", pin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub struct Agent {
     child: Option<Child>,
     /// The agent's flows socket (unique per agent, so that agents in parallel tests never meet).

@@ -1,4 +1,5 @@
-//! A BPF filesystem of a test's own, and maps pinned on it the way another agent would have.
+//! A BPF filesystem of a test's own, maps pinned on it the way another agent would have, and
+//! the raw bpf(2) call for what aya does not offer.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -48,7 +49,7 @@ pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
     }
     const BPF_MAP_CREATE: i64 = 0;
     const BPF_OBJ_PIN: i64 = 6;
-    let create = MapCreate {
+    let mut create = MapCreate {
         map_type,
         key_size,
         value_size,
@@ -62,35 +63,28 @@ pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
     };
     // SAFETY: setrlimit reads the struct we own.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-    // SAFETY: bpf(2) with fully initialised attributes of the sizes passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &create as *const MapCreate,
-            std::mem::size_of::<MapCreate>(),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
+    let fd = sys_bpf(BPF_MAP_CREATE, &mut create).expect("BPF_MAP_CREATE");
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let pin = ObjPin {
+    let mut pin = ObjPin {
         pathname: c_path.as_ptr() as u64,
         bpf_fd: fd as u32,
         file_flags: 0,
     };
-    // SAFETY: as above; the pin holds its own reference, so the descriptor can be closed.
-    unsafe {
-        let rc = libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &pin as *const ObjPin,
-            std::mem::size_of::<ObjPin>(),
-        );
-        assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-        libc::close(fd as i32);
+    let pinned = sys_bpf(BPF_OBJ_PIN, &mut pin);
+    // SAFETY: closing the descriptor this function opened; the pin holds its own reference.
+    unsafe { libc::close(fd as i32) };
+    pinned.expect("BPF_OBJ_PIN");
+}
+
+/// bpf(2) with `attr` as the command's attribute; the kernel may write results back into it.
+/// `T` must be the `#[repr(C)]` prefix of the command's `union bpf_attr` member, every field
+/// initialised (the kernel takes the size passed and zero for the rest).
+pub fn sys_bpf<T>(cmd: i64, attr: &mut T) -> std::io::Result<i64> {
+    // SAFETY: the pointer and size describe `attr`, which lives across the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }

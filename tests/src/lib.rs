@@ -49,3 +49,30 @@ pub fn kernel_has(test: &str, at_least: (u32, u32), feature: &str) -> bool {
 
 /// XDP ingress needs bpf_xdp_load_bytes.
 pub const XDP_KERNEL: (u32, u32) = (5, 18);
+
+/// Keeps the calling thread on CPU 0 while it lives, then gives it back its CPUs. Test runs
+/// (BPF_PROG_TEST_RUN) execute on the caller's CPU and the datapath's recent-flow cache is per
+/// CPU: on one CPU, which path answers a repeated flow (cache or connection table) is known.
+pub struct OnCpu0(libc::cpu_set_t);
+
+impl OnCpu0 {
+    pub fn pin() -> Self {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: sched_{get,set}affinity on the calling thread with owned, sized sets.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
+            OnCpu0(old)
+        }
+    }
+}
+
+impl Drop for OnCpu0 {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}

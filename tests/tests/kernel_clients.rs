@@ -13,7 +13,7 @@ use std::{
 };
 
 use trident_ports_tests::{
-    agent::{Agent, binary},
+    agent::{Agent, uninstall},
     bpffs::{BpfFs, pin_map},
     lab::{CHAP_SECRET, CHAP_USER, LUN_LABEL, Lab, Service, TARGET, assert_nfsv3_block_explained},
     netns::NetNs,
@@ -452,13 +452,5 @@ fn an_nfs_mount_stays_usable_across_an_upgrade_that_replaces_the_connection_tabl
     drop(mount);
     b.stop(libc::SIGTERM);
     // The node is the VM's root namespace: leave no enforcement behind for the next test.
-    let out = Command::new(binary())
-        .args(["uninstall", "--pin-dir", &pin_arg])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "uninstall: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    uninstall(&lab.pair.node, &pin);
 }

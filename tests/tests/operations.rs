@@ -15,7 +15,7 @@ use std::{
 };
 
 use trident_ports_tests::{
-    agent::{Agent, binary},
+    agent::{Agent, binary, uninstall},
     bpffs::{BpfFs, pin_map},
     netns::Pair,
     require_root,
@@ -209,13 +209,7 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     assert!(ok > 10, "allowed exchanges: {ok}");
     assert_eq!(failed, 0, "no allowed exchange failed across the upgrade");
     assert_eq!(passed, 0, "the denied port never passed");
-    let out = pair
-        .node
-        .command(binary().to_str().unwrap())
-        .args(["uninstall", "--pin-dir", pin.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    uninstall(&pair.node, &pin);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -277,22 +271,10 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
         "SIGTERM of a pinned agent leaves enforcement in place"
     );
     // uninstall: nothing left.
-    let out = pair
-        .node
-        .command(binary().to_str().unwrap())
-        .args(["uninstall", "--pin-dir", pin.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = uninstall(&pair.node, &pin);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains(&format!("removed {expected_attachments} attachment(s)")),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        out.contains(&format!("removed {expected_attachments} attachment(s)")),
+        "{out}"
     );
     assert_eq!(attached_programs(&pair), 0);
     assert!(!pin.exists(), "the pin directory is gone");

@@ -7,7 +7,7 @@ use trident_ports_agent::{
     policy::{Direction, Entry, Guard, Mode, Policy, PortRange, Proto},
 };
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs, reason};
-use trident_ports_tests::{XDP_KERNEL, kernel, kernel_has, packet::*, require_root};
+use trident_ports_tests::{OnCpu0, XDP_KERNEL, kernel, kernel_has, packet::*, require_root};
 
 const TC_PASS: u32 = u32::MAX; // TC_ACT_UNSPEC (-1): next program / default action
 const TC_DROP: u32 = 2; // TC_ACT_SHOT
@@ -74,11 +74,13 @@ fn policy() -> Policy {
 struct Lab {
     dp: Datapath,
     events: aya::maps::RingBuf<aya::maps::MapData>,
+    /// Which path answers a repeated flow is known only on one CPU.
+    _cpu: OnCpu0,
 }
 
 impl Lab {
     fn new(mode: Mode) -> Self {
-        pin_to_cpu0();
+        let cpu = OnCpu0::pin();
         let mut dp = Datapath::load().expect("load");
         if kernel() >= XDP_KERNEL {
             dp.load_xdp().expect("load the XDP program");
@@ -87,7 +89,11 @@ impl Lab {
         p.mode = mode;
         dp.apply(&p, 0).expect("apply");
         let events = dp.take_events().unwrap();
-        Lab { dp, events }
+        Lab {
+            dp,
+            events,
+            _cpu: cpu,
+        }
     }
 
     fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
@@ -140,20 +146,6 @@ impl Lab {
             self.reasons(),
             ev.into_iter().collect::<Vec<_>>(),
             "{what}: events"
-        );
-    }
-}
-
-/// Test runs execute on the calling thread's CPU, and the recent-flow cache is per CPU: on one
-/// CPU, which path answers a repeated flow (cache or connection table) is known.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
         );
     }
 }

@@ -48,13 +48,13 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     };
     // A packet of a flow this CPU allowed recently: no parsing, no lookup.
     let (common_shape, words) = flow_words(pkt);
-    let recent = if cfg.options & OPTION_NO_RECENT_FLOWS == 0 {
+    // Only the common shapes have flow words; the others are never cached.
+    let recent = if common_shape && cfg.options & OPTION_NO_RECENT_FLOWS == 0 {
         RECENT.get_ptr_mut(recent_index(dir, &words))
     } else {
         None
     };
     if let Some(r) = recent
-        && common_shape
         // SAFETY: this CPU's set; programs do not nest on one CPU within one direction.
         && (same_flow(unsafe { &(*r).ways[0] }, cfg.seq, &words)
             || same_flow(unsafe { &(*r).ways[1] }, cfg.seq, &words))
@@ -86,7 +86,6 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         }
         Judgement::Allowed(c) => {
             if let Some(r) = recent
-                && common_shape
                 && parsed.kind == kind::PORTS
                 && peer.flags & PEER_PROTECTED != 0
             {

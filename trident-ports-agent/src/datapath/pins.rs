@@ -87,7 +87,7 @@ impl Pins {
     }
 
     /// The layout of the map pinned as `name`, if one is.
-    pub fn pinned_layout(&self, name: &str) -> Result<Option<MapLayout>> {
+    fn pinned_layout(&self, name: &str) -> Result<Option<MapLayout>> {
         let path = self.map(name);
         if !path.exists() {
             return Ok(None);
@@ -151,7 +151,7 @@ impl Pins {
     /// Unpins `name`, so that the loader creates and pins a fresh map in its place. Programs
     /// still using the old map (through links an earlier agent pinned) keep it until their
     /// links move to this build's programs, so enforcement does not pause.
-    pub fn retire_map(&self, name: &str) -> Result<()> {
+    fn retire_map(&self, name: &str) -> Result<()> {
         let path = self.map(name);
         std::fs::remove_file(&path).map_err(|e| Error::Config {
             path,
