@@ -120,6 +120,11 @@ struct Shared {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while the agent loads and attaches is held for the
+    // event loop below instead of taking the default action (SIGHUP would kill the agent).
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let opts = Arc::new(opts);
     let (cfg, policy) = compiler::load(opts.config.as_deref(), &opts.extra_backends, opts.role)?;
     let mut interfaces = cfg.interfaces.clone();
@@ -208,9 +213,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let clock = Clock::new();
     let mut names = IfNames::default();
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     // The first look comes one interval from now: the policy was just compiled from these files.
     let mut watch = tokio::time::interval_at(
         tokio::time::Instant::now() + opts.watch_interval,
