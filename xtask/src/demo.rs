@@ -4,7 +4,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::Path,
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -26,24 +26,27 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// What the demo's client tries, and what the demo policy should say.
-const TARGETS: &[(&str, &str, &str)] = &[
-    ("tcp", "192.0.2.2:2049", "NFS (allowed)"),
-    ("tcp", "192.0.2.2:443", "ONTAP management HTTPS (allowed)"),
+/// What the demo's client tries, what the demo policy should say, and whether it should pass.
+const TARGETS: &[(&str, &str, &str, bool)] = &[
+    ("tcp", "192.0.2.2:2049", "NFS (allowed)", true),
+    ("tcp", "192.0.2.2:443", "ONTAP management HTTPS (allowed)", true),
     (
         "tcp",
         "192.0.2.2:3260",
         "iSCSI (denied: the backend is NFS only)",
+        false,
     ),
     (
         "udp",
         "192.0.2.2:4045",
         "NFSv3 lock manager (denied: the backend pins NFSv4.1)",
+        false,
     ),
     (
         "tcp",
         "192.0.2.3:8080",
         "an address that is not storage (untouched)",
+        true,
     ),
 ];
 
@@ -112,12 +115,13 @@ pub fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
     }
     let _topo = topology()?;
     let me = std::env::current_exe()?;
-    let servers: Vec<&str> = TARGETS.iter().map(|(_, a, _)| *a).collect();
+    let servers: Vec<&str> = TARGETS.iter().map(|(_, a, _, _)| *a).collect();
     let mut serve = Command::new("ip")
         .args(["netns", "exec", STORAGE])
         .arg(&me)
         .arg("demo-serve")
         .args(&servers)
+        .process_group(0)
         .spawn()
         .context("starting the demo servers")?;
     let config = workspace_root().join("config/demo.yaml");
@@ -125,47 +129,110 @@ pub fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         "demo: agent enforcing {} on {NODE_IF} in namespace {NODE}",
         config.display()
     );
+    let socket = std::env::temp_dir().join(format!("trident-ports-demo-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
     let mut agent = Command::new("ip")
         .args(["netns", "exec", NODE])
         .arg(agent)
         .args(["run", "--config"])
         .arg(&config)
-        .args(["--iface", NODE_IF, "-o", "text"])
+        .args(["--iface", NODE_IF, "-o", "text", "--socket"])
+        .arg(&socket)
+        .process_group(0)
         .spawn()
         .context("starting the agent")?;
-    std::thread::sleep(Duration::from_secs(2));
+    // The agent opens its flows socket once it enforces: the first round is then judged by it.
+    let started = Instant::now();
+    while !socket.exists() && !STOP.load(Ordering::SeqCst) {
+        if let Some(status) = agent.try_wait()? {
+            let _ = serve.kill();
+            bail!("the agent exited with {status} before it enforced");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = (agent.kill(), serve.kill());
+            bail!("the agent did not start enforcing within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let node = File::open(format!("/run/netns/{NODE}"))?;
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     let client = std::thread::spawn(move || {
         // SAFETY: valid namespace fd; affects this thread only.
         unsafe { libc::setns(node.as_raw_fd(), libc::CLONE_NEWNET) };
-        while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
-            for (proto, addr, what) in TARGETS {
+        let mut tally = Tally::default();
+        'rounds: while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d)
+        {
+            for (proto, addr, what, expected) in TARGETS {
                 let to: SocketAddr = addr.parse().unwrap();
                 let ok = if *proto == "tcp" {
                     tcp_try(to)
                 } else {
                     udp_try(to)
                 };
+                // A try that Ctrl-C interrupted says nothing about the policy.
+                if STOP.load(Ordering::SeqCst) {
+                    break 'rounds;
+                }
+                tally.count(ok == *expected);
                 eprintln!(
                     "traffic: {proto} {addr:<16} {:<7} {what}",
                     if ok { "ok" } else { "BLOCKED" }
                 );
             }
-            std::thread::sleep(Duration::from_secs(2));
+            tally.rounds += 1;
+            for _ in 0..20 {
+                if STOP.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         STOP.store(true, Ordering::SeqCst);
+        tally
     });
-    let _ = client.join();
-    // SAFETY: signalling our own children.
+    let tally = client.join().expect("the demo client does not panic");
+    // The servers and the agent run in process groups of their own, so that Ctrl-C reaches only
+    // this process: the traffic loop has stopped before they do.
+    // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     let status = agent.wait()?;
     let _ = serve.kill();
     let _ = serve.wait();
+    eprintln!(
+        "demo: {} round(s), {} of {} tries as the policy says{}",
+        tally.rounds,
+        tally.as_expected,
+        tally.as_expected + tally.unexpected,
+        if tally.unexpected == 0 {
+            String::new()
+        } else {
+            format!(" ({} NOT as the policy says)", tally.unexpected)
+        }
+    );
     if !status.success() {
         bail!("the agent exited with {status}");
     }
+    if tally.unexpected > 0 {
+        bail!("{} tries did not go as the policy says", tally.unexpected);
+    }
     Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    rounds: u32,
+    as_expected: u32,
+    unexpected: u32,
+}
+
+impl Tally {
+    fn count(&mut self, as_expected: bool) {
+        if as_expected {
+            self.as_expected += 1;
+        } else {
+            self.unexpected += 1;
+        }
+    }
 }
 
 fn tcp_try(to: SocketAddr) -> bool {

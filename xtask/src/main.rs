@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | build | run | test`.
 mod demo;
+mod peers;
 mod setup;
 mod vm;
 
@@ -136,8 +137,8 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
         .join("trident-ports-agent"))
 }
 
-/// Validates deploy/ against the Kubernetes schemas with kubernetes-validate (PyPI). CI installs
-/// it; elsewhere a missing validator is reported and skipped, except under CI=true.
+/// Validates deploy/ against the Kubernetes schemas with kubernetes-validate (PyPI), which
+/// `peers::ensure` installs.
 fn validate_manifests() -> anyhow::Result<()> {
     let dir = workspace_root().join("deploy");
     let mut files: Vec<_> = std::fs::read_dir(&dir)?
@@ -147,19 +148,6 @@ fn validate_manifests() -> anyhow::Result<()> {
         })
         .collect();
     files.sort();
-    let found = Command::new("kubernetes-validate")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            bail!("kubernetes-validate is missing (pip install kubernetes-validate)");
-        }
-        eprintln!(
-            "xtask: kubernetes-validate not installed; skipping the manifest check (pip install kubernetes-validate)"
-        );
-        return Ok(());
-    }
     run_checked(
         Command::new("kubernetes-validate")
             .args(["--strict", "--quiet", "-k", "1.33.0"])
@@ -193,6 +181,7 @@ fn main() -> anyhow::Result<()> {
             vm::test(&vm, &agent, &args)
         }
         Cmd::Test { vm: _, args } => {
+            peers::ensure(peers::Suite::Test)?;
             build(false)?;
             validate_manifests()?;
             let mut c = cargo();
@@ -203,6 +192,7 @@ fn main() -> anyhow::Result<()> {
             run_tallied(&mut c)
         }
         Cmd::Bench { smoke, parts } => {
+            peers::ensure(peers::Suite::Bench)?;
             let agent = build(true)?;
             let mut c = cargo();
             c.args([

@@ -26,18 +26,6 @@ fn vm_dir() -> PathBuf {
     workspace_root().join("target/vm")
 }
 
-fn need(tool: &str, package: &str) -> anyhow::Result<()> {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()?
-        .success();
-    if !found {
-        bail!("{tool} is missing: apt-get install {package}");
-    }
-    Ok(())
-}
-
 /// The test binaries cargo built, by suite name.
 fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let out = cargo()
@@ -83,15 +71,6 @@ fn serde_json_lite(line: &str) -> anyhow::Result<Option<(String, String)>> {
     })
 }
 
-fn tools() -> anyhow::Result<()> {
-    need("qemu-system-x86_64", "qemu-system-x86")?;
-    need("cpio", "cpio")?;
-    if !Path::new("/bin/busybox").exists() {
-        bail!("busybox-static is missing: apt-get install busybox-static");
-    }
-    Ok(())
-}
-
 fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
     let mut c = Command::new("qemu-system-x86_64");
     c.args([
@@ -115,7 +94,7 @@ fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
 
 /// `cargo xtask run --vm KERNEL`: the README's demo inside a throwaway VM, on the terminal.
 pub fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
-    tools()?;
+    crate::peers::ensure(crate::peers::Suite::Vm)?;
     let (root, release) = fetch(kernel(name)?)?;
     let me = std::env::current_exe()?;
     let guest = Guest {
@@ -140,7 +119,7 @@ pub fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
 
 /// Runs the privileged suites in one VM per kernel and reports per kernel.
 pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Result<()> {
-    tools()?;
+    crate::peers::ensure(crate::peers::Suite::Vm)?;
     let bins = test_binaries()?;
     if bins.len() != SUITES.len() {
         bail!(
