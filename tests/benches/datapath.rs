@@ -21,8 +21,7 @@ use std::{
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use trident_ports_agent::{
     datapath::Datapath,
-    events::{Clock, IfNames, Record, decode},
-    explain::Explainer,
+    events::{Clock, IfNames, Record, decode, explain::Explainer},
     policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
 };
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs};

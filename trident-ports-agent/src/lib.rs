@@ -1,17 +1,19 @@
-//! trident-ports agent library: the port model, the policy compiler, the eBPF loader and the
-//! denied-flow stream. The binary is a thin CLI over it.
+//! trident-ports agent library. The data's way, one folder per stage:
+//!
+//! - `model` (Trident's port table) and `config` (the node configuration): what is wanted;
+//! - `backends`: Trident backend definitions read from files, as Trident reads them;
+//! - `policy`: model + configuration + backends compiled to one [`policy::Policy`], and rendered;
+//! - `datapath`: a policy turned into kernel tables, loaded, switched by generation, attached;
+//! - `events`: the kernel's denied-flow records decoded, explained and served;
+//! - `agent`: `run`, which ties them together: sources, reconcile, servers.
+//!
+//! `net` holds the vocabulary all of them share. The binary is a thin CLI over this library.
+pub mod agent;
 pub mod backends;
-pub mod compiler;
 pub mod config;
 pub mod datapath;
 pub mod error;
 pub mod events;
-pub mod explain;
-pub mod hub;
-pub mod metrics;
 pub mod model;
-pub mod plan;
+pub mod net;
 pub mod policy;
-pub mod privileges;
-pub mod run;
-pub mod socket;

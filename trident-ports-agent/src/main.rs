@@ -3,11 +3,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trident_ports_agent::{
-    compiler,
+    agent::{FileSources, RunOptions, run},
     config::Role,
-    plan::{Format, render},
-    run::{Output, RunOptions, run},
-    socket,
+    events::{Output, socket},
+    policy::render::{Format, render},
 };
 
 #[derive(Parser)]
@@ -120,7 +119,7 @@ async fn real_main() -> anyhow::Result<()> {
             role,
             format,
         } => {
-            let (_, policy) = compiler::load(config.as_deref(), &backends, role)?;
+            let (_, policy) = FileSources::new(config.as_deref(), &backends, role).plan()?;
             print!("{}", render(&policy, format));
             Ok(())
         }

@@ -2,7 +2,7 @@
 //! backends parse and compile.
 use std::path::Path;
 
-use trident_ports_agent::{backends, compiler::compile, config::NodeConfig};
+use trident_ports_agent::{backends, config::NodeConfig, policy::compile::compile};
 
 #[test]
 fn shipped_configmaps_parse_and_compile() {

@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use trident_ports_agent::{
+    agent::FileSources,
     backends::{self, Backend},
-    compiler::{self, compile},
     config::{NodeConfig, Role},
-    plan::{Format, render},
-    policy::{Direction, Entry, Policy, Proto},
+    policy::{
+        Direction, Entry, Policy, Proto,
+        compile::compile,
+        render::{Format, render},
+    },
 };
 
 fn fixtures() -> PathBuf {
@@ -344,8 +347,9 @@ fn nfsv4_only_backends_never_open_nfsv3_ports() {
 
 #[test]
 fn controller_gets_management_and_cluster_ports_only() {
-    let (_, p) =
-        compiler::load(None, &[fixtures().join("backends")], Some(Role::Controller)).unwrap();
+    let (_, p) = FileSources::new(None, &[fixtures().join("backends")], Some(Role::Controller))
+        .plan()
+        .unwrap();
     assert_eq!(p.role, "controller");
     let data_ports = [2049, 111, 635, 3260, 445, 4420];
     assert!(
@@ -407,13 +411,19 @@ fn bad_input_names_file_and_field() {
     )
     .unwrap();
     std::fs::copy(bad.join("unknown-driver.yaml"), dir.join("b.yaml")).unwrap();
-    assert!(compiler::load(None, std::slice::from_ref(&dir), None).is_err());
+    assert!(
+        FileSources::new(None, std::slice::from_ref(&dir), None)
+            .plan()
+            .is_err()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn credentials_never_reach_the_plan() {
-    let (_, p) = compiler::load(None, &[fixtures().join("backends")], None).unwrap();
+    let (_, p) = FileSources::new(None, &[fixtures().join("backends")], None)
+        .plan()
+        .unwrap();
     for format in [Format::Table, Format::Json, Format::Nftables] {
         let out = render(&p, format);
         for secret in [
@@ -430,8 +440,9 @@ fn credentials_never_reach_the_plan() {
 
 #[test]
 fn json_plan_has_the_documented_schema() {
-    let (_, p) =
-        compiler::load(None, &[fixtures().join("backends/ontap-nas-v4.yaml")], None).unwrap();
+    let (_, p) = FileSources::new(None, &[fixtures().join("backends/ontap-nas-v4.yaml")], None)
+        .plan()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&render(&p, Format::Json)).unwrap();
     assert_eq!(v["role"], "worker");
     let e = v["entries"]

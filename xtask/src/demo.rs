@@ -29,7 +29,12 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// What the demo's client tries, what the demo policy should say, and whether it should pass.
 const TARGETS: &[(&str, &str, &str, bool)] = &[
     ("tcp", "192.0.2.2:2049", "NFS (allowed)", true),
-    ("tcp", "192.0.2.2:443", "ONTAP management HTTPS (allowed)", true),
+    (
+        "tcp",
+        "192.0.2.2:443",
+        "ONTAP management HTTPS (allowed)",
+        true,
+    ),
     (
         "tcp",
         "192.0.2.2:3260",
@@ -129,7 +134,8 @@ pub fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         "demo: agent enforcing {} on {NODE_IF} in namespace {NODE}",
         config.display()
     );
-    let socket = std::env::temp_dir().join(format!("trident-ports-demo-{}.sock", std::process::id()));
+    let socket =
+        std::env::temp_dir().join(format!("trident-ports-demo-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
     let mut agent = Command::new("ip")
         .args(["netns", "exec", NODE])
@@ -160,8 +166,7 @@ pub fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         // SAFETY: valid namespace fd; affects this thread only.
         unsafe { libc::setns(node.as_raw_fd(), libc::CLONE_NEWNET) };
         let mut tally = Tally::default();
-        'rounds: while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d)
-        {
+        'rounds: while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
             for (proto, addr, what, expected) in TARGETS {
                 let to: SocketAddr = addr.parse().unwrap();
                 let ok = if *proto == "tcp" {

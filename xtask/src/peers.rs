@@ -31,9 +31,21 @@ const fn peer(probe: &'static str, package: &'static str, why: &'static str) -> 
 const TEST: &[Peer] = &[
     peer("ip", "iproute2", "test network namespaces and veth pairs"),
     peer("tc", "iproute2", "clsact attachment checks"),
-    peer("nft", "nftables", "`nft -c` checks of `plan --format nftables`"),
-    peer("promtool", "prometheus", "`promtool check metrics` on /metrics"),
-    peer("ganesha.nfsd", "nfs-ganesha", "the storage lab's NFS server"),
+    peer(
+        "nft",
+        "nftables",
+        "`nft -c` checks of `plan --format nftables`",
+    ),
+    peer(
+        "promtool",
+        "prometheus",
+        "`promtool check metrics` on /metrics",
+    ),
+    peer(
+        "ganesha.nfsd",
+        "nfs-ganesha",
+        "the storage lab's NFS server",
+    ),
     peer(
         "/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so",
         "nfs-ganesha-vfs",
@@ -45,9 +57,17 @@ const TEST: &[Peer] = &[
     peer("smbd", "samba", "the storage lab's SMB server"),
     peer("smbclient", "smbclient", "the lab's SMB client"),
     peer("nfs-ls", "libnfs-utils", "the lab's NFS client (libnfs)"),
-    peer("iscsi-inq", "libiscsi-bin", "the lab's iSCSI client (libiscsi)"),
+    peer(
+        "iscsi-inq",
+        "libiscsi-bin",
+        "the lab's iSCSI client (libiscsi)",
+    ),
     peer("curl", "curl", "the lab's HTTPS client"),
-    peer("openssl", "openssl", "the lab's HTTPS server and certificates"),
+    peer(
+        "openssl",
+        "openssl",
+        "the lab's HTTPS server and certificates",
+    ),
 ];
 
 /// What `cargo xtask test --vm` needs besides [`TEST`]: QEMU, the initramfs tools, the kernel
@@ -58,8 +78,16 @@ const VM: &[Peer] = &[
     peer("cpio", "cpio", "the guest's initramfs"),
     peer("xz", "xz-utils", "unpacking Debian kernel packages"),
     peer("zstd", "zstd", "unpacking Debian kernel packages"),
-    peer("mount.nfs", "nfs-common", "the node's kernel NFS client in the guest"),
-    peer("iscsid", "open-iscsi", "the node's kernel iSCSI initiator in the guest"),
+    peer(
+        "mount.nfs",
+        "nfs-common",
+        "the node's kernel NFS client in the guest",
+    ),
+    peer(
+        "iscsid",
+        "open-iscsi",
+        "the node's kernel iSCSI initiator in the guest",
+    ),
 ];
 
 /// What `cargo xtask bench` compares against and drives traffic with.
@@ -152,10 +180,7 @@ fn install(missing: &[&Peer]) -> anyhow::Result<()> {
         .map(|p| p.probe)
         .collect();
     if !still.is_empty() {
-        bail!(
-            "still missing after apt-get install: {}",
-            still.join(", ")
-        );
+        bail!("still missing after apt-get install: {}", still.join(", "));
     }
     Ok(())
 }

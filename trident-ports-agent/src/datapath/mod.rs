@@ -1,10 +1,11 @@
 //! The kernel side as the agent sees it: load the programs and maps (here), attach them
 //! (`attach`), switch policies (`generation`), read counters and events (here).
 mod attach;
-pub mod compile;
 mod generation;
 pub mod pins;
+pub mod privileges;
 pub mod seed;
+pub mod tables;
 
 use std::collections::BTreeMap;
 
@@ -23,8 +24,8 @@ use crate::{
     policy::Mode,
 };
 pub use attach::{IngressHook, TcAttach, nix_if_index, tcx_supported};
-pub use compile::{Tables, compile};
 pub use generation::Applied;
+pub use tables::{Tables, compile};
 
 /// The kernel object, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trident-ports"));
@@ -64,7 +65,7 @@ impl Datapath {
     /// Like `load`, but with `pin_dir` the maps are pinned there, or reused when a previous
     /// agent pinned them, and attachments are pinned or adopted (see `pins`).
     pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Self> {
-        crate::privileges::check()?;
+        privileges::check()?;
         let pins = pin_dir.map(pins::Pins::open).transpose()?;
         let mut loader = EbpfLoader::new();
         let names = [

@@ -21,7 +21,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{events::Record, hub::Hub, run::Output};
+use super::{Output, Record, hub::Hub};
 
 pub const DEFAULT_SOCKET: &str = "/run/trident-ports/agent.sock";
 

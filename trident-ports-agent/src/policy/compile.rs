@@ -11,42 +11,6 @@ use crate::{
     policy::{BackendInfo, Direction, Entry, Guard, Policy, PortRange, Protected, Proto},
 };
 
-/// Reads the configuration (or the defaults), the backends it names plus `extra_backends`, and
-/// compiles them. Relative backend paths in the file are relative to the file's directory.
-pub fn load(
-    config_path: Option<&std::path::Path>,
-    extra_backends: &[std::path::PathBuf],
-    role: Option<Role>,
-) -> crate::error::Result<(NodeConfig, Policy)> {
-    let mut config = match config_path {
-        Some(p) => NodeConfig::load(p)?,
-        None => NodeConfig::default(),
-    };
-    if let Some(r) = role {
-        config.role = r;
-    }
-    let base = config_path
-        .and_then(|p| p.parent())
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    let mut sources: Vec<std::path::PathBuf> = config
-        .backends
-        .sources
-        .iter()
-        .map(|s| {
-            if s.is_absolute() {
-                s.clone()
-            } else {
-                base.join(s)
-            }
-        })
-        .collect();
-    sources.extend(extra_backends.iter().cloned());
-    let backends = crate::backends::load(&sources)?;
-    let policy = compile(&config, &backends);
-    Ok((config, policy))
-}
-
 pub fn compile(config: &NodeConfig, backends: &[Backend]) -> Policy {
     let model = Model::get();
     let role = config.role.to_string();

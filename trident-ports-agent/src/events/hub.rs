@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use crate::events::Record;
+use super::Record;
 
 /// A published event and its number: followers use the number to join history and live events
 /// without a gap or a duplicate.

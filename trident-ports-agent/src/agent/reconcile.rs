@@ -1,0 +1,120 @@
+//! The one step that changes what the kernel enforces: a snapshot compiled, compared with the
+//! running policy and, when it differs, switched in by generation. Also the per-node mode
+//! override, which changes only the configuration entry. A failure keeps the running policy.
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::{error, info, warn};
+
+use super::{metrics::Metrics, sources::Snapshot};
+use crate::{
+    datapath::Datapath,
+    error::Result,
+    events::explain::Explainer,
+    policy::{Mode, Policy},
+};
+
+/// Why a reconcile runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP or changed files: apply even an equal policy, and report a failure.
+    Changed,
+    /// The periodic look (host names may resolve differently): apply only a change, quietly.
+    Periodic,
+}
+
+pub struct Reconciler {
+    dp: Mutex<Datapath>,
+    /// The policy in force (with the mode in force).
+    policy: Mutex<Policy>,
+    /// The configuration's mode, and a per-node override set with `trident-ports-agent mode`.
+    config_mode: Mutex<Mode>,
+    mode_override: Mutex<Option<Mode>>,
+    explainer: Arc<RwLock<Explainer>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reconciler {
+    /// Takes over a datapath that already enforces `policy`.
+    pub fn new(dp: Datapath, policy: Policy, metrics: Arc<Metrics>) -> Self {
+        Reconciler {
+            dp: Mutex::new(dp),
+            config_mode: Mutex::new(policy.mode),
+            mode_override: Mutex::new(None),
+            explainer: Arc::new(RwLock::new(Explainer::new(&policy))),
+            policy: Mutex::new(policy),
+            metrics,
+        }
+    }
+
+    /// The explainer of the policy in force, for the event pump.
+    pub fn explainer(&self) -> Arc<RwLock<Explainer>> {
+        self.explainer.clone()
+    }
+
+    /// Refreshes the metrics from the kernel's counters.
+    pub fn scrape(&self) {
+        if let Ok(c) = self.dp.lock().unwrap().counters() {
+            self.metrics.update(&c);
+        }
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.dp.lock().unwrap().pinned()
+    }
+
+    /// Compiles `snapshot` (or reports why there is none) and applies the result.
+    pub fn reconcile(&self, snapshot: Result<Snapshot>, trigger: Trigger) {
+        let snapshot = match snapshot {
+            Ok(s) => s,
+            Err(e) => {
+                if trigger == Trigger::Changed {
+                    error!("reload failed, keeping the running policy: {e}");
+                    self.metrics.reload(false, None);
+                }
+                return;
+            }
+        };
+        let mut policy = snapshot.compile();
+        *self.config_mode.lock().unwrap() = policy.mode;
+        if let Some(m) = *self.mode_override.lock().unwrap() {
+            policy.mode = m;
+        }
+        let mut current = self.policy.lock().unwrap();
+        if trigger == Trigger::Periodic && *current == policy {
+            return;
+        }
+        let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
+        let applied = self.dp.lock().unwrap().apply(&policy, interval_ns);
+        match applied {
+            Ok(a) => {
+                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, mode = ?policy.mode, "policy reloaded");
+                for w in &policy.warnings {
+                    warn!("{w}");
+                }
+                self.metrics.reload(true, Some(&a.tables));
+                *self.explainer.write().unwrap() = Explainer::new(&policy);
+                *current = policy;
+            }
+            Err(e) => {
+                error!("reload failed, keeping the running policy: {e}");
+                self.metrics.reload(false, None);
+            }
+        }
+    }
+
+    /// Sets (or with `None` clears) the per-node mode override; returns the mode now in force.
+    /// Only the configuration entry changes: programs and policy maps stay as they are.
+    pub fn set_mode(&self, mode: Option<Mode>) -> std::result::Result<Mode, String> {
+        let mut policy = self.policy.lock().unwrap();
+        *self.mode_override.lock().unwrap() = mode;
+        let effective = mode.unwrap_or(*self.config_mode.lock().unwrap());
+        self.dp
+            .lock()
+            .unwrap()
+            .set_mode(effective)
+            .map_err(|e| e.to_string())?;
+        policy.mode = effective;
+        info!(mode = ?effective, "mode switched");
+        Ok(effective)
+    }
+}

@@ -1,0 +1,294 @@
+//! `trident-ports-agent run`: start-up (load, apply, attach, start the servers), then signals
+//! and file changes turned into reconcile requests until SIGINT or SIGTERM.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use super::{
+    metrics::Metrics,
+    reconcile::{Reconciler, Trigger},
+    sources::FileSources,
+};
+use crate::{
+    datapath::{Datapath, IngressHook, TcAttach},
+    events::{
+        Output,
+        hub::{Hub, RotatingFile},
+        pump::Pump,
+        socket,
+    },
+};
+
+/// `run`'s options: the command line and the library share this one struct.
+#[derive(Debug, clap::Args)]
+pub struct RunOptions {
+    /// Node configuration (YAML); without it, built-in defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Backend definition files or directories, added to the configuration's sources.
+    #[arg(long = "backends")]
+    pub extra_backends: Vec<PathBuf>,
+    /// Interface to attach to (repeatable); added to the configuration's `interfaces`.
+    #[arg(long = "iface")]
+    pub interfaces: Vec<String>,
+    /// How to attach the TC programs.
+    #[arg(long, value_enum, default_value_t)]
+    pub attach: TcAttach,
+    /// Which hook judges inbound packets.
+    #[arg(long, value_enum, default_value_t)]
+    pub ingress: IngressHook,
+    /// Event format on stdout.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+    /// The local socket `flows` and `mode` talk to ("none" to disable).
+    #[arg(long, default_value = socket::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// A group whose members may use the socket besides root.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Address of the Prometheus metrics and health endpoints ("none" to disable).
+    #[arg(long, default_value = super::metrics::DEFAULT_LISTEN)]
+    pub metrics: String,
+    /// Also write events as JSON lines to this file, rotated by size.
+    #[arg(long)]
+    pub events_file: Option<PathBuf>,
+    /// Rotate the events file at this size.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub events_file_max_bytes: u64,
+    /// Rotated events files to keep.
+    #[arg(long, default_value_t = 3)]
+    pub events_file_keep: usize,
+    /// Events kept in memory for `flows --since`.
+    #[arg(long, default_value_t = 10_000)]
+    pub history: usize,
+    /// How often to look for changed configuration and backend files (and re-resolve names).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub watch_interval: Duration,
+    /// Override the configuration's role (the DaemonSets set it from the node label).
+    #[arg(long, value_enum)]
+    pub role: Option<crate::config::Role>,
+    /// Pin maps and attachments in this directory (on a BPF filesystem): enforcement then
+    /// outlives the agent, and the next agent adopts it. Without it, stopping detaches.
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl RunOptions {
+    fn sources(&self) -> FileSources {
+        FileSources::new(self.config.as_deref(), &self.extra_backends, self.role)
+    }
+
+    fn socket_path(&self) -> Option<&PathBuf> {
+        (self.socket.as_os_str() != "none").then_some(&self.socket)
+    }
+
+    fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.metrics.as_str() {
+            "none" => Ok(None),
+            a => a
+                .parse()
+                .map(Some)
+                .with_context(|| format!("--metrics `{a}` is not an address:port")),
+        }
+    }
+}
+
+/// The interfaces to attach to: the configuration's, then the command line's, each once.
+fn interfaces(configured: &[String], given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in configured.iter().chain(given) {
+        if !out.contains(i) {
+            out.push(i.clone());
+        }
+    }
+    out
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while the agent loads and attaches is held for the
+    // loop below instead of taking the default action (SIGHUP would kill the agent).
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let sources = opts.sources();
+    let snapshot = sources.snapshot()?;
+    let policy = snapshot.compile();
+    let interfaces = interfaces(&snapshot.config.interfaces, &opts.interfaces);
+    if interfaces.is_empty() {
+        anyhow::bail!(
+            "no interface to attach to: give --iface or `interfaces:` in the configuration"
+        );
+    }
+    let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
+    let mut dp = Datapath::load_pinned(opts.pin_dir.as_deref())?;
+    // Policy first, then attach: the programs never run without the policy.
+    let applied = dp.apply(&policy, interval_ns)?;
+    info!(
+        entries = policy.entries.len(),
+        kernel_entries = applied.tables.len(),
+        generation = applied.config.generation,
+        seq = applied.config.seq,
+        mode = ?policy.mode,
+        "policy loaded"
+    );
+    let metrics = Arc::new(Metrics::new());
+    metrics.reload(true, Some(&applied.tables));
+    // Seed before attaching, and again after, for sockets opened in between.
+    let mut seeded = dp.seed_flows()?;
+    for iface in &interfaces {
+        dp.attach(iface, opts.attach, opts.ingress)?;
+    }
+    seeded += dp.seed_flows()?;
+    for iface in &interfaces {
+        info!(iface, attach = ?opts.attach, ingress = ?opts.ingress, seeded, "attached");
+    }
+    for w in &policy.warnings {
+        warn!("{w}");
+    }
+    let ring = dp
+        .take_events()
+        .context("event ring buffer already taken")?;
+    let reconciler = Arc::new(Reconciler::new(dp, policy, metrics.clone()));
+    let hub = Arc::new(Hub::new(opts.history, 4096));
+    let ready = Arc::new(AtomicBool::new(true));
+    serve_socket(&opts, &reconciler, &hub)?;
+    serve_metrics(&opts, &reconciler, &metrics, &ready)?;
+    let file = match &opts.events_file {
+        Some(p) => Some(
+            RotatingFile::open(p.clone(), opts.events_file_max_bytes, opts.events_file_keep)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut pump = tokio::spawn(
+        Pump {
+            ring,
+            explainer: reconciler.explainer(),
+            hub,
+            output: opts.output,
+            file,
+        }
+        .run(),
+    );
+
+    // Reconciles run one after another on their own thread: compiling resolves host names, and
+    // a slow resolver must not hold up the runtime (the event pump would fall behind).
+    let (requests, queue) = std::sync::mpsc::channel::<Trigger>();
+    let worker = {
+        let (reconciler, sources) = (reconciler.clone(), sources.clone());
+        std::thread::Builder::new()
+            .name("reconcile".into())
+            .spawn(move || {
+                for trigger in queue {
+                    reconciler.reconcile(sources.snapshot(), trigger);
+                }
+            })?
+    };
+    // The first look comes one interval from now: the policy was just compiled from these files.
+    let mut watch = tokio::time::interval_at(
+        tokio::time::Instant::now() + opts.watch_interval,
+        opts.watch_interval,
+    );
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fingerprint = sources.fingerprint();
+    let stopped = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading");
+                let _ = requests.send(Trigger::Changed);
+            }
+            _ = watch.tick() => {
+                let now = sources.fingerprint();
+                if now == fingerprint {
+                    // Host names may resolve differently now: recompile, apply only a change.
+                    let _ = requests.send(Trigger::Periodic);
+                } else {
+                    info!("configuration or backend files changed: reloading");
+                    fingerprint = now;
+                    let _ = requests.send(Trigger::Changed);
+                }
+            }
+            ended = &mut pump => break ended.context("the event pump")?,
+        }
+    };
+    // A reconcile under way finishes; the datapath is then dropped (and detached) with the
+    // reconciler, after the event pump has let go of the ring buffer.
+    drop(requests);
+    let _ = worker.join();
+    pump.abort();
+    let _ = pump.await;
+    if reconciler.pinned() {
+        info!(pin_dir = %opts.pin_dir.as_ref().unwrap().display(), "stopping: enforcement stays in place (pinned); `uninstall` removes it");
+    } else {
+        info!("stopping: detaching from all interfaces");
+    }
+    ready.store(false, Ordering::Relaxed);
+    if let Some(p) = opts.socket_path() {
+        let _ = std::fs::remove_file(p);
+    }
+    drop(reconciler);
+    stopped
+}
+
+fn serve_socket(
+    opts: &RunOptions,
+    reconciler: &Arc<Reconciler>,
+    hub: &Arc<Hub>,
+) -> anyhow::Result<()> {
+    let Some(path) = opts.socket_path() else {
+        return Ok(());
+    };
+    let listener = socket::bind(path, opts.socket_group.as_deref())?;
+    info!(socket = %path.display(), "serving flows");
+    let r = reconciler.clone();
+    let control: socket::ModeControl = Arc::new(move |m| r.set_mode(m));
+    tokio::spawn(socket::serve(listener, hub.clone(), control));
+    Ok(())
+}
+
+fn serve_metrics(
+    opts: &RunOptions,
+    reconciler: &Arc<Reconciler>,
+    metrics: &Arc<Metrics>,
+    ready: &Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let Some(addr) = opts.metrics_addr()? else {
+        return Ok(());
+    };
+    let r = reconciler.clone();
+    let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || r.scrape());
+    let (m, ready) = (metrics.clone(), ready.clone());
+    // Bind now, so that a taken address is a startup error rather than a silent gap.
+    let probe = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("metrics address {addr}: {e}"))?;
+    drop(probe);
+    tokio::spawn(async move {
+        if let Err(e) = super::metrics::serve(addr, m, ready, scrape).await {
+            error!("metrics: {e:#}");
+        }
+    });
+    info!(%addr, "serving metrics");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_interface_named_twice_is_attached_once() {
+        let cfg = ["eth0".to_string(), "eth1".to_string()];
+        let cli = ["eth2".to_string(), "eth0".to_string(), "eth2".to_string()];
+        assert_eq!(super::interfaces(&cfg, &cli), ["eth0", "eth1", "eth2"]);
+    }
+}

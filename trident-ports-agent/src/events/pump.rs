@@ -1,0 +1,71 @@
+//! Drains the kernel's event ring buffer: every record decoded, explained, written to stdout
+//! (and the events file) and published to the hub, one batch per wake-up.
+use std::{
+    io::Write,
+    sync::{Arc, RwLock},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tracing::warn;
+
+use super::{
+    Clock, IfNames, Output, Record, decode,
+    explain::Explainer,
+    hub::{Hub, RotatingFile},
+};
+
+pub struct Pump {
+    pub ring: RingBuf<MapData>,
+    pub explainer: Arc<RwLock<Explainer>>,
+    pub hub: Arc<Hub>,
+    pub output: Output,
+    pub file: Option<RotatingFile>,
+}
+
+impl Pump {
+    /// Runs until stdout fails (or the task is aborted).
+    pub async fn run(self) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its fd, which stays open and the same for as long as the
+        // AsyncFd holds the ring buffer; nothing here swaps the inner value.
+        let mut ring =
+            unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+        let clock = Clock::new();
+        let mut names = IfNames::default();
+        let stdout = std::io::stdout();
+        let mut file = self.file;
+        loop {
+            let mut guard = ring.readable_mut().await?;
+            let rb = guard.get_inner_mut();
+            let explainer = self.explainer.read().unwrap();
+            // Stdout is line-buffered: a batch goes out in few writes, not one per event.
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            while let Some(item) = rb.next() {
+                let Some(ev) = decode(&item) else {
+                    warn!(
+                        len = item.len(),
+                        "skipping a ring-buffer record of unexpected size"
+                    );
+                    continue;
+                };
+                let mut rec = Record::from_event(&ev, &clock, &mut names);
+                explainer.explain(&ev, &mut rec);
+                let json = serde_json::to_string(&rec)?;
+                match self.output {
+                    Output::Json => writeln!(out, "{json}")?,
+                    Output::Text => writeln!(out, "{}", rec.text())?,
+                }
+                if let Some(f) = file.as_mut() {
+                    if let Err(e) = f.write_line(&json) {
+                        warn!("writing the events file: {e}");
+                    }
+                }
+                self.hub.publish(rec);
+            }
+            out.flush()?;
+            drop(explainer);
+            guard.clear_ready();
+        }
+    }
+}
