@@ -30,8 +30,7 @@ use trident_ports_tests::{OnCpu0, bpffs::sys_bpf, netns::Pair, packet::*};
 fn entry(dst: String, port: u16) -> Entry {
     Entry {
         direction: Direction::Egress,
-        dst: Some(dst.parse().unwrap()),
-        src: None,
+        peer: dst.parse().unwrap(),
         ports: PortRange::single(port),
         proto: Proto::Tcp,
         purpose: "bench".into(),
@@ -228,8 +227,7 @@ fn per_packet(smoke: bool) {
         // A cluster subnet allowed to the guarded node port 8000: a rule lookup with no table.
         p.entries.push(Entry {
             direction: Direction::Ingress,
-            dst: None,
-            src: Some("2001:db8:ffff:1::/64".parse().unwrap()),
+            peer: "2001:db8:ffff:1::/64".parse().unwrap(),
             ports: PortRange::single(8000),
             proto: Proto::Tcp,
             purpose: "bench".into(),

@@ -15,19 +15,9 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 fn entry(direction: Direction, peer: &str, from: u16, to: u16, proto: Proto) -> Entry {
-    let net = Some(peer.parse().unwrap());
     Entry {
         direction,
-        dst: if direction == Direction::Egress {
-            net
-        } else {
-            None
-        },
-        src: if direction == Direction::Ingress {
-            net
-        } else {
-            None
-        },
+        peer: peer.parse().unwrap(),
         ports: PortRange { from, to },
         proto,
         purpose: "test".into(),

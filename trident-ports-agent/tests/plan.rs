@@ -40,7 +40,7 @@ fn shape(p: &Policy, backend: &str) -> Vec<(Direction, String, u16, u16, Proto)>
         .map(|e| {
             (
                 e.direction,
-                e.peer().to_string(),
+                e.peer.to_string(),
                 e.ports.from,
                 e.ports.to,
                 e.proto,
@@ -54,7 +54,7 @@ fn shape(p: &Policy, backend: &str) -> Vec<(Direction, String, u16, u16, Proto)>
 fn ports_to(p: &Policy, backend: &str, peer: &str) -> Vec<(u16, Proto)> {
     let mut v: Vec<_> = entries_for(p, backend)
         .into_iter()
-        .filter(|e| e.direction == Direction::Egress && e.peer().to_string() == peer)
+        .filter(|e| e.direction == Direction::Egress && e.peer.to_string() == peer)
         .map(|e| (e.ports.from, e.proto))
         .collect();
     v.sort();
@@ -307,7 +307,7 @@ fn eseries_proxy_ports() {
     assert!(
         p.entries
             .iter()
-            .all(|e| e.peer().to_string() != "203.0.113.100/32")
+            .all(|e| e.peer.to_string() != "203.0.113.100/32")
     );
     assert!(
         p.warnings

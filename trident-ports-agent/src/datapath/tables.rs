@@ -122,7 +122,7 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
     let mut grants: BTreeMap<Prefix, Grant> = BTreeMap::new();
     for e in policy.entries.iter().filter(|e| e.direction == dir) {
         grants
-            .entry(Prefix::from_net(&e.peer()))
+            .entry(Prefix::from_net(&e.peer))
             .or_default()
             .rules
             .insert((e.proto, e.ports));
@@ -133,7 +133,7 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
         .entries
         .iter()
         .filter(|e| e.direction == Direction::Egress)
-        .map(|e| e.peer());
+        .map(|e| e.peer);
     for net in policy.protected.iter().map(|p| p.addr).chain(egress_peers) {
         grants.entry(Prefix::from_net(&net)).or_default().protected = true;
     }
@@ -245,8 +245,7 @@ mod tests {
     fn egress(dst: &str, ports: PortRange, proto: Proto) -> Entry {
         Entry {
             direction: Direction::Egress,
-            dst: Some(dst.parse().unwrap()),
-            src: None,
+            peer: dst.parse().unwrap(),
             ports,
             proto,
             purpose: String::new(),

@@ -26,7 +26,7 @@ impl Explainer {
         let owners = policy
             .entries
             .iter()
-            .map(|e| (e.peer(), (e.backend.clone(), e.source.clone())))
+            .map(|e| (e.peer, (e.backend.clone(), e.source.clone())))
             .chain(
                 policy
                     .protected

@@ -35,8 +35,7 @@ pub fn compile(config: &NodeConfig, backends: &[Backend]) -> Policy {
     for a in &config.allow {
         p.entries.push(Entry {
             direction: Direction::Egress,
-            dst: Some(a.dst),
-            src: None,
+            peer: a.dst,
             ports: a.ports,
             proto: a.proto,
             purpose: a.reason.clone(),
@@ -58,8 +57,7 @@ fn egress(
 ) -> Entry {
     Entry {
         direction: Direction::Egress,
-        dst: Some(dst),
-        src: None,
+        peer: dst,
         ports,
         proto,
         purpose: port.explain(),
@@ -87,8 +85,7 @@ fn add_port(
             if port.direction.starts_with("Inbound") {
                 p.entries.push(Entry {
                     direction: Direction::Ingress,
-                    dst: None,
-                    src: Some(d.net),
+                    peer: d.net,
                     ports,
                     proto,
                     purpose: port.explain(),
@@ -305,8 +302,7 @@ fn compile_node_ports(model: &Model, config: &NodeConfig, role: &str, p: &mut Po
                 for cidr in &config.cluster.cidrs {
                     p.entries.push(Entry {
                         direction: Direction::Ingress,
-                        dst: None,
-                        src: Some(*cidr),
+                        peer: *cidr,
                         ports: PortRange::single(number),
                         proto,
                         purpose: port.purpose.clone(),
@@ -326,14 +322,5 @@ fn compile_node_ports(model: &Model, config: &NodeConfig, role: &str, p: &mut Po
 
 fn dedup(entries: &mut Vec<Entry>) {
     let mut seen = BTreeSet::new();
-    entries.retain(|e| {
-        seen.insert((
-            e.direction,
-            e.dst,
-            e.src,
-            e.ports,
-            e.proto,
-            e.backend.clone(),
-        ))
-    });
+    entries.retain(|e| seen.insert((e.direction, e.peer, e.ports, e.proto, e.backend.clone())));
 }

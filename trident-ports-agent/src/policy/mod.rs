@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::net::{Direction, PortRange, Proto};
 
-/// One allow entry. On egress `peer` is the destination; on ingress it is the source.
+/// One allow entry between this node and a peer: on egress the peer is the destination, on
+/// ingress the source. One address field, so an entry cannot name the wrong end; `plan`'s JSON
+/// keeps its documented `dst`/`src` shape (docs/plan.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "EntryJson", try_from = "EntryJson")]
 pub struct Entry {
     pub direction: Direction,
-    /// Destination of egress entries; `None` on ingress entries, whose destination is this node.
-    pub dst: Option<IpNet>,
-    /// Source of ingress entries; `None` on egress entries, whose source is this node.
-    pub src: Option<IpNet>,
+    pub peer: IpNet,
     pub ports: PortRange,
     pub proto: Proto,
     /// What the port is for, from the port model.
@@ -27,12 +27,68 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn peer(&self) -> IpNet {
-        match self.direction {
-            Direction::Egress => self.dst,
-            Direction::Ingress => self.src,
+    /// The destination of an egress entry.
+    pub fn dst(&self) -> Option<IpNet> {
+        (self.direction == Direction::Egress).then_some(self.peer)
+    }
+
+    /// The source of an ingress entry.
+    pub fn src(&self) -> Option<IpNet> {
+        (self.direction == Direction::Ingress).then_some(self.peer)
+    }
+}
+
+/// [`Entry`] as `plan --format json` writes it.
+#[derive(Serialize, Deserialize)]
+struct EntryJson {
+    direction: Direction,
+    dst: Option<IpNet>,
+    src: Option<IpNet>,
+    ports: PortRange,
+    proto: Proto,
+    purpose: String,
+    backend: Option<String>,
+    source: String,
+}
+
+impl From<Entry> for EntryJson {
+    fn from(e: Entry) -> Self {
+        EntryJson {
+            direction: e.direction,
+            dst: e.dst(),
+            src: e.src(),
+            ports: e.ports,
+            proto: e.proto,
+            purpose: e.purpose,
+            backend: e.backend,
+            source: e.source,
         }
-        .expect("an entry always names its peer")
+    }
+}
+
+impl TryFrom<EntryJson> for Entry {
+    type Error = String;
+
+    fn try_from(j: EntryJson) -> Result<Self, String> {
+        let peer = match (j.direction, j.dst, j.src) {
+            (Direction::Egress, Some(dst), None) => dst,
+            (Direction::Ingress, None, Some(src)) => src,
+            (d, ..) => {
+                return Err(format!(
+                    "an {d} entry names exactly its {} and not the other end",
+                    if d == Direction::Egress { "dst" } else { "src" }
+                ));
+            }
+        };
+        Ok(Entry {
+            direction: j.direction,
+            peer,
+            ports: j.ports,
+            proto: j.proto,
+            purpose: j.purpose,
+            backend: j.backend,
+            source: j.source,
+        })
     }
 }
 
@@ -80,4 +136,30 @@ pub struct Policy {
     pub warnings: Vec<String>,
     #[serde(default)]
     pub backends: Vec<BackendInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_keep_the_documented_json_shape() {
+        let e = Entry {
+            direction: Direction::Ingress,
+            peer: "198.51.100.0/24".parse().unwrap(),
+            ports: PortRange::single(8443),
+            proto: Proto::Tcp,
+            purpose: "p".into(),
+            backend: None,
+            source: "s".into(),
+        };
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["dst"], serde_json::Value::Null);
+        assert_eq!(j["src"], "198.51.100.0/24");
+        assert_eq!(j["ports"], serde_json::json!([8443, 8443]));
+        assert_eq!(serde_json::from_value::<Entry>(j).unwrap(), e);
+        let wrong = serde_json::json!({"direction": "egress", "dst": null, "src": "192.0.2.1/32",
+            "ports": [1, 1], "proto": "tcp", "purpose": "", "backend": null, "source": ""});
+        assert!(serde_json::from_value::<Entry>(wrong).is_err());
+    }
 }

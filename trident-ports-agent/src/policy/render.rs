@@ -55,7 +55,7 @@ fn table(policy: &Policy) -> String {
     for e in &policy.entries {
         rows.push([
             e.direction.to_string(),
-            e.peer().to_string(),
+            e.peer.to_string(),
             e.ports.to_string(),
             e.proto.to_string(),
             e.backend.clone().unwrap_or_else(|| "-".into()),
@@ -97,9 +97,9 @@ fn table(policy: &Policy) -> String {
 fn elements(entries: &[&Entry], v4: bool) -> Vec<String> {
     let mut out: Vec<String> = entries
         .iter()
-        .filter(|e| matches!(e.peer(), IpNet::V4(_)) == v4)
+        .filter(|e| matches!(e.peer, IpNet::V4(_)) == v4)
         .map(|e| {
-            let peer = e.peer();
+            let peer = e.peer;
             let addr = if peer.prefix_len() == peer.max_prefix_len() {
                 peer.addr().to_string()
             } else {
@@ -137,7 +137,7 @@ fn nftables(policy: &Policy) -> String {
         .protected
         .iter()
         .map(|p| p.addr)
-        .chain(eg.iter().map(|e| e.peer()))
+        .chain(eg.iter().map(|e| e.peer))
         .collect();
     protected.sort();
     protected.dedup();

@@ -1,0 +1,145 @@
+//! Backend sources on disk: files and directories, JSON or (multi-document) YAML, read into
+//! documents; a case-insensitive view of their mappings (Trident decodes JSON keys
+//! case-insensitively); and the Secrets among them.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde_yaml::{Mapping, Value};
+
+use super::{
+    endpoint::{base64_decode, url_host_port},
+    err,
+};
+use crate::error::Result;
+
+/// The files a list of sources names: a file as it is; a directory, its `.json`, `.yaml` and
+/// `.yml` files, sorted, with Kubernetes' `..data` entries skipped.
+pub fn discover(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for s in sources {
+        let meta = std::fs::metadata(s).map_err(|e| err(s, e.to_string()))?;
+        if meta.is_dir() {
+            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(s)
+                .map_err(|e| err(s, e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    !name.starts_with("..")
+                        && (name.ends_with(".json")
+                            || name.ends_with(".yaml")
+                            || name.ends_with(".yml"))
+                        && p.is_file()
+                })
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            files.push(s.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Parses one file into (path, origin, document) triples.
+pub fn documents(path: &Path, text: &str) -> Result<Vec<(PathBuf, String, Value)>> {
+    let display = path.display().to_string();
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    if is_json {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            err(
+                path,
+                format!("line {} column {}: {e}", e.line(), e.column()),
+            )
+        })?;
+        let v: Value = serde_yaml::to_value(v).map_err(|e| err(path, e.to_string()))?;
+        return Ok(vec![(path.to_path_buf(), display, v)]);
+    }
+    let mut out = Vec::new();
+    let mut n = 0;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        n += 1;
+        let v = <Value as serde::Deserialize>::deserialize(doc)
+            .map_err(|e| err(path, crate::config::yaml_error(&e)))?;
+        if v.is_null() {
+            continue;
+        }
+        out.push((path.to_path_buf(), format!("{display}#{n}"), v));
+    }
+    if n == 1 {
+        if let Some(d) = out.first_mut() {
+            d.1 = display;
+        }
+    }
+    Ok(out)
+}
+
+/// Case-insensitive view of a mapping.
+pub(super) struct Obj<'a>(pub(super) &'a Mapping);
+
+impl<'a> Obj<'a> {
+    pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_str().is_some_and(|k| k.eq_ignore_ascii_case(key)))
+            .map(|(_, v)| v)
+    }
+
+    pub(super) fn str(&self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Trident accepts booleans as booleans or as "true"/"false" strings.
+    pub(super) fn bool(&self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub(super) fn obj(&self, key: &str) -> Option<Obj<'a>> {
+        self.get(key)?.as_mapping().map(Obj)
+    }
+}
+
+pub(super) fn kind(v: &Value) -> Option<&str> {
+    v.as_mapping()
+        .and_then(|m| Obj(m).get("kind"))
+        .and_then(Value::as_str)
+}
+
+pub(super) fn collect_secret(
+    path: &Path,
+    v: &Value,
+    secrets: &mut BTreeMap<String, (String, u16)>,
+) -> Result<()> {
+    let m = Obj(v.as_mapping().unwrap());
+    let Some(name) = m.obj("metadata").and_then(|md| md.str("name")) else {
+        return Ok(());
+    };
+    let endpoint = m
+        .obj("stringData")
+        .and_then(|d| d.str("EndPoint"))
+        .or_else(|| {
+            m.obj("data")
+                .and_then(|d| d.str("EndPoint"))
+                .and_then(|b| base64_decode(&b))
+        });
+    if let Some(url) = endpoint {
+        let hp = url_host_port(&url).ok_or_else(|| {
+            err(
+                path,
+                format!("Secret {name}: EndPoint is not an http(s) URL with a host"),
+            )
+        })?;
+        secrets.insert(name, hp);
+    }
+    Ok(())
+}
