@@ -243,10 +243,7 @@ impl NodeConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
         Self::from_yaml(path, &text)
     }
 }
@@ -286,5 +283,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`nope` is not an IP address or CIDR"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_file_keeps_the_os_error_as_its_source() {
+        let e = NodeConfig::load(Path::new("/nonexistent/tp.yaml")).unwrap_err();
+        match &e {
+            Error::Io { action, path, source } => {
+                assert_eq!(*action, "reading");
+                assert_eq!(path, Path::new("/nonexistent/tp.yaml"));
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+        let chain = format!("{:#}", anyhow::Error::new(e));
+        assert!(chain.starts_with("reading /nonexistent/tp.yaml: "), "{chain}");
     }
 }

@@ -68,7 +68,10 @@ impl Reconciler {
             Ok(s) => s,
             Err(e) => {
                 if trigger == Trigger::Changed {
-                    error!("reload failed, keeping the running policy: {e}");
+                    error!(
+                        "reload failed, keeping the running policy: {:#}",
+                        anyhow::Error::new(e)
+                    );
                     self.metrics.reload(false, None);
                 }
                 return;
@@ -96,7 +99,10 @@ impl Reconciler {
                 *current = policy;
             }
             Err(e) => {
-                error!("reload failed, keeping the running policy: {e}");
+                error!(
+                    "reload failed, keeping the running policy: {:#}",
+                    anyhow::Error::new(e)
+                );
                 self.metrics.reload(false, None);
             }
         }
@@ -112,7 +118,7 @@ impl Reconciler {
             .lock()
             .unwrap()
             .set_mode(effective)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
         policy.mode = effective;
         info!(mode = ?effective, "mode switched");
         Ok(effective)

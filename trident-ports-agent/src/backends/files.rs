@@ -12,17 +12,17 @@ use super::{
     endpoint::{base64_decode, url_host_port},
     err,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The files a list of sources names: a file as it is; a directory, its `.json`, `.yaml` and
 /// `.yml` files, sorted, with Kubernetes' `..data` entries skipped.
 pub fn discover(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for s in sources {
-        let meta = std::fs::metadata(s).map_err(|e| err(s, e.to_string()))?;
+        let meta = std::fs::metadata(s).map_err(Error::io("reading", s))?;
         if meta.is_dir() {
             let mut in_dir: Vec<PathBuf> = std::fs::read_dir(s)
-                .map_err(|e| err(s, e.to_string()))?
+                .map_err(Error::io("listing", s))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");

@@ -96,7 +96,7 @@ pub fn load(sources: &[PathBuf]) -> Result<Vec<Backend>> {
     let files = discover(sources)?;
     let mut docs = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| err(f, e.to_string()))?;
+        let text = std::fs::read_to_string(f).map_err(Error::io("reading", f))?;
         docs.extend(documents(f, &text)?);
     }
     // Secrets first, so that a backend may name one defined in any of the sources.

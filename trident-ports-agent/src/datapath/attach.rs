@@ -10,7 +10,22 @@ use aya::programs::{
 use trident_ports_common::programs;
 
 use super::{Datapath, program};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
+
+/// An attachment step that failed, with the error underneath.
+fn failed<E: Into<Source>>(
+    program: &'static str,
+    iface: &str,
+    step: &str,
+) -> impl FnOnce(E) -> Error + use<E> {
+    let (iface, step) = (iface.to_string(), step.to_string());
+    move |e| Error::Attach {
+        program,
+        iface,
+        step,
+        source: e.into(),
+    }
+}
 
 /// How TC programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -53,53 +68,83 @@ impl Datapath {
     pub fn load_xdp(&mut self) -> Result<()> {
         let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP_INGRESS)?
             .try_into()
-            .map_err(|e| Error::Load(format!("{}: {e}", programs::XDP_INGRESS)))?;
+            .map_err(|e: aya::programs::ProgramError| Error::Load {
+                what: programs::XDP_INGRESS.into(),
+                source: e.into(),
+            })?;
         if xdp.fd().is_ok() {
             return Ok(());
         }
         xdp.load().map_err(|e| Error::KernelFeature {
             feature: "XDP ingress (needs Linux 5.18 for bpf_xdp_load_bytes; use --ingress tc)",
-            detail: format!("{e:#}"),
+            source: e.into(),
         })
     }
 
     fn attach_xdp(&mut self, iface: &str) -> Result<()> {
         self.load_xdp()?;
-        let err = |detail: String| Error::Attach {
-            program: programs::XDP_INGRESS,
-            iface: iface.to_string(),
-            detail,
-        };
         let pins = self.pins.clone();
         let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP_INGRESS)?
             .try_into()
-            .map_err(|e| err(format!("{e}")))?;
+            .map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "the program is of another type",
+            ))?;
         let Some(pins) = pins else {
-            xdp.attach(iface, XdpMode::default())
-                .map_err(|e| err(format!("{e:#}")))?;
+            xdp.attach(iface, XdpMode::default()).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "attaching",
+            ))?;
             return Ok(());
         };
         let path = pins.link(iface, "xdp");
         if path.exists() {
             // Adopt: move the pinned link to this program in one atomic update.
-            let pinned = PinnedLink::from_pin(&path)
-                .map_err(|e| err(format!("opening {}: {e}", path.display())))?;
-            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| err(format!("{e}")))?;
-            let id = xdp
-                .attach_to_link(link)
-                .map_err(|e| err(format!("updating the pinned link: {e:#}")))?;
+            let pinned = PinnedLink::from_pin(&path).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                &format!("opening {}", path.display()),
+            ))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "handling the link",
+            ))?;
+            let id = xdp.attach_to_link(link).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "updating the pinned link",
+            ))?;
             // The pin keeps the link; this process's handle may go.
-            drop(xdp.take_link(id).map_err(|e| err(format!("{e}")))?);
+            drop(xdp.take_link(id).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "handling the link",
+            ))?);
             tracing::info!(iface, hook = "xdp", "adopted the pinned attachment");
         } else {
-            let id = xdp
-                .attach(iface, XdpMode::default())
-                .map_err(|e| err(format!("{e:#}")))?;
-            let link = xdp.take_link(id).map_err(|e| err(format!("{e}")))?;
-            let fd = FdLink::try_from(link)
-                .map_err(|e| err(format!("not a bpf_link (kernel without XDP links?): {e}")))?;
-            fd.pin(&path)
-                .map_err(|e| err(format!("pinning at {}: {e}", path.display())))?;
+            let id = xdp.attach(iface, XdpMode::default()).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "attaching",
+            ))?;
+            let link = xdp.take_link(id).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "handling the link",
+            ))?;
+            let fd = FdLink::try_from(link).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                "not a bpf_link (kernel without XDP links?)",
+            ))?;
+            fd.pin(&path).map_err(failed(
+                programs::XDP_INGRESS,
+                iface,
+                &format!("pinning at {}", path.display()),
+            ))?;
         }
         Ok(())
     }
@@ -111,11 +156,6 @@ impl Datapath {
         kind: TcAttachType,
         attach: TcAttach,
     ) -> Result<()> {
-        let err = |detail: String| Error::Attach {
-            program: name,
-            iface: iface.to_string(),
-            detail,
-        };
         let use_tcx = match attach {
             // Probe: tcx is what the kernel accepts, not what its version number suggests
             // (backports move features between versions).
@@ -129,14 +169,14 @@ impl Datapath {
             if let Err(e) = tc::qdisc_add_clsact(iface) {
                 let text = e.to_string();
                 if !text.contains("exists") && !text.contains("Exclusivity flag on") {
-                    return Err(err(format!("adding the clsact qdisc: {text}")));
+                    return Err(failed(name, iface, "adding the clsact qdisc")(e));
                 }
             }
         }
         let pins = self.pins.clone();
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?
             .try_into()
-            .map_err(|e| err(format!("{e}")))?;
+            .map_err(failed(name, iface, "the program is of another type"))?;
         let options = if use_tcx {
             TcAttachOptions::TcxOrder(LinkOrder::default())
         } else {
@@ -144,7 +184,7 @@ impl Datapath {
         };
         let Some(pins) = pins else {
             prog.attach_with_options(iface, kind, options)
-                .map_err(|e| err(format!("{e:#}")))?;
+                .map_err(failed(name, iface, "attaching"))?;
             return Ok(());
         };
         let hook = if kind == TcAttachType::Egress {
@@ -154,16 +194,22 @@ impl Datapath {
         };
         let (link_path, nl) = (pins.link(iface, hook), pins.read_netlink(iface, hook));
         let adopt = if use_tcx && link_path.exists() {
-            let pinned = PinnedLink::from_pin(&link_path)
-                .map_err(|e| err(format!("opening {}: {e}", link_path.display())))?;
+            let pinned = PinnedLink::from_pin(&link_path).map_err(failed(
+                name,
+                iface,
+                &format!("opening {}", link_path.display()),
+            ))?;
             Some(
-                SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .map_err(|e| err(format!("{e}")))?,
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(failed(
+                    name,
+                    iface,
+                    "adopting the pinned link",
+                ))?,
             )
         } else if let (false, Some((priority, handle))) = (use_tcx, nl) {
             Some(
                 SchedClassifierLink::attached(iface, kind, priority, TcHandle::from(handle), None)
-                    .map_err(|e| err(format!("{e}")))?,
+                    .map_err(failed(name, iface, "adopting the cls_bpf filter"))?,
             )
         } else {
             None
@@ -172,27 +218,41 @@ impl Datapath {
         let id = match adopt {
             // One atomic replacement: bpf_link_update for tcx, a netlink filter replace for
             // cls_bpf. The interface is never without a program.
-            Some(link) => prog
-                .attach_to_link(link)
-                .map_err(|e| err(format!("replacing the pinned attachment: {e:#}")))?,
+            Some(link) => prog.attach_to_link(link).map_err(failed(
+                name,
+                iface,
+                "replacing the pinned attachment",
+            ))?,
             None => prog
                 .attach_with_options(iface, kind, options)
-                .map_err(|e| err(format!("{e:#}")))?,
+                .map_err(failed(name, iface, "attaching"))?,
         };
-        let link = prog.take_link(id).map_err(|e| err(format!("{e}")))?;
+        let link = prog
+            .take_link(id)
+            .map_err(failed(name, iface, "handling the link"))?;
         if use_tcx {
             if !adopted {
-                let fd = FdLink::try_from(link).map_err(|e| err(format!("{e}")))?;
-                fd.pin(&link_path)
-                    .map_err(|e| err(format!("pinning at {}: {e}", link_path.display())))?;
+                let fd =
+                    FdLink::try_from(link).map_err(failed(name, iface, "handling the link"))?;
+                fd.pin(&link_path).map_err(failed(
+                    name,
+                    iface,
+                    &format!("pinning at {}", link_path.display()),
+                ))?;
             }
         } else {
             let (priority, handle) = (
-                link.priority().map_err(|e| err(format!("{e}")))?,
-                link.handle().map_err(|e| err(format!("{e}")))?,
+                link.priority()
+                    .map_err(failed(name, iface, "handling the link"))?,
+                link.handle()
+                    .map_err(failed(name, iface, "handling the link"))?,
             );
             pins.write_netlink(iface, hook, priority, u32::from(handle))
-                .map_err(|e| err(format!("{e}")))?;
+                .map_err(failed(
+                    name,
+                    iface,
+                    "recording the cls_bpf filter in the pin directory",
+                ))?;
             // A cls_bpf filter stays until it is deleted: never let a drop delete it.
             std::mem::forget(link);
         }

@@ -46,14 +46,11 @@ pub struct Datapath {
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
     ebpf.take_map(name)
-        .ok_or_else(|| Error::Load(format!("map {name} missing from the object")))
+        .ok_or_else(|| Error::Object(format!("map {name}")))
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |e| Error::Map {
-        map,
-        detail: e.to_string(),
-    }
+    move |source| Error::Map { map, source }
 }
 
 impl Datapath {
@@ -100,23 +97,32 @@ impl Datapath {
                 loader.map_pin_path(name, p.map(name));
             }
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| {
-            let detail = format!("{e:#}");
-            if detail.contains("RINGBUF") || detail.contains("ring") {
+        let mut ebpf = loader.load(OBJECT).map_err(|e| match e {
+            // The one map type older kernels refuse: the event ring buffer (Linux 5.8).
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref name, .. })
+                if name == maps::EVENTS =>
+            {
                 Error::KernelFeature {
                     feature: "BPF ring buffers (Linux 5.8+)",
-                    detail,
+                    source: e.into(),
                 }
-            } else {
-                Error::Load(detail)
             }
+            e => Error::Load {
+                what: "the eBPF programs and maps".into(),
+                source: e.into(),
+            },
         })?;
         for name in [programs::TC_EGRESS, programs::TC_INGRESS] {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?
-                .try_into()
-                .map_err(|e| Error::Load(format!("{name}: {e}")))?;
-            prog.load()
-                .map_err(|e| Error::Load(format!("{name}: {e:#}")))?;
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?.try_into().map_err(
+                |e: aya::programs::ProgramError| Error::Load {
+                    what: name.into(),
+                    source: e.into(),
+                },
+            )?;
+            prog.load().map_err(|e| Error::Load {
+                what: name.into(),
+                source: e.into(),
+            })?;
         }
         // The XDP program is loaded only when asked for (`load_xdp`): it needs Linux 5.18, and
         // TC-only nodes should not depend on that.
@@ -125,7 +131,10 @@ impl Datapath {
             ($name:expr) => {
                 take(&mut ebpf, $name)?
                     .try_into()
-                    .map_err(|e: aya::maps::MapError| Error::Load(format!("{}: {e}", $name)))?
+                    .map_err(|e: aya::maps::MapError| Error::Map {
+                        map: $name,
+                        source: e,
+                    })?
             };
         }
         Ok(Datapath {
@@ -218,7 +227,7 @@ impl Datapath {
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
-        .ok_or_else(|| Error::Load(format!("program {name} missing from the object")))
+        .ok_or_else(|| Error::Object(format!("program {name}")))
 }
 
 #[derive(Debug, Default, Clone)]

@@ -72,10 +72,7 @@ impl Pins {
             });
         }
         for d in [dir.join("maps"), dir.join("links")] {
-            std::fs::create_dir_all(&d).map_err(|e| Error::Config {
-                path: d.clone(),
-                message: e.to_string(),
-            })?;
+            std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
         }
         Ok(Pins {
             dir: dir.to_path_buf(),
@@ -92,9 +89,9 @@ impl Pins {
         if !path.exists() {
             return Ok(None);
         }
-        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| Error::Config {
-            path: path.clone(),
-            message: format!("reading the pinned map: {e}"),
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| Error::Load {
+            what: format!("the pinned map {}", path.display()),
+            source: e.into(),
         })?;
         Ok(Some(MapLayout {
             // A type this aya does not know cannot be the one the programs were built for.
@@ -116,7 +113,10 @@ impl Pins {
         object: &[u8],
         names: &[&str],
     ) -> Result<Vec<(String, Option<MapLayout>)>> {
-        let obj = aya_obj::Object::parse(object).map_err(|e| Error::Load(format!("{e:#}")))?;
+        let obj = aya_obj::Object::parse(object).map_err(|e| Error::Load {
+            what: "the eBPF object".into(),
+            source: e.into(),
+        })?;
         let mut retired = Vec::new();
         for name in names {
             let Some(have) = self.pinned_layout(name)? else {
@@ -125,7 +125,7 @@ impl Pins {
             let def = obj
                 .maps
                 .get(*name)
-                .ok_or_else(|| Error::Load(format!("the eBPF object has no map {name}")))?;
+                .ok_or_else(|| Error::Object(format!("map {name}")))?;
             let want = MapLayout {
                 map_type: def.map_type(),
                 key_size: def.key_size(),
@@ -153,10 +153,8 @@ impl Pins {
     /// links move to this build's programs, so enforcement does not pause.
     fn retire_map(&self, name: &str) -> Result<()> {
         let path = self.map(name);
-        std::fs::remove_file(&path).map_err(|e| Error::Config {
-            path,
-            message: format!("unpinning a map of another layout: {e}"),
-        })
+        std::fs::remove_file(&path)
+            .map_err(Error::io("unpinning a map of another layout at", &path))
     }
 
     pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
