@@ -6,9 +6,9 @@ fn main() {
     }
     match which::which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
-        Err(_) => panic!(
-            "bpf-linker is not on PATH: run `cargo xtask setup`, which installs it (and the \
-             nightly rust-src) against the nightly toolchain's own LLVM"
+        Err(e) => panic!(
+            "bpf-linker is not on PATH ({e}): run `cargo xtask setup`, which installs it (and \
+             the nightly rust-src) against the nightly toolchain's own LLVM"
         ),
     }
 }

@@ -20,12 +20,17 @@ use std::{
 
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use trident_ports_agent::{
-    datapath::Datapath,
+    datapath::{Datapath, IngressHook, TcAttach},
     events::{Clock, IfNames, Record, decode, explain::Explainer},
     policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
 };
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs};
-use trident_ports_tests::{OnCpu0, bpffs::sys_bpf, netns::Pair, packet::*};
+use trident_ports_tests::{
+    OnCpu0,
+    bpffs::sys_bpf,
+    netns::Pair,
+    packet::{ACK, SYN, TCP, ether, ipv4, ipv6, tcp, v4, v6},
+};
 
 fn entry(dst: String, port: u16) -> Entry {
     Entry {
@@ -168,6 +173,10 @@ impl EmptyProgram {
     }
 
     /// Runs and run time the kernel's statistics have recorded for this program so far.
+    #[expect(
+        clippy::unused_self,
+        reason = "found by name, but only while `self` keeps it loaded"
+    )]
     fn stats(&self) -> (u64, Duration) {
         let info = aya::programs::loaded_programs()
             .filter_map(Result::ok)
@@ -439,7 +448,7 @@ fn trident_ports_on(pair: &Pair, entries: &[(Ipv4Addr, u16)], recent_flows: bool
         let mut dp = Datapath::load().unwrap();
         dp.apply(&policy, 1_000_000_000).unwrap();
         dp.set_recent_flows(recent_flows).unwrap();
-        dp.attach(&node_if, Default::default(), Default::default())
+        dp.attach(&node_if, TcAttach::default(), IngressHook::default())
             .unwrap();
         dp
     })
@@ -480,7 +489,7 @@ fn iperf_with(pair: &Pair, filter: Filter, entries: &[(Ipv4Addr, u16)], seconds:
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
@@ -576,7 +585,10 @@ fn real_traffic(smoke: bool) {
     };
     let per = |a: (u64, Duration), b: (u64, Duration)| {
         let runs = b.0 - a.0;
-        (runs, (b.1 - a.1).as_nanos() as f64 / runs.max(1) as f64)
+        (
+            runs,
+            b.1.checked_sub(a.1).unwrap().as_nanos() as f64 / runs.max(1) as f64,
+        )
     };
     let mut last = None;
     for &(n, streams, cache) in runs {
@@ -796,6 +808,7 @@ fn rss(n: usize) {
             "- Agent (release build) with {label}: {} MiB resident, attached {ready:.2?} after start.",
             rss.parse::<f64>().unwrap() / 1024.0
         );
+        // SAFETY: kill(2) on a child this test started; no memory is involved.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();
     }
@@ -804,8 +817,8 @@ fn rss(n: usize) {
 }
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "the benchmarks load eBPF programs and create namespaces: run as root"

@@ -14,9 +14,10 @@ pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("TRIDENT_PORTS_AGENT") {
         return PathBuf::from(p);
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
     let p = target.join("debug/trident-ports-agent");
     assert!(
         p.exists(),

@@ -62,7 +62,7 @@ pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads the struct we own.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
     let fd = sys_bpf(BPF_MAP_CREATE, &mut create).expect("BPF_MAP_CREATE");
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut pin = ObjPin {
@@ -81,7 +81,14 @@ pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
 /// initialised (the kernel takes the size passed and zero for the rest).
 pub fn sys_bpf<T>(cmd: i64, attr: &mut T) -> std::io::Result<i64> {
     // SAFETY: the pointer and size describe `attr`, which lives across the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut::<T>(attr),
+            size_of::<T>(),
+        )
+    };
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {

@@ -69,7 +69,9 @@ impl Lab {
     /// The lab with `node` as the node end (a fresh namespace or `NetNs::root()`) and only
     /// `services` running.
     pub fn start_with(node: NetNs, services: &[Service]) -> Self {
-        let serial = LAB.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = LAB
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for tool in services.iter().flat_map(|s| s.tools()) {
             assert!(
                 Command::new("sh")
@@ -285,14 +287,12 @@ impl Lab {
                                 .extension()
                                 .is_some_and(|x| x == "out" || x == "log")
                         })
-                        .map(|e| {
-                            format!(
-                                "--- {}\n{}",
-                                e.path().display(),
-                                std::fs::read_to_string(e.path()).unwrap_or_default()
-                            )
-                        })
-                        .collect();
+                        .fold(String::new(), |mut all, e| {
+                            use std::fmt::Write as _;
+                            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                            let _ = write!(all, "--- {}\n{text}", e.path().display());
+                            all
+                        });
                     panic!("the lab's {what} server did not come up:\n{logs}");
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -414,6 +414,7 @@ impl Drop for Lab {
         {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(p) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) on a process in the lab's namespace; no memory is involved.
                     unsafe { libc::kill(p, libc::SIGKILL) };
                 }
             }

@@ -56,6 +56,7 @@ impl NetNs {
     }
 
     /// A handle to the same namespace for another thread; dropping it deletes nothing.
+    #[must_use]
     pub fn borrow(&self) -> NetNs {
         NetNs {
             name: self.name.clone(),

@@ -127,7 +127,7 @@ pub fn udp_send_from(ns: &NetNs, from_port: u16, to: SocketAddr, count: usize) {
         for _ in 0..count {
             let _ = u.send_to(b"x", to);
         }
-    })
+    });
 }
 
 pub fn sa(s: &str) -> SocketAddr {
@@ -268,13 +268,13 @@ fn total_retrans(c: &TcpStream) -> u64 {
     // SAFETY: tcp_info is plain data; the kernel writes at most `len` bytes of it.
     unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
         libc::getsockopt(
             c.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
-            &mut info as *mut _ as *mut libc::c_void,
-            &mut len,
+            (&raw mut info).cast::<libc::c_void>(),
+            &raw mut len,
         );
         info.tcpi_total_retrans as u64
     }

@@ -61,7 +61,7 @@ fn blast(ns: &NetNs, from_port: u16, to: SocketAddr, n: usize) {
             // A dropped datagram is an EPERM-free success for UDP; the kernel drops it in TC.
             let _ = u.send_to(b"x", to);
         }
-    })
+    });
 }
 
 fn scrape(ns: &NetNs) -> String {
@@ -81,8 +81,10 @@ fn metric(text: &str, name_and_labels: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name_and_labels))
         .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse::<f64>().unwrap() as u64)
-        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{text}"))
+        .map_or_else(
+            || panic!("no {name_and_labels} in:\n{text}"),
+            |v| v.parse::<f64>().unwrap() as u64,
+        )
 }
 
 #[test]

@@ -254,7 +254,7 @@ fn idle_connection_where_storage_speaks_first() {
             .unwrap();
         let start = Instant::now();
         let mut buf = [0u8; 5];
-        let r = c.read_exact(&mut buf).map(|_| start.elapsed());
+        let r = c.read_exact(&mut buf).map(|()| start.elapsed());
         r.map_err(|e| e.to_string())
     });
     conn_rx.recv().unwrap();

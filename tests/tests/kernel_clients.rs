@@ -247,7 +247,7 @@ fn read_head(disk: &Path, n: usize) -> Vec<u8> {
         match std::fs::File::open(disk).and_then(|mut f| f.read_exact(&mut head)) {
             Ok(()) => return head,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100))
+                std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => panic!("reading {}: {e}", disk.display()),
         }

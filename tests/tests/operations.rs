@@ -117,11 +117,7 @@ fn attached_programs(pair: &Pair) -> usize {
         use aya::programs::{SchedClassifier, TcAttachType};
         [TcAttachType::Egress, TcAttachType::Ingress]
             .into_iter()
-            .map(|t| {
-                SchedClassifier::query_tcx(&iface, t)
-                    .map(|(_, p)| p.len())
-                    .unwrap_or(0)
-            })
+            .map(|t| SchedClassifier::query_tcx(&iface, t).map_or(0, |(_, p)| p.len()))
             .sum::<usize>()
     });
     let filters: usize = ["egress", "ingress"]
@@ -158,6 +154,7 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     let a = Agent::run(&pair, &cfg, &args);
     let traffic = Traffic::start(&pair);
     std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
     drop(a);
     // The old agent's programs stay attached with their maps; the pins now name maps of an
@@ -195,7 +192,7 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     let info = |name: &str| aya::maps::MapInfo::from_pin(pin.join("maps").join(name)).unwrap();
     assert_eq!(
         info(maps::CONFIG).value_size() as usize,
-        std::mem::size_of::<Config>()
+        size_of::<Config>()
     );
     assert_eq!(info(maps::COUNTERS).max_entries(), COUNTER_SLOTS);
     std::thread::sleep(Duration::from_millis(700));
@@ -224,6 +221,7 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     let traffic = Traffic::start(&pair);
     std::thread::sleep(Duration::from_millis(700));
     // kill -9: no chance to clean up, and enforcement must hold.
+    // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
     drop(a);
     std::thread::sleep(Duration::from_millis(700));
@@ -315,8 +313,7 @@ fn metric(pair: &Pair, name: &str) -> u64 {
     body.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse::<f64>().unwrap() as u64)
-        .unwrap_or(0)
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
 }
 
 #[test]
@@ -340,6 +337,7 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
             format!("backends: {{sources: [backends]}}\nevents: {{interval: 0s}}\n{extra}"),
         )
         .unwrap();
+        // SAFETY: kill(2) on a child this test started; no memory is involved.
         unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while agent
@@ -373,6 +371,7 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
         "version: 1\nstorageDriverName: ontap-nass\nmanagementLIF: 192.0.2.2\n",
     )
     .unwrap();
+    // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
     agent.wait_for_log(
         "reload failed, keeping the running policy",
@@ -520,6 +519,7 @@ fn a_slow_resolver_does_not_hold_up_events() {
         "version: 1\nstorageDriverName: ontap-nas\nbackendName: named\nmanagementLIF: filer.lab.test\n",
     )
     .unwrap();
+    // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
     agent.wait_for_log("SIGHUP: reloading", Duration::from_secs(2));
     let started = Instant::now();

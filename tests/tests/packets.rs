@@ -461,7 +461,7 @@ fn ipv6_extension_headers_and_fragments() {
             "192.0.2.1",
             "192.0.2.2",
             UDP,
-            0x2000 | 185,
+            0x2000 | 0xb9, // more fragments, offset 185 (8-byte units)
             &[0u8; 16],
         )),
         TC_PASS,

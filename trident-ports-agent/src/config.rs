@@ -289,7 +289,11 @@ mod tests {
     fn an_unreadable_file_keeps_the_os_error_as_its_source() {
         let e = NodeConfig::load(Path::new("/nonexistent/tp.yaml")).unwrap_err();
         match &e {
-            Error::Io { action, path, source } => {
+            Error::Io {
+                action,
+                path,
+                source,
+            } => {
                 assert_eq!(*action, "reading");
                 assert_eq!(path, Path::new("/nonexistent/tp.yaml"));
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
@@ -297,6 +301,9 @@ mod tests {
             other => panic!("expected Error::Io, got {other:?}"),
         }
         let chain = format!("{:#}", anyhow::Error::new(e));
-        assert!(chain.starts_with("reading /nonexistent/tp.yaml: "), "{chain}");
+        assert!(
+            chain.starts_with("reading /nonexistent/tp.yaml: "),
+            "{chain}"
+        );
     }
 }

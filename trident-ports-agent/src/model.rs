@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn ids_are_unique() {
         let mut ids: Vec<_> = Model::get().all().map(|p| p.id.as_str()).collect();
-        ids.sort();
+        ids.sort_unstable();
         let n = ids.len();
         ids.dedup();
         assert_eq!(ids.len(), n);

@@ -71,7 +71,7 @@ fn every_driver_and_form_is_read() {
         .iter()
         .map(|b| (b.name.as_str(), b.driver.name()))
         .collect();
-    names.sort();
+    names.sort_unstable();
     assert_eq!(
         names,
         vec![
@@ -365,7 +365,7 @@ fn controller_gets_management_and_cluster_ports_only() {
         vec![(8443, Tcp)]
     );
     let mut guarded: Vec<u16> = p.guarded.iter().map(|g| g.port).collect();
-    guarded.sort();
+    guarded.sort_unstable();
     assert_eq!(
         guarded,
         vec![8000, 8001, 8443],

@@ -289,18 +289,48 @@ pub mod limits {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<PeerKey>() == 20);
-    assert!(core::mem::size_of::<PeerInfo>() == 8);
-    assert!(core::mem::size_of::<RuleKey>() == 12);
-    assert!(core::mem::size_of::<RangeKey>() == 10);
-    assert!(core::mem::size_of::<GuardKey>() == 4);
-    assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<FlowState>() == 8);
-    assert!(core::mem::size_of::<EventGate>() == 16);
-    assert!(core::mem::size_of::<GateKey>() == 44);
-    assert!(core::mem::size_of::<Config>() == 16);
-    assert!(core::mem::size_of::<Event>() == 64);
+    assert!(size_of::<PeerKey>() == 20);
+    assert!(size_of::<PeerInfo>() == 8);
+    assert!(size_of::<RuleKey>() == 12);
+    assert!(size_of::<RangeKey>() == 10);
+    assert!(size_of::<GuardKey>() == 4);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<FlowState>() == 8);
+    assert!(size_of::<EventGate>() == 16);
+    assert!(size_of::<GateKey>() == 44);
+    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<Event>() == 64);
 };
+
+/// The last of the five flow words the datapath reads straight from a packet's headers (see
+/// `flow_words` in the kernel crate): the two transport ports exactly as they sit in the header,
+/// the IP protocol above them, and the IP family (4 or 6) above that. A zeroed word has no
+/// protocol, so it matches no flow.
+pub mod flow_word {
+    pub const PROTO_SHIFT: u32 = 32;
+    pub const FAMILY_SHIFT: u32 = 40;
+
+    #[inline(always)]
+    pub const fn meta(raw_ports: u32, proto: u8, family: u8) -> u64 {
+        raw_ports as u64 | (proto as u64) << PROTO_SHIFT | (family as u64) << FAMILY_SHIFT
+    }
+
+    #[inline(always)]
+    pub const fn proto(meta: u64) -> u8 {
+        (meta >> PROTO_SHIFT) as u8
+    }
+
+    #[inline(always)]
+    pub const fn family(meta: u64) -> u8 {
+        (meta >> FAMILY_SHIFT) as u8
+    }
+
+    /// The ports as the header holds them (network byte order), source first.
+    #[inline(always)]
+    pub const fn raw_ports(meta: u64) -> [u8; 4] {
+        (meta as u32).to_ne_bytes()
+    }
+}
 
 /// IPv4-mapped IPv6 form of an IPv4 address (network byte order in, 16 bytes out).
 ///
@@ -313,23 +343,45 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
-    // SAFETY: all of these are #[repr(C)] with explicit padding and no pointers.
+    use super::{
+        Config, Event, EventGate, FlowKey, FlowState, GateKey, PeerInfo, PeerKey, RangeKey, RuleKey,
+    };
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for PeerKey {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for PeerInfo {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for RuleKey {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for RangeKey {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for FlowState {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for EventGate {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for GateKey {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: #[repr(C)], explicit padding (sizes asserted above), no pointers.
     unsafe impl aya::Pod for Event {}
 }
 
 #[cfg(test)]
 mod tests {
     extern crate std;
+
+    #[test]
+    fn flow_words_unpack_what_they_pack() {
+        use super::flow_word::*;
+        let ports = u32::from_ne_bytes([0x9c, 0x40, 0x08, 0x01]); // 40000 -> 2049, as on the wire
+        let m = meta(ports, super::PROTO_TCP, 6);
+        assert_eq!(proto(m), super::PROTO_TCP);
+        assert_eq!(family(m), 6);
+        assert_eq!(raw_ports(m), [0x9c, 0x40, 0x08, 0x01]);
+        assert_eq!(proto(0), 0, "a zeroed word has no protocol");
+    }
 
     #[test]
     fn v4_mapped_matches_the_standard_library() {

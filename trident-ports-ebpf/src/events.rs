@@ -8,7 +8,7 @@ use crate::{
 };
 
 /// Everything an event needs, passed by reference: BPF functions take at most five arguments.
-pub struct Denial<'a> {
+pub(crate) struct Denial<'a> {
     pub cfg: &'a Config,
     pub parsed: &'a Parsed,
     pub ifindex: u32,
@@ -18,11 +18,13 @@ pub struct Denial<'a> {
     pub reason: u8,
 }
 
-/// A separate BPF function, so that its stack frame is not added to the inlined verdict path.
+/// Reports a denial, at most once per flow and direction per interval (`pass_gate`). Called
+/// after the verdict is fixed: whether an event can be written never changes it.
 #[inline(always)]
-pub fn report(d: &Denial) {
+pub(crate) fn report(d: &Denial) {
     let parsed = d.parsed;
     let (sport, dport, flags) = (parsed.sport, parsed.dport, parsed.tcp_flags);
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(suppressed) = pass_gate(d, sport, dport, now) else {
         count(d.dir, counter::EVENTS_SUPPRESSED);
@@ -76,28 +78,25 @@ fn pass_gate(d: &Denial, sport: u16, dport: u16, now: u64) -> Option<u32> {
         dir: d.dir,
         _pad: [0; 3],
     };
-    match GATES.get_ptr_mut(&key) {
-        Some(gate) => {
-            // SAFETY: valid for this run; CPUs racing on one flow can only shift a suppressed
-            // count between two consecutive events of that flow.
-            let gate = unsafe { &mut *gate };
-            if now.wrapping_sub(gate.last_ns) < d.cfg.event_interval_ns {
-                gate.suppressed = gate.suppressed.wrapping_add(1);
-                return None;
-            }
-            let suppressed = gate.suppressed;
-            gate.suppressed = 0;
-            gate.last_ns = now;
-            Some(suppressed)
+    if let Some(gate) = GATES.get_ptr_mut(key) {
+        // SAFETY: valid for this run; CPUs racing on one flow can only shift a suppressed
+        // count between two consecutive events of that flow.
+        let gate = unsafe { &mut *gate };
+        if now.wrapping_sub(gate.last_ns) < d.cfg.event_interval_ns {
+            gate.suppressed = gate.suppressed.wrapping_add(1);
+            return None;
         }
-        None => {
-            let fresh = EventGate {
-                last_ns: now,
-                suppressed: 0,
-                _pad: 0,
-            };
-            let _ = GATES.insert(&key, &fresh, 0);
-            Some(0)
-        }
+        let suppressed = gate.suppressed;
+        gate.suppressed = 0;
+        gate.last_ns = now;
+        Some(suppressed)
+    } else {
+        let fresh = EventGate {
+            last_ns: now,
+            suppressed: 0,
+            _pad: 0,
+        };
+        let _ = GATES.insert(key, fresh, 0);
+        Some(0)
     }
 }

@@ -3,9 +3,9 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 
 /// Offsets beyond this are never read: it bounds every offset for the verifier and is far past
 /// any header chain we accept (two VLAN tags, IPv6 with eight extension headers, an ICMP error).
-pub const MAX_OFFSET: usize = 1024;
+pub(crate) const MAX_OFFSET: usize = 1024;
 
-pub trait Packet {
+pub(crate) trait Packet {
     /// Reads a `T` at `off` bytes from the start of the frame; false when the frame is shorter,
     /// and the value is then zero. Never an `Option`: LLVM computes an `Option`'s payload before
     /// testing its tag, and a `None`'s undefined payload can sit in any register, even one that
@@ -36,8 +36,8 @@ impl Packet for TcContext {
             aya_ebpf::helpers::generated::bpf_skb_load_bytes(
                 self.skb.skb as *const core::ffi::c_void,
                 off as u32,
-                &mut out as *mut T as *mut core::ffi::c_void,
-                core::mem::size_of::<T>() as u32,
+                (&raw mut out).cast::<core::ffi::c_void>(),
+                size_of::<T>() as u32,
             )
         };
         (ret == 0, out)
@@ -70,8 +70,8 @@ impl Packet for XdpContext {
             aya_ebpf::helpers::generated::bpf_xdp_load_bytes(
                 self.ctx,
                 off as u32,
-                &mut out as *mut T as *mut core::ffi::c_void,
-                core::mem::size_of::<T>() as u32,
+                (&raw mut out).cast::<core::ffi::c_void>(),
+                size_of::<T>() as u32,
             )
         };
         (ret == 0, out)

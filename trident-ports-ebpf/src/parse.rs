@@ -4,7 +4,7 @@
 //! The result is one flat, always fully initialised record written in place: BPF calls cannot
 //! return aggregates, the stack is 512 bytes, and copying an enum whose payload bytes are
 //! undefined makes LLVM emit reads of unset registers that the verifier rejects.
-use trident_ports_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, v4_mapped};
+use trident_ports_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, flow_word, v4_mapped};
 
 use crate::packet::Packet;
 
@@ -20,6 +20,8 @@ macro_rules! read {
 }
 
 const ETH_HLEN: usize = 14;
+/// The ethertype's offset: the last two bytes of the Ethernet header.
+const ETH_TYPE: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -27,28 +29,57 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const MAX_VLAN_TAGS: usize = 2;
 const MAX_IPV6_EXT: usize = 8;
 
+/// IPv4 header fields (RFC 791), as offsets from the header's start.
+const IPV4_FRAG: usize = 6;
+const IPV4_PROTO: usize = 9;
+const IPV4_SRC: usize = 12;
+const IPV4_DST: usize = 16;
+const IPV4_MIN_HLEN: usize = 20;
+/// Version 4 with a 5-word header: no options.
+const IPV4_VIHL_NO_OPTIONS: u8 = 0x45;
+/// The fragment offset: the low 13 bits of the flags-and-offset word.
+const IPV4_FRAG_OFFSET: u16 = 0x1fff;
+
+/// IPv6 header fields (RFC 8200).
+const IPV6_NEXT: usize = 6;
+const IPV6_SRC: usize = 8;
+const IPV6_DST: usize = 24;
+const IPV6_HLEN: usize = 40;
+/// Extension headers the walk steps over (IANA protocol numbers).
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// TCP's flags byte, and the header length up to and including it.
+const TCP_FLAGS: usize = 13;
+const TCP_THROUGH_FLAGS: usize = 14;
+/// ICMP and ICMPv6 headers are 8 bytes before the quoted packet of an error.
+const ICMP_HLEN: usize = 8;
+
 /// What follows the IP header.
-pub mod kind {
+pub(crate) mod kind {
     /// TCP or UDP with both ports.
-    pub const PORTS: u8 = 0;
+    pub(crate) const PORTS: u8 = 0;
     /// A fragment other than the first: it carries no transport header.
-    pub const LATER_FRAGMENT: u8 = 1;
+    pub(crate) const LATER_FRAGMENT: u8 = 1;
     /// Addresses are known but the transport header is cut short or the header chain is invalid.
-    pub const TRUNCATED: u8 = 2;
+    pub(crate) const TRUNCATED: u8 = 2;
     /// ICMP/ICMPv6 that is left alone: echo, neighbour and router discovery, MLD.
-    pub const ICMP_INFORMATIONAL: u8 = 3;
+    pub(crate) const ICMP_INFORMATIONAL: u8 = 3;
     /// ICMP/ICMPv6 error quoting a TCP or UDP flow (the `q_*` fields).
-    pub const ICMP_ERROR: u8 = 4;
+    pub(crate) const ICMP_ERROR: u8 = 4;
     /// Any other ICMP type (redirects among them), or an error whose quote cannot be read.
-    pub const ICMP_OTHER: u8 = 5;
+    pub(crate) const ICMP_OTHER: u8 = 5;
     /// Any other IP protocol.
-    pub const OTHER: u8 = 6;
+    pub(crate) const OTHER: u8 = 6;
 }
 
 /// Aligned so that address copies are word stores, not `memcpy`/`memset` calls.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     /// The packet an ICMP error quotes, as that packet was sent.
@@ -69,31 +100,32 @@ pub struct Parsed {
 /// Fills `out` as `parse` would for a packet whose `flow_words` were found: the common shapes
 /// need no further header reads but the TCP flags.
 #[inline(always)]
-pub fn common<P: Packet>(pkt: &P, words: &[u64; 5], out: &mut Parsed) {
+pub(crate) fn common<P: Packet>(pkt: &P, words: &[u64; 5], out: &mut Parsed) {
     let meta = words[4];
-    out.proto = (meta >> 32) as u8;
-    let ports = (meta as u32).to_ne_bytes();
+    out.proto = flow_word::proto(meta);
+    let ports = flow_word::raw_ports(meta);
     out.sport = u16::from_be_bytes([ports[0], ports[1]]);
     out.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    let l4 = if meta >> 40 == 4 {
+    let l4 = if flow_word::family(meta) == 4 {
         let a = words[0].to_ne_bytes();
         out.family = 4;
         out.src = v4_mapped([a[0], a[1], a[2], a[3]]);
         out.dst = v4_mapped([a[4], a[5], a[6], a[7]]);
-        ETH_HLEN + 20
+        ETH_HLEN + IPV4_MIN_HLEN
     } else {
         out.family = 6;
         // SAFETY: two u64s and sixteen bytes have the same size and no invalid values.
         out.src = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[0], words[1]]) };
+        // SAFETY: as above.
         out.dst = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[2], words[3]]) };
-        ETH_HLEN + 40
+        ETH_HLEN + IPV6_HLEN
     };
     out.tcp_flags = 0;
     if out.proto == PROTO_TCP {
         // `flow_words` checked this bound; the verifier needs to see it again here.
         let (data, end) = pkt.direct();
-        if data + l4 + 14 <= end {
-            out.tcp_flags = load::<u8>(data + l4 + 13);
+        if data + l4 + TCP_THROUGH_FLAGS <= end {
+            out.tcp_flags = load::<u8>(data + l4 + TCP_FLAGS);
         }
     }
     out.kind = kind::PORTS;
@@ -108,48 +140,43 @@ pub fn common<P: Packet>(pkt: &P, words: &[u64; 5], out: &mut Parsed) {
 /// shape, or headers not all in the directly readable bytes: `parse` reads those with a helper
 /// call per field.
 #[inline(always)]
-pub fn flow_words<P: Packet>(pkt: &P) -> (bool, [u64; 5]) {
+pub(crate) fn flow_words<P: Packet>(pkt: &P) -> (bool, [u64; 5]) {
     let (data, end) = pkt.direct();
     let none = (false, [0; 5]);
-    if data + ETH_HLEN + 20 + 14 > end {
+    if data + ETH_HLEN + IPV4_MIN_HLEN + TCP_THROUGH_FLAGS > end {
         return none;
     }
-    let ethertype = load::<u16>(data + 12);
+    let ethertype = load::<u16>(data + ETH_TYPE);
     let ip = data + ETH_HLEN;
     if ethertype == ETH_P_IP.to_be() {
-        // Version 4, no options; fragment offset (its big-endian 13 bits) zero.
-        if load::<u8>(ip) != 0x45 || load::<u16>(ip + 6) & 0x1fff_u16.to_be() != 0 {
+        // No options, and not a later fragment (big-endian loads, so the constants are too).
+        if load::<u8>(ip) != IPV4_VIHL_NO_OPTIONS
+            || load::<u16>(ip + IPV4_FRAG) & IPV4_FRAG_OFFSET.to_be() != 0
+        {
             return none;
         }
-        let proto = load::<u8>(ip + 9);
+        let proto = load::<u8>(ip + IPV4_PROTO);
         if proto != PROTO_TCP && proto != PROTO_UDP {
             return none;
         }
-        let addrs = load::<u64>(ip + 12);
-        let ports = load::<u32>(ip + 20) as u64;
-        (
-            true,
-            [addrs, 0, 0, 0, ports | (proto as u64) << 32 | 4 << 40],
-        )
+        // Source and destination are adjacent: one word holds both.
+        let addrs = load::<u64>(ip + IPV4_SRC);
+        let ports = load::<u32>(ip + IPV4_MIN_HLEN);
+        (true, [addrs, 0, 0, 0, flow_word::meta(ports, proto, 4)])
     } else if ethertype == ETH_P_IPV6.to_be() {
-        if data + ETH_HLEN + 40 + 14 > end {
+        if data + ETH_HLEN + IPV6_HLEN + TCP_THROUGH_FLAGS > end {
             return none;
         }
-        let proto = load::<u8>(ip + 6);
+        let proto = load::<u8>(ip + IPV6_NEXT);
         if proto != PROTO_TCP && proto != PROTO_UDP {
             return none;
         }
-        let a = load::<[u64; 4]>(ip + 8);
-        let ports = load::<u32>(ip + 40) as u64;
+        // Source and destination are adjacent: four words hold both.
+        let a = load::<[u64; 4]>(ip + IPV6_SRC);
+        let ports = load::<u32>(ip + IPV6_HLEN);
         (
             true,
-            [
-                a[0],
-                a[1],
-                a[2],
-                a[3],
-                ports | (proto as u64) << 32 | 6 << 40,
-            ],
+            [a[0], a[1], a[2], a[3], flow_word::meta(ports, proto, 6)],
         )
     } else {
         none
@@ -168,8 +195,8 @@ fn load<T: Copy>(addr: usize) -> T {
 /// too short to hold the IP addresses (the IP layer discards the latter itself, and without
 /// addresses there is no peer to protect).
 #[inline(always)]
-pub fn parse<P: Packet>(pkt: &P, out: &mut Parsed) -> bool {
-    let mut off = ETH_HLEN - 2;
+pub(crate) fn parse<P: Packet>(pkt: &P, out: &mut Parsed) -> bool {
+    let mut off = ETH_TYPE;
     let mut ethertype = u16::from_be(read!(pkt, u16, off, return false));
     off += 2;
     for _ in 0..MAX_VLAN_TAGS {
@@ -191,19 +218,19 @@ pub fn parse<P: Packet>(pkt: &P, out: &mut Parsed) -> bool {
 #[inline(always)]
 fn parse_ipv4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
     let vihl = read!(pkt, u8, off, return false);
-    let proto = read!(pkt, u8, off + 9, return false);
-    let src = read!(pkt, [u8; 4], off + 12, return false);
-    let dst = read!(pkt, [u8; 4], off + 16, return false);
+    let proto = read!(pkt, u8, off + IPV4_PROTO, return false);
+    let src = read!(pkt, [u8; 4], off + IPV4_SRC, return false);
+    let dst = read!(pkt, [u8; 4], off + IPV4_DST, return false);
     out.family = 4;
     out.src = v4_mapped(src);
     out.dst = v4_mapped(dst);
     out.proto = proto;
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
+    if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return true;
     }
-    let frag = read!(pkt, u16, off + 6, return true);
-    if u16::from_be(frag) & 0x1fff != 0 {
+    let frag = read!(pkt, u16, off + IPV4_FRAG, return true);
+    if u16::from_be(frag) & IPV4_FRAG_OFFSET != 0 {
         out.kind = kind::LATER_FRAGMENT;
         return true;
     }
@@ -213,24 +240,24 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
-    let src = read!(pkt, [u8; 16], off + 8, return false);
-    let dst = read!(pkt, [u8; 16], off + 24, return false);
+    let src = read!(pkt, [u8; 16], off + IPV6_SRC, return false);
+    let dst = read!(pkt, [u8; 16], off + IPV6_DST, return false);
     out.family = 6;
     out.src = src;
     out.dst = dst;
-    let mut next = read!(pkt, u8, off + 6, return true);
-    let mut cur = off + 40;
+    let mut next = read!(pkt, u8, off + IPV6_NEXT, return true);
+    let mut cur = off + IPV6_HLEN;
     let mut found = false;
     for _ in 0..MAX_IPV6_EXT {
         match next {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-            0 | 43 | 60 => {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let hdr = read!(pkt, [u8; 2], cur, return true);
                 next = hdr[0];
                 cur += (hdr[1] as usize + 1) * 8;
             }
             // Fragment header: 8 bytes; offset in the upper 13 bits of bytes 2..4.
-            44 => {
+            IPPROTO_FRAGMENT => {
                 let hdr = read!(pkt, [u8; 4], cur, return true);
                 next = hdr[0];
                 if u16::from_be_bytes([hdr[2], hdr[3]]) >> 3 != 0 {
@@ -241,7 +268,7 @@ fn parse_ipv6<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
                 cur += 8;
             }
             // Authentication header: (len + 2) * 4 bytes.
-            51 => {
+            IPPROTO_AH => {
                 let hdr = read!(pkt, [u8; 2], cur, return true);
                 next = hdr[0];
                 cur += (hdr[1] as usize + 2) * 4;
@@ -265,7 +292,7 @@ fn parse_l4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) {
     match out.proto {
         PROTO_TCP => {
             let (ok_ports, p) = pkt.read::<[u8; 4]>(off);
-            let (ok_flags, flags) = pkt.read::<u8>(off + 13);
+            let (ok_flags, flags) = pkt.read::<u8>(off + TCP_FLAGS);
             if ok_ports && ok_flags {
                 out.sport = u16::from_be_bytes([p[0], p[1]]);
                 out.dport = u16::from_be_bytes([p[2], p[3]]);
@@ -299,7 +326,7 @@ fn parse_icmp<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) {
     };
     out.kind = if informational {
         kind::ICMP_INFORMATIONAL
-    } else if error && parse_quoted(pkt, off + 8, v6, out) {
+    } else if error && parse_quoted(pkt, off + ICMP_HLEN, v6, out) {
         kind::ICMP_ERROR
     } else {
         kind::ICMP_OTHER
@@ -311,17 +338,17 @@ fn parse_icmp<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) {
 fn parse_quoted<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) -> bool {
     let l4off;
     if v6 {
-        out.q_src = read!(pkt, [u8; 16], off + 8, return false);
-        out.q_dst = read!(pkt, [u8; 16], off + 24, return false);
-        out.q_proto = read!(pkt, u8, off + 6, return false);
-        l4off = off + 40;
+        out.q_src = read!(pkt, [u8; 16], off + IPV6_SRC, return false);
+        out.q_dst = read!(pkt, [u8; 16], off + IPV6_DST, return false);
+        out.q_proto = read!(pkt, u8, off + IPV6_NEXT, return false);
+        l4off = off + IPV6_HLEN;
     } else {
         let vihl = read!(pkt, u8, off, return false);
-        let src = read!(pkt, [u8; 4], off + 12, return false);
-        let dst = read!(pkt, [u8; 4], off + 16, return false);
-        let proto = read!(pkt, u8, off + 9, return false);
+        let src = read!(pkt, [u8; 4], off + IPV4_SRC, return false);
+        let dst = read!(pkt, [u8; 4], off + IPV4_DST, return false);
+        let proto = read!(pkt, u8, off + IPV4_PROTO, return false);
         let ihl = ((vihl & 0x0f) as usize) * 4;
-        if ihl < 20 {
+        if ihl < IPV4_MIN_HLEN {
             return false;
         }
         out.q_src = v4_mapped(src);

@@ -14,22 +14,22 @@ use crate::verdict::{Action, decide};
 fn tc_code(action: Action) -> i32 {
     match action {
         Action::Pass => TC_ACT_UNSPEC,
-        Action::Drop => TC_ACT_SHOT as i32,
+        Action::Drop => TC_ACT_SHOT,
     }
 }
 
 #[classifier]
-pub fn tp_tc_egress(ctx: TcContext) -> i32 {
+pub(crate) fn tp_tc_egress(ctx: TcContext) -> i32 {
     tc_code(decide(&ctx, DIR_EGRESS))
 }
 
 #[classifier]
-pub fn tp_tc_ingress(ctx: TcContext) -> i32 {
+pub(crate) fn tp_tc_ingress(ctx: TcContext) -> i32 {
     tc_code(decide(&ctx, DIR_INGRESS))
 }
 
 #[xdp]
-pub fn tp_xdp_ingress(ctx: XdpContext) -> u32 {
+pub(crate) fn tp_xdp_ingress(ctx: XdpContext) -> u32 {
     match decide(&ctx, DIR_INGRESS) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,

@@ -9,16 +9,14 @@ use trident_ports_common::{
 
 use crate::{
     events,
-    maps::{
-        CONFIG, FLOWS, GUARDS, LastFlow, PEER_PREFIXES, PEERS, RANGES, RECENT, RECENT_SETS, RULES,
-        SCRATCH, count,
-    },
+    maps::{CONFIG, FLOWS, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
     packet::Packet,
     parse::{Parsed, common, flow_words, kind, parse},
+    recent,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Pass,
     Drop,
 }
@@ -35,7 +33,7 @@ enum Judgement {
 /// Judges one packet travelling in `dir`, counts it, emits an event when it is denied, and
 /// returns the action. The event is emitted after the verdict is fixed and cannot change it.
 #[inline(always)]
-pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
+pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     let Some(slot) = SCRATCH.get_ptr_mut(dir as u32) else {
         count(dir, counter::PASSED);
         return Action::Pass;
@@ -50,14 +48,12 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     let (common_shape, words) = flow_words(pkt);
     // Only the common shapes have flow words; the others are never cached.
     let recent = if common_shape && cfg.options & OPTION_NO_RECENT_FLOWS == 0 {
-        RECENT.get_ptr_mut(recent_index(dir, &words))
+        recent::set_for(dir, &words)
     } else {
         None
     };
-    if let Some(r) = recent
-        // SAFETY: this CPU's set; programs do not nest on one CPU within one direction.
-        && (same_flow(unsafe { &(*r).ways[0] }, cfg.seq, &words)
-            || same_flow(unsafe { &(*r).ways[1] }, cfg.seq, &words))
+    if let Some(set) = recent
+        && recent::holds(set, cfg.seq, &words)
     {
         count(dir, counter::RECENT_HIT);
         return Action::Pass;
@@ -85,19 +81,11 @@ pub fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             Action::Pass
         }
         Judgement::Allowed(c) => {
-            if let Some(r) = recent
+            if let Some(set) = recent
                 && parsed.kind == kind::PORTS
                 && peer.flags & PEER_PROTECTED != 0
             {
-                // SAFETY: as above.
-                unsafe {
-                    (*r).ways[1] = (*r).ways[0];
-                    (*r).ways[0] = LastFlow {
-                        words,
-                        seq: cfg.seq,
-                        _pad: 0,
-                    };
-                }
+                recent::remember(set, cfg.seq, words);
             }
             count(dir, c);
             Action::Pass
@@ -204,7 +192,7 @@ fn judge_ports(
                 };
                 // A full table evicts its least recently used flow; a failed insert only means
                 // this flow is judged by the rules again on its next packet.
-                let _ = FLOWS.insert(&flow, &state, 0);
+                let _ = FLOWS.insert(flow, state, 0);
                 return Judgement::Allowed(counter::ALLOWED);
             }
             return Judgement::Denied(if dir == DIR_EGRESS {
@@ -223,28 +211,6 @@ fn judge_ports(
     Judgement::Untouched(counter::PASSED)
 }
 
-/// The `RECENT` set for a flow: its direction's half, at a hash of its words.
-#[inline(always)]
-fn recent_index(dir: u8, w: &[u64; 5]) -> u32 {
-    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
-    x ^= x >> 32;
-    x ^= x >> 16;
-    x ^= x >> 8;
-    (dir as u32 & 1) * RECENT_SETS + (x as u32 & (RECENT_SETS - 1))
-}
-
-/// True when `entry` holds this flow, allowed under the running policy: the connection table
-/// would say the same (a policy switch changes `seq`).
-#[inline(always)]
-fn same_flow(entry: &LastFlow, seq: u32, w: &[u64; 5]) -> bool {
-    entry.seq == seq
-        && entry.words[0] == w[0]
-        && entry.words[1] == w[1]
-        && entry.words[2] == w[2]
-        && entry.words[3] == w[3]
-        && entry.words[4] == w[4]
-}
-
 #[inline(always)]
 fn flow_key(local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16, proto: u8) -> FlowKey {
     FlowKey {
@@ -260,13 +226,13 @@ fn flow_key(local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16, proto: 
 /// A flow in the connection table is trusted while the policy it was admitted under runs. After a
 /// policy switch (or when the agent seeded it from existing sockets) it is checked against the
 /// running rules once, in both directions, and either refreshed or forgotten.
-/// Not inlined: its lookups' keys would otherwise share the stack frame of the whole verdict.
 #[inline(always)]
 fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
     let Some(state) = FLOWS.get_ptr_mut(flow) else {
         return false;
     };
-    // SAFETY: the pointer is valid for this program run; a racing update only changes `seq`.
+    // SAFETY: a map value pointer stays valid for this program run; a CPU racing on the same
+    // flow can only write the same `seq`.
     if unsafe { (*state).seq } == cfg.seq {
         return true;
     }
@@ -277,6 +243,7 @@ fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
             known(&p) && rule_allows(cfg, DIR_INGRESS, p.class, flow.proto, flow.local_port)
         };
     if inb {
+        // SAFETY: as above.
         unsafe { (*state).seq = cfg.seq };
         true
     } else {
@@ -289,7 +256,7 @@ fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
 /// copies undefined payload bytes, which LLVM may take from a clobbered register and which the
 /// verifier then rejects.
 #[inline(always)]
-pub fn lookup_peer(cfg: &Config, dir: u8, addr: &[u8; 16]) -> PeerInfo {
+pub(crate) fn lookup_peer(cfg: &Config, dir: u8, addr: &[u8; 16]) -> PeerInfo {
     let key = PeerKey {
         generation: cfg.generation,
         dir,
@@ -297,7 +264,7 @@ pub fn lookup_peer(cfg: &Config, dir: u8, addr: &[u8; 16]) -> PeerInfo {
         addr: *addr,
     };
     // SAFETY: values are plain data written by the agent.
-    if let Some(info) = unsafe { PEERS.get(&key) } {
+    if let Some(info) = unsafe { PEERS.get(key) } {
         return *info;
     }
     if cfg.tables & table_peer_prefixes(dir) == 0 {
@@ -309,7 +276,7 @@ pub fn lookup_peer(cfg: &Config, dir: u8, addr: &[u8; 16]) -> PeerInfo {
     }
 }
 
-pub const UNKNOWN: PeerInfo = PeerInfo {
+pub(crate) const UNKNOWN: PeerInfo = PeerInfo {
     class: NO_CLASS,
     flags: 0,
 };
@@ -331,7 +298,8 @@ fn rule_allows(cfg: &Config, dir: u8, class: u32, proto: u8, port: u16) -> bool 
         port,
         _pad2: [0; 2],
     };
-    if unsafe { RULES.get(&exact) }.is_some() {
+    // SAFETY: only the presence of the value is read.
+    if unsafe { RULES.get(exact) }.is_some() {
         return true;
     }
     if cfg.tables & table_ranges(dir) == 0 {

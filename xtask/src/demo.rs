@@ -112,7 +112,7 @@ fn topology() -> anyhow::Result<Topology> {
     Ok(topo)
 }
 
-pub fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
+pub(crate) fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
     // SAFETY: installing an async-signal-safe handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -259,7 +259,7 @@ fn udp_try(to: SocketAddr) -> bool {
 }
 
 /// Echo servers for the demo, TCP and UDP on each address, until killed.
-pub fn serve(addrs: &[String]) -> anyhow::Result<()> {
+pub(crate) fn serve(addrs: &[String]) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     for a in addrs {
         let addr: SocketAddr = a.parse().with_context(|| format!("bad address {a}"))?;

@@ -100,7 +100,7 @@ const BENCH: &[Peer] = &[
 /// The validator `cargo xtask test` checks deploy/ with, pinned.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
-pub enum Suite {
+pub(crate) enum Suite {
     Test,
     Vm,
     Bench,
@@ -118,7 +118,7 @@ fn found(probe: &str) -> bool {
 }
 
 /// Installs what `suite` needs and is missing. Needs root; without it, names the packages.
-pub fn ensure(suite: Suite) -> anyhow::Result<()> {
+pub(crate) fn ensure(suite: Suite) -> anyhow::Result<()> {
     let peers: Vec<&Peer> = match suite {
         Suite::Test => TEST.iter().collect(),
         Suite::Vm => TEST.iter().chain(VM).collect(),

@@ -8,7 +8,7 @@ use crate::run_checked;
 
 const NIGHTLY: &str = "nightly";
 
-pub fn ensure() -> anyhow::Result<()> {
+pub(crate) fn ensure() -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()
 }

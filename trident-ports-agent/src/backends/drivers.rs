@@ -2,7 +2,11 @@
 //! driver family, chosen by an exhaustive match.
 use std::collections::BTreeMap;
 
-use super::{Backend, Dest, Mgmt, endpoint::endpoint, endpoint::url_host_port, files::Obj};
+use super::{
+    Backend, Dest, Mgmt,
+    endpoint::{endpoint, url_host_port},
+    files::Obj,
+};
 
 /// A field's problem, as (field, message); the caller names the document.
 pub(super) type FieldError = (&'static str, String);
@@ -148,21 +152,19 @@ fn solidfire(
     b: &mut Backend,
 ) -> Result<(), FieldError> {
     b.mgmt_kind = Some(Mgmt::Solidfire);
-    let (host, port) = match spec.str("Endpoint") {
-        Some(url) => url_host_port(&url)
-            .ok_or_else(|| ("Endpoint", "not an http(s) URL with a host".to_string()))?,
-        None => {
-            let secret = spec.obj("credentials").and_then(|c| c.str("name"));
-            match secret.as_ref().and_then(|s| secrets.get(s)) {
-                Some(hp) => hp.clone(),
-                None => {
-                    b.notes.push(format!(
-                        "Endpoint is in Secret `{}`, not among the sources: the management address is unknown",
-                        secret.unwrap_or_default()
-                    ));
-                    (String::new(), 443)
-                }
-            }
+    let (host, port) = if let Some(url) = spec.str("Endpoint") {
+        url_host_port(&url)
+            .ok_or_else(|| ("Endpoint", "not an http(s) URL with a host".to_string()))?
+    } else {
+        let secret = spec.obj("credentials").and_then(|c| c.str("name"));
+        if let Some(hp) = secret.as_ref().and_then(|s| secrets.get(s)) {
+            hp.clone()
+        } else {
+            b.notes.push(format!(
+                "Endpoint is in Secret `{}`, not among the sources: the management address is unknown",
+                secret.unwrap_or_default()
+            ));
+            (String::new(), 443)
         }
     };
     if !host.is_empty() {

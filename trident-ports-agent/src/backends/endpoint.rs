@@ -8,11 +8,7 @@ use super::Dest;
 
 /// `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`, `host`, `host:443`, or a
 /// CIDR. Host names resolve now (through the system resolver, /etc/hosts included).
-pub fn endpoint(
-    s: &str,
-    field: &str,
-    default_port: Option<u16>,
-) -> std::result::Result<Vec<Dest>, String> {
+pub fn endpoint(s: &str, field: &str, default_port: Option<u16>) -> Result<Vec<Dest>, String> {
     let s = s.trim();
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(vec![Dest {
@@ -94,8 +90,7 @@ pub(super) fn url_host_port(url: &str) -> Option<(String, u16)> {
             h.to_string(),
             after
                 .strip_prefix(':')
-                .map(|p| p.parse().ok())
-                .unwrap_or(Some(default))?,
+                .map_or(Some(default), |p| p.parse().ok())?,
         )
     } else {
         match hostport.rsplit_once(':') {

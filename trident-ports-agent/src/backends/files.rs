@@ -26,10 +26,11 @@ pub fn discover(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
                     !name.starts_with("..")
-                        && (name.ends_with(".json")
-                            || name.ends_with(".yaml")
-                            || name.ends_with(".yml"))
+                        && ["json", "yaml", "yml"]
+                            .iter()
+                            .any(|e| ext.eq_ignore_ascii_case(e))
                         && p.is_file()
                 })
                 .collect();

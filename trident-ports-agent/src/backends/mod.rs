@@ -15,14 +15,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ipnet::IpNet;
-use serde_yaml::Value;
-
 pub use drivers::{DRIVERS, Driver};
 pub use endpoint::endpoint;
 use files::{Obj, collect_secret, kind};
 pub use files::{discover, documents};
+use ipnet::IpNet;
 pub use nfs::nfs_version;
+use serde_yaml::Value;
 
 use crate::error::{Error, Result};
 

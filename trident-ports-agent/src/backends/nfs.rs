@@ -2,7 +2,7 @@
 
 /// The NFS major version a mount-options string asks for, as Trident reads it: an optional
 /// leading `-o `, comma-separated options, `nfsvers=` or `vers=` as N or N.M; the last one wins.
-pub fn nfs_version(opts: &str) -> std::result::Result<Option<u8>, String> {
+pub fn nfs_version(opts: &str) -> Result<Option<u8>, String> {
     let opts = opts.trim();
     let opts = opts.strip_prefix("-o ").unwrap_or(opts).trim();
     let mut version = None;

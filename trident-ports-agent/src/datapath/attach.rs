@@ -4,7 +4,7 @@ use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     tc,
-    tc::{SchedClassifierLink, TcAttachOptions, TcHandle},
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     xdp::XdpLink,
 };
 use trident_ports_common::programs;
@@ -57,7 +57,7 @@ impl Datapath {
         self.attach_tc(iface, programs::TC_EGRESS, TcAttachType::Egress, attach)?;
         match ingress {
             IngressHook::Tc => {
-                self.attach_tc(iface, programs::TC_INGRESS, TcAttachType::Ingress, attach)?
+                self.attach_tc(iface, programs::TC_INGRESS, TcAttachType::Ingress, attach)?;
             }
             IngressHook::Xdp => self.attach_xdp(iface)?,
         }
@@ -180,7 +180,7 @@ impl Datapath {
         let options = if use_tcx {
             TcAttachOptions::TcxOrder(LinkOrder::default())
         } else {
-            TcAttachOptions::Netlink(Default::default())
+            TcAttachOptions::Netlink(NlOptions::default())
         };
         let Some(pins) = pins else {
             prog.attach_with_options(iface, kind, options)

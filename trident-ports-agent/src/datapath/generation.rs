@@ -1,8 +1,8 @@
 //! Policy switches by generation: the new policy is written beside the running one, one store
 //! to the configuration entry switches, then the old generation is removed.
-use aya::maps::lpm_trie::Key;
 use std::collections::BTreeMap;
 
+use aya::maps::lpm_trie::Key;
 use trident_ports_common::{
     Config, GUARD_WORDS_PER_SET, GuardKey, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, PeerKey,
     RangeKey, RuleKey, limits, maps,
@@ -28,7 +28,7 @@ impl Datapath {
         let current = self.config()?;
         let next_gen = current.generation ^ 1;
         let tables = compile(policy, next_gen);
-        self.check_limits(&tables)?;
+        Self::check_limits(&tables)?;
         // Leftovers of an interrupted earlier switch.
         self.remove_generation(next_gen)?;
         self.write(&tables)?;
@@ -52,7 +52,7 @@ impl Datapath {
         })
     }
 
-    fn check_limits(&self, t: &Tables) -> Result<()> {
+    fn check_limits(t: &Tables) -> Result<()> {
         // Two generations live side by side during a switch.
         let checks = [
             (maps::PEERS, t.peers.len(), limits::PEERS / 2),
@@ -110,7 +110,7 @@ impl Datapath {
         let peers: Vec<PeerKey> = self
             .peers
             .keys()
-            .filter_map(|k| k.ok())
+            .filter_map(std::result::Result::ok)
             .filter(|k| k.generation == generation)
             .collect();
         for k in peers {
@@ -119,7 +119,7 @@ impl Datapath {
         let prefixes: Vec<Key<PeerKey>> = self
             .prefixes
             .keys()
-            .filter_map(|k| k.ok())
+            .filter_map(std::result::Result::ok)
             .filter(|k| k.data().generation == generation)
             .collect();
         for k in prefixes {
@@ -128,7 +128,7 @@ impl Datapath {
         let rules: Vec<RuleKey> = self
             .rules
             .keys()
-            .filter_map(|k| k.ok())
+            .filter_map(std::result::Result::ok)
             .filter(|k| k.generation == generation)
             .collect();
         for k in rules {
@@ -137,7 +137,7 @@ impl Datapath {
         let ranges: Vec<Key<RangeKey>> = self
             .ranges
             .keys()
-            .filter_map(|k| k.ok())
+            .filter_map(std::result::Result::ok)
             .filter(|k| k.data().generation == generation)
             .collect();
         for k in ranges {

@@ -9,11 +9,14 @@ pub mod tables;
 
 use std::collections::BTreeMap;
 
+pub use attach::{IngressHook, TcAttach, nix_if_index, tcx_supported};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::SchedClassifier,
 };
+pub use generation::Applied;
+pub use tables::{Tables, compile};
 use trident_ports_common::{
     COUNTER_SLOTS, Config, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE, OPTION_NO_RECENT_FLOWS,
     PeerInfo, PeerKey, RangeKey, RuleKey, counter, maps, programs,
@@ -23,9 +26,6 @@ use crate::{
     error::{Error, Result},
     policy::Mode,
 };
-pub use attach::{IngressHook, TcAttach, nix_if_index, tcx_supported};
-pub use generation::Applied;
-pub use tables::{Tables, compile};
 
 /// The kernel object, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trident-ports"));
@@ -79,18 +79,19 @@ impl Datapath {
         ];
         if let Some(p) = &pins {
             for (name, old) in p.retire_other_layouts(OBJECT, &names)? {
-                match old {
-                    Some(layout) => tracing::warn!(
+                if let Some(layout) = old {
+                    tracing::warn!(
                         map = name,
                         pinned = %layout,
                         "the pinned map has another layout (an agent of another version pinned \
                          it): replaced with a new one"
-                    ),
-                    None => tracing::warn!(
+                    );
+                } else {
+                    tracing::warn!(
                         map = name,
                         "the pinned connection table belongs to the replaced configuration: \
-                         replaced with a new one, filled again from the node's sockets"
-                    ),
+                     replaced with a new one, filled again from the node's sockets"
+                    );
                 }
             }
             for name in names {

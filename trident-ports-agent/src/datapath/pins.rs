@@ -22,7 +22,7 @@ use trident_ports_common::maps;
 
 use crate::error::{Error, Result};
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// What programs compiled against a map rely on. A map pinned by an agent of another version
 /// may differ: this build's programs cannot share it (the verifier rejects them, or their
@@ -230,7 +230,7 @@ pub fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct we own.
     unsafe {
         let mut s: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == BPF_FS_MAGIC
+        libc::statfs(c.as_ptr(), &raw mut s) == 0 && s.f_type as i64 == BPF_FS_MAGIC
     }
 }
 

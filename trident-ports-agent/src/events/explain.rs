@@ -76,7 +76,7 @@ impl Explainer {
         let port_purpose = proto.and_then(|p| Model::get().purpose_of(ev.dst_port, p));
         rec.purpose = match (ev.reason, proto) {
             (reason::SOURCE_NOT_ALLOWED, Some(p)) => self.guarded.get(&(p, ev.dst_port)).cloned(),
-            _ => port_purpose.map(|p| p.explain()),
+            _ => port_purpose.map(super::super::model::Port::explain),
         };
         let port = format!("{}/{}", ev.dst_port, rec.proto);
         let whose = match (&rec.backend, owner) {

@@ -197,11 +197,7 @@ mod tests {
             f.write_line(&format!("{{\"n\":{n},\"pad\":\"xxxxxxxxxxxxxxxxxxxx\"}}"))
                 .unwrap();
         }
-        let lines = |p: &PathBuf| {
-            std::fs::read_to_string(p)
-                .map(|s| s.lines().count())
-                .unwrap_or(0)
-        };
+        let lines = |p: &PathBuf| std::fs::read_to_string(p).map_or(0, |s| s.lines().count());
         assert!(std::fs::metadata(&path).unwrap().len() <= 100);
         assert!(lines(&dir.join("events.json.1")) > 0 && lines(&dir.join("events.json.2")) > 0);
         assert!(

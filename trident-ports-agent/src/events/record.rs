@@ -12,11 +12,11 @@ use crate::policy::Proto;
 
 /// Decodes one ring-buffer record; `None` if it is not exactly one event.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() != std::mem::size_of::<Event>() {
+    if bytes.len() != size_of::<Event>() {
         return None;
     }
     // SAFETY: the length is checked and Event is plain old data; the read is unaligned-safe.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) })
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -32,7 +32,7 @@ impl Clock {
             tv_nsec: 0,
         };
         // SAFETY: valid pointer to a timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
         let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
         Clock {
             boot_wall: SystemTime::now() - mono,
@@ -229,8 +229,9 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use trident_ports_common::{DIR_INGRESS, PROTO_TCP, VERDICT_DENIED, v4_mapped};
+
+    use super::*;
 
     #[test]
     fn decodes_and_renders_an_event() {
@@ -252,12 +253,8 @@ mod tests {
             class: 0,
         };
         // SAFETY: viewing a POD value as bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                &ev as *const Event as *const u8,
-                std::mem::size_of::<Event>(),
-            )
-        };
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>()) };
         let back = decode(bytes).unwrap();
         assert_eq!(back, ev);
         assert!(decode(&bytes[..10]).is_none());

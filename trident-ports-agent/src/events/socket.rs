@@ -73,6 +73,7 @@ fn group_id(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: getgrnam returns a pointer to static storage or null.
     let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    // SAFETY: a non-null result points to a valid group entry until the next getgr* call.
     (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
@@ -146,7 +147,7 @@ async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyh
             Ok((_, r)) => {
                 write
                     .write_all((serde_json::to_string(&*r)? + "\n").as_bytes())
-                    .await?
+                    .await?;
             }
             Err(RecvError::Lagged(n)) => {
                 write

@@ -145,7 +145,7 @@ fn nftables(policy: &Policy) -> String {
         protected
             .iter()
             .filter(|n| matches!(n, IpNet::V4(_)) == v4)
-            .map(|n| n.to_string())
+            .map(ToString::to_string)
             .collect()
     };
     let mut guarded: Vec<String> = policy

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use super::{kernels::modules_dir, vm_dir};
 use crate::run_checked;
 
-pub fn copy_with_libs(
+pub(super) fn copy_with_libs(
     src: &Path,
     dest_root: &Path,
     dest: &str,
@@ -32,7 +32,7 @@ pub fn copy_with_libs(
 /// What goes into a guest besides busybox, ip and tc: files (with their libraries when they are
 /// executables), directories copied to the same path, and the commands `init` runs.
 #[derive(Default)]
-pub struct Guest {
+pub(super) struct Guest {
     pub files: Vec<(PathBuf, String)>,
     pub dirs: Vec<PathBuf>,
     /// Files written with the given text, by guest path.
@@ -46,7 +46,11 @@ pub struct Guest {
 }
 
 /// Builds the initramfs for one kernel; returns its path.
-pub fn initramfs(kernel_root: &Path, release: &str, guest: &Guest) -> anyhow::Result<PathBuf> {
+pub(super) fn initramfs(
+    kernel_root: &Path,
+    release: &str,
+    guest: &Guest,
+) -> anyhow::Result<PathBuf> {
     let root = vm_dir().join("initramfs").join(release);
     let _ = std::fs::remove_dir_all(&root);
     for d in [

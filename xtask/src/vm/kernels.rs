@@ -12,7 +12,7 @@ use super::vm_dir;
 use crate::run_checked;
 
 /// A kernel the matrix knows: its Debian suite and the package name prefix to look for.
-pub struct Kernel {
+pub(super) struct Kernel {
     pub name: &'static str,
     suite: &'static str,
     prefix: &'static str,
@@ -85,7 +85,7 @@ fn apt(suite: &str, uri: &str) -> anyhow::Result<(PathBuf, Vec<String>)> {
 }
 
 /// Downloads (once) and unpacks the newest kernel of `k`; returns the unpacked tree and release.
-pub fn fetch(k: &Kernel) -> anyhow::Result<(PathBuf, String)> {
+pub(super) fn fetch(k: &Kernel) -> anyhow::Result<(PathBuf, String)> {
     let root = vm_dir().join("kernels").join(k.name);
     if let Some(release) = unpacked_release(&root) {
         return Ok((root, release));
@@ -189,11 +189,11 @@ fn unpacked_release(root: &Path) -> Option<String> {
     kernel_image(root).map(|(_, r)| r)
 }
 
-pub fn vmlinuz(root: &Path) -> Option<PathBuf> {
+pub(super) fn vmlinuz(root: &Path) -> Option<PathBuf> {
     kernel_image(root).map(|(p, _)| p)
 }
 
-pub fn modules_dir(root: &Path, release: &str) -> PathBuf {
+pub(super) fn modules_dir(root: &Path, release: &str) -> PathBuf {
     let merged = root.join("usr/lib/modules").join(release).join("kernel");
     if merged.exists() {
         merged
@@ -202,7 +202,7 @@ pub fn modules_dir(root: &Path, release: &str) -> PathBuf {
     }
 }
 
-pub fn kernel(name: &str) -> anyhow::Result<&'static Kernel> {
+pub(super) fn kernel(name: &str) -> anyhow::Result<&'static Kernel> {
     KERNELS.iter().find(|k| k.name == name).with_context(|| {
         format!(
             "unknown kernel `{name}`; known: {}",

@@ -60,7 +60,7 @@ const MODULES: &[&[&str]] = &[
 ];
 
 /// Adds the lab to `guest`, or says which package to install.
-pub fn add(guest: &mut Guest) -> anyhow::Result<()> {
+pub(super) fn add(guest: &mut Guest) -> anyhow::Result<()> {
     let missing: Vec<&str> = PROGRAMS
         .iter()
         .chain(CONFIG)

@@ -44,10 +44,7 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     }
     let mut bins = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json_lite(line) else {
-            continue;
-        };
-        if let Some((name, exe)) = v {
+        if let Some((name, exe)) = serde_json_lite(line) {
             bins.push((name, PathBuf::from(exe)));
         }
     }
@@ -55,9 +52,9 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Pulls (target name, executable) out of a cargo artifact message without a JSON dependency.
-fn serde_json_lite(line: &str) -> anyhow::Result<Option<(String, String)>> {
+fn serde_json_lite(line: &str) -> Option<(String, String)> {
     if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"executable\":\"") {
-        return Ok(None);
+        return None;
     }
     let field = |key: &str| -> Option<String> {
         let start = line.find(key)? + key.len();
@@ -65,10 +62,10 @@ fn serde_json_lite(line: &str) -> anyhow::Result<Option<(String, String)>> {
         Some(line[start..end].to_string())
     };
     let name = field("\"target\":{\"kind\":[\"test\"],\"crate_types\":[\"bin\"],\"name\":\"");
-    Ok(match (name, field("\"executable\":\"")) {
+    match (name, field("\"executable\":\"")) {
         (Some(n), Some(e)) if SUITES.contains(&n.as_str()) => Some((n, e)),
         _ => None,
-    })
+    }
 }
 
 fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
@@ -93,7 +90,7 @@ fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
 }
 
 /// `cargo xtask run --vm KERNEL`: the README's demo inside a throwaway VM, on the terminal.
-pub fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
+pub(crate) fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
     crate::peers::ensure(crate::peers::Suite::Vm)?;
     let (root, release) = fetch(kernel(name)?)?;
     let me = std::env::current_exe()?;
@@ -118,7 +115,7 @@ pub fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
 }
 
 /// Runs the privileged suites in one VM per kernel and reports per kernel.
-pub fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Result<()> {
+pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Result<()> {
     crate::peers::ensure(crate::peers::Suite::Vm)?;
     let bins = test_binaries()?;
     if bins.len() != SUITES.len() {

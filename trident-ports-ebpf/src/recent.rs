@@ -1,0 +1,83 @@
+//! The per-CPU recent-flow cache: flows of each direction this CPU allowed lately, found again
+//! from the packet's raw header words (`parse::flow_words`) with no parsing and no map lookup
+//! but this one array read. A policy switch changes the sequence, which empties it logically.
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
+/// Flows of each direction this CPU allowed recently (from the connection table or a rule), in
+/// two-way sets chosen by a hash of the flow, with the policy sequence each was allowed under:
+/// the next packets of a node's few busy storage connections (bulk I/O, interleaved or not)
+/// need neither parsing nor lookups. Two ways keep two busy flows that share a set from
+/// evicting each other on every packet; a third only sends the oldest back to the connection
+/// table.
+#[map(name = "TP_RECENT")]
+pub(crate) static RECENT: PerCpuArray<RecentSet> =
+    PerCpuArray::with_max_entries(2 * RECENT_SETS, 0);
+
+/// Sets of recent flows per CPU and direction (a power of two).
+pub(crate) const RECENT_SETS: u32 = 128;
+
+/// A flow as `parse::flow_words` gives it, and the policy sequence it was allowed under. A
+/// zeroed entry matches no packet: the last word of a flow carries its protocol.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct LastFlow {
+    pub words: [u64; 5],
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// One set: `ways[0]` is the flow inserted last, `ways[1]` the one before it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct RecentSet {
+    pub ways: [LastFlow; 2],
+}
+
+/// This CPU's set for a flow: its direction's half, at a hash of its words.
+#[inline(always)]
+pub(crate) fn set_for(dir: u8, words: &[u64; 5]) -> Option<*mut RecentSet> {
+    RECENT.get_ptr_mut(index(dir, words))
+}
+
+#[inline(always)]
+fn index(dir: u8, w: &[u64; 5]) -> u32 {
+    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
+    x ^= x >> 32;
+    x ^= x >> 16;
+    x ^= x >> 8;
+    (dir as u32 & 1) * RECENT_SETS + (x as u32 & (RECENT_SETS - 1))
+}
+
+/// True when `set` holds this flow, allowed under the running policy `seq`: the connection
+/// table would say the same.
+#[inline(always)]
+pub(crate) fn holds(set: *mut RecentSet, seq: u32, words: &[u64; 5]) -> bool {
+    // SAFETY: `set` points into this CPU's array slot, valid for the program run; programs do not
+    // nest on one CPU within one direction, so nothing writes it meanwhile.
+    let ways = unsafe { &(*set).ways };
+    same_flow(&ways[0], seq, words) || same_flow(&ways[1], seq, words)
+}
+
+/// Makes this flow the set's newest way; the older of the two ways leaves.
+#[inline(always)]
+pub(crate) fn remember(set: *mut RecentSet, seq: u32, words: [u64; 5]) {
+    // SAFETY: as in `holds`.
+    unsafe {
+        (*set).ways[1] = (*set).ways[0];
+        (*set).ways[0] = LastFlow {
+            words,
+            seq,
+            _pad: 0,
+        };
+    }
+}
+
+#[inline(always)]
+fn same_flow(entry: &LastFlow, seq: u32, w: &[u64; 5]) -> bool {
+    entry.seq == seq
+        && entry.words[0] == w[0]
+        && entry.words[1] == w[1]
+        && entry.words[2] == w[2]
+        && entry.words[3] == w[3]
+        && entry.words[4] == w[4]
+}
