@@ -5,7 +5,9 @@
 pub mod agent;
 pub mod bpffs;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
+pub mod node;
 pub mod packet;
 pub mod traffic;
 

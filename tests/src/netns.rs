@@ -107,9 +107,18 @@ impl NetNs {
         })
     }
 
-    /// Like `run`, but waits for the result.
-    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.run(f).join().expect("thread in namespace panicked")
+    /// Runs `f` in this namespace on a scoped thread and waits for its result: `f` may borrow
+    /// from the caller.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = self.file();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                enter(&file);
+                f()
+            })
+            .join()
+            .expect("thread in namespace panicked")
+        })
     }
 }
 

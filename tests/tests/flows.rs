@@ -2,48 +2,39 @@
 //! with followers and filters, a slow follower that is told what it missed, and metrics that
 //! match the traffic (checked with promtool).
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, UdpSocket},
     os::unix::net::UnixStream,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use trident_ports_tests::{
     agent::{Agent, binary},
+    metrics::{self, METRICS, scrape},
     netns::{NetNs, Pair},
+    node::NodeDir,
     require_root,
     traffic::{sa, tcp_echo, udp_echo},
 };
 
-const METRICS: &str = "127.0.0.1:9964";
+/// The node's one backend: an NFSv4.1 SVM at 192.0.2.2.
+const NAS: &str = "apiVersion: trident.netapp.io/v1\nkind: TridentBackendConfig\nmetadata: {name: nas-prod}\n\
+     spec: {version: 1, storageDriverName: ontap-nas, managementLIF: 192.0.2.2, dataLIF: 192.0.2.2, \
+     nfsMountOptions: nfsvers=4.1}\n";
 
-fn lab(name: &str, interval: &str) -> (Pair, PathBuf) {
-    let pair = Pair::standard();
-    let dir = std::env::temp_dir().join(format!("tp-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(dir.join("backends")).unwrap();
-    std::fs::write(
-        dir.join("backends/nas.yaml"),
-        "apiVersion: trident.netapp.io/v1\nkind: TridentBackendConfig\nmetadata: {name: nas-prod}\n\
-         spec: {version: 1, storageDriverName: ontap-nas, managementLIF: 192.0.2.2, dataLIF: 192.0.2.2, \
-         nfsMountOptions: nfsvers=4.1}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("node.yaml"),
-        format!("backends: {{sources: [backends]}}\nevents: {{interval: {interval}}}\n"),
-    )
-    .unwrap();
-    (pair, dir)
+fn nas_node(name: &str, interval: &str) -> (Pair, NodeDir) {
+    let node = NodeDir::new(name)
+        .backend("nas.yaml", NAS)
+        .config(&format!("events: {{interval: {interval}}}\n"));
+    (Pair::standard(), node)
 }
 
-fn start(pair: &Pair, dir: &std::path::Path) -> Agent {
-    let cfg = dir.join("node.yaml");
-    let file = dir.join("events.json");
+fn start(pair: &Pair, node: &NodeDir) -> Agent {
+    let file = node.path("events.json");
     Agent::run(
         pair,
-        &cfg,
+        &node.config_path(),
         &[
             "--metrics",
             METRICS,
@@ -64,27 +55,9 @@ fn blast(ns: &NetNs, from_port: u16, to: SocketAddr, n: usize) {
     });
 }
 
-fn scrape(ns: &NetNs) -> String {
-    ns.within(|| {
-        let mut c = TcpStream::connect(METRICS).expect("metrics endpoint");
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut s = String::new();
-        c.read_to_string(&mut s).unwrap();
-        let (head, body) = s.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_string()
-    })
-}
-
 fn metric(text: &str, name_and_labels: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or_else(
-            || panic!("no {name_and_labels} in:\n{text}"),
-            |v| v.parse::<f64>().unwrap() as u64,
-        )
+    metrics::metric(text, name_and_labels)
+        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{text}"))
 }
 
 #[test]
@@ -92,7 +65,7 @@ fn events_explain_themselves() {
     if !require_root("events_explain_themselves") {
         return;
     }
-    let (pair, dir) = lab("explain", "0s");
+    let (pair, dir) = nas_node("explain", "0s");
     let mut agent = start(&pair, &dir);
     udp_echo(&pair.node, sa("192.0.2.2:111"), Duration::from_millis(300)).unwrap_err();
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), Duration::from_millis(300)).unwrap_err();
@@ -125,7 +98,7 @@ fn events_explain_themselves() {
         "{iscsi}"
     );
     // The events file holds the same JSON lines as stdout.
-    let file: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("events.json"))
+    let file: Vec<serde_json::Value> = std::fs::read_to_string(dir.path("events.json"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -142,7 +115,7 @@ fn flood_of_denied_packets_is_bounded_and_counted() {
     if !require_root("flood_of_denied_packets_is_bounded_and_counted") {
         return;
     }
-    let (pair, dir) = lab("flood", "1s");
+    let (pair, dir) = nas_node("flood", "1s");
     let mut agent = start(&pair, &dir);
     let started = Instant::now();
     blast(&pair.node, 50_000, sa("192.0.2.2:4045"), 100_000);
@@ -263,7 +236,7 @@ fn flows_followers_filters_history_and_metrics() {
     if !require_root("flows_followers_filters_history_and_metrics") {
         return;
     }
-    let (pair, dir) = lab("flows", "0s");
+    let (pair, dir) = nas_node("flows", "0s");
     let mut agent = start(&pair, &dir);
     // Before any follower: two events into the history.
     blast(&pair.node, 40_000, sa("192.0.2.2:111"), 1);
@@ -391,7 +364,7 @@ fn slow_follower_is_told_what_it_missed() {
     if !require_root("slow_follower_is_told_what_it_missed") {
         return;
     }
-    let (pair, dir) = lab("slow", "0s");
+    let (pair, dir) = nas_node("slow", "0s");
     let mut agent = start(&pair, &dir);
     let mut slow = UnixStream::connect(&agent.socket).unwrap();
     slow.write_all(b"{\"since_ms\": 0, \"follow\": true}\n")

@@ -2,11 +2,12 @@
 //! probe port from nobody outside, unsolicited inbound from storage denied, replies and NFSv3
 //! callbacks allowed, IPv4 and IPv6, TC and XDP; and a stream that existed before the agent
 //! keeps flowing with no retransmission when enforcement starts.
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use trident_ports_tests::{
     agent::Agent,
     netns::{Addrs, Pair},
+    node::NodeDir,
     require_root,
     traffic::{Echo, Stream, sa, tcp_echo, tcp_echo_from, udp_echo_from},
 };
@@ -19,7 +20,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// Node 192.0.2.1 / 2001:db8::1; storage 192.0.2.2 / 2001:db8::2 (an NFSv3 SVM), a cluster
 /// peer 192.0.2.3 and an outsider 192.0.2.4 / 2001:db8::4.
-fn lab(name: &str, extra_config: &str) -> (Pair, PathBuf) {
+fn v3_and_v6_node(name: &str, extra_config: &str) -> (Pair, NodeDir) {
     let pair = Pair::new(Addrs {
         node: &["192.0.2.1/24", "2001:db8::1/64"],
         storage: &[
@@ -30,26 +31,22 @@ fn lab(name: &str, extra_config: &str) -> (Pair, PathBuf) {
             "2001:db8::4/64",
         ],
     });
-    let dir = std::env::temp_dir().join(format!("tp-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(dir.join("backends")).unwrap();
-    std::fs::write(
-        dir.join("backends/nas.yaml"),
-        "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-v3\nmanagementLIF: 192.0.2.2\ndataLIF: 192.0.2.2\n\
-         nfsMountOptions: nfsvers=3\n---\n\
-         version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-v6\nmanagementLIF: \"[2001:db8::2]\"\n\
-         dataLIF: \"[2001:db8::2]\"\nnfsMountOptions: nfsvers=4.1\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("node.yaml"),
-        format!("cluster: {{cidrs: [192.0.2.3/32]}}\nbackends: {{sources: [backends]}}\nevents: {{interval: 0s}}\n{extra_config}"),
-    )
-    .unwrap();
+    let dir = NodeDir::new(name)
+        .backend(
+            "nas.yaml",
+            "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-v3\nmanagementLIF: 192.0.2.2\ndataLIF: 192.0.2.2\n\
+             nfsMountOptions: nfsvers=3\n---\n\
+             version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-v6\nmanagementLIF: \"[2001:db8::2]\"\n\
+             dataLIF: \"[2001:db8::2]\"\nnfsMountOptions: nfsvers=4.1\n",
+        )
+        .config(&format!(
+            "cluster: {{cidrs: [192.0.2.3/32]}}\nevents: {{interval: 0s}}\n{extra_config}"
+        ));
     (pair, dir)
 }
 
 fn ingress_checks(extra_args: &[&str], name: &str) {
-    let (pair, dir) = lab(name, "");
+    let (pair, dir) = v3_and_v6_node(name, "");
     let _node_servers = Echo::start(
         &pair.node,
         &[
@@ -64,7 +61,7 @@ fn ingress_checks(extra_args: &[&str], name: &str) {
         &pair.storage,
         &[sa("192.0.2.2:2049"), sa("[2001:db8::2]:2049")],
     );
-    let cfg = dir.join("node.yaml");
+    let cfg = dir.path("node.yaml");
     let mut agent = Agent::run(&pair, &cfg, extra_args);
     let st = &pair.storage;
     // Trident's node ports: the cluster gets in, an outsider does not, nobody reaches the probe.
@@ -156,7 +153,7 @@ fn pre_existing_stream_survives_enforcement_start() {
     }
     // Without callbacks: with them, storage may open TCP to any node port from 1024 up, which
     // would allow the second stream too.
-    let (pair, dir) = lab("stream", "nfs: {callbacks: false}\n");
+    let (pair, dir) = v3_and_v6_node("stream", "nfs: {callbacks: false}\n");
     let allowed = Stream::start(&pair.storage, &pair.node, sa("192.0.2.2:2049"));
     let denied = Stream::start(&pair.storage, &pair.node, sa("192.0.2.2:3260"));
     std::thread::sleep(Duration::from_millis(500));
@@ -165,7 +162,7 @@ fn pre_existing_stream_survives_enforcement_start() {
         "streams run before the agent"
     );
     let retrans_before = allowed.retransmits();
-    let cfg = dir.join("node.yaml");
+    let cfg = dir.path("node.yaml");
     let mut agent = Agent::run(&pair, &cfg, &[]);
     let (a0, d0) = (allowed.bytes(), denied.bytes());
     std::thread::sleep(Duration::from_millis(1500));
@@ -232,7 +229,7 @@ fn idle_connection_where_storage_speaks_first() {
     if !require_root("idle_connection_where_storage_speaks_first") {
         return;
     }
-    let (pair, dir) = lab("idle", "nfs: {callbacks: false}\n");
+    let (pair, dir) = v3_and_v6_node("idle", "nfs: {callbacks: false}\n");
     let (ready_tx, ready_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let server = pair.storage.run(move || {
@@ -260,7 +257,7 @@ fn idle_connection_where_storage_speaks_first() {
     conn_rx.recv().unwrap();
     // Let the handshake's last ACK leave before the agent starts: the connection is idle.
     std::thread::sleep(Duration::from_millis(200));
-    let cfg = dir.join("node.yaml");
+    let cfg = dir.path("node.yaml");
     let mut agent = Agent::run(&pair, &cfg, &[]);
     read_tx.send(()).unwrap();
     go_tx.send(()).unwrap();

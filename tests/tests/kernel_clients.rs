@@ -17,6 +17,7 @@ use trident_ports_tests::{
     bpffs::{BpfFs, pin_map},
     lab::{CHAP_SECRET, CHAP_USER, LUN_LABEL, Lab, Service, TARGET, assert_nfsv3_block_explained},
     netns::NetNs,
+    node::NodeDir,
     require_root,
 };
 
@@ -34,7 +35,7 @@ fn in_test_vm(test: &str) -> bool {
     false
 }
 
-fn lab() -> Lab {
+fn start_lab() -> Lab {
     let started = Instant::now();
     let lab = Lab::start_with(NetNs::root(), &[Service::Nfs, Service::Iscsi]);
     eprintln!("lab up in {:.1?}", started.elapsed());
@@ -46,15 +47,10 @@ fn agent(lab: &Lab, name: &str, backends: &str) -> Agent {
 }
 
 fn agent_with(lab: &Lab, name: &str, backends: &str, extra: &[&str]) -> Agent {
-    let dir = lab.dir.join(format!("agent-{name}"));
-    std::fs::create_dir_all(dir.join("backends")).unwrap();
-    std::fs::write(dir.join("backends/backends.yaml"), backends).unwrap();
-    std::fs::write(
-        dir.join("node.yaml"),
-        "backends: {sources: [backends]}\nevents: {interval: 1s}\n",
-    )
-    .unwrap();
-    Agent::run(&lab.pair, &dir.join("node.yaml"), extra)
+    let node = NodeDir::at(lab.dir.join(format!("agent-{name}")))
+        .backend("backends.yaml", backends)
+        .config("events: {interval: 1s}\n");
+    Agent::run(&lab.pair, &node.config_path(), extra)
 }
 
 /// Runs a client command with a time limit; Ok(stdout) or Err(what it printed).
@@ -282,7 +278,7 @@ fn kernel_nfs_mounts_and_iscsi_login_work_through_enforcement() {
     if !in_test_vm("kernel_nfs_mounts_and_iscsi_login_work_through_enforcement") {
         return;
     }
-    let lab = lab();
+    let lab = start_lab();
     let mut a = agent(&lab, "allowed", BACKENDS);
 
     let v4 = NfsMount::new(&lab, "192.0.2.2:/export", "vers=4.1").expect("NFSv4.1 mount");
@@ -352,7 +348,7 @@ fn kernel_nfsv3_mount_is_blocked_under_an_nfsv4_only_policy() {
     if !in_test_vm("kernel_nfsv3_mount_is_blocked_under_an_nfsv4_only_policy") {
         return;
     }
-    let lab = lab();
+    let lab = start_lab();
     let backend = "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-prod\n\
                    managementLIF: 192.0.2.3\ndataLIF: 192.0.2.2\nnfsMountOptions: nfsvers=4.1\n";
     let mut a = agent(&lab, "v4only", backend);
@@ -397,7 +393,7 @@ fn an_nfs_mount_stays_usable_across_an_upgrade_that_replaces_the_connection_tabl
     {
         return;
     }
-    let lab = lab();
+    let lab = start_lab();
     let fs = BpfFs::mount();
     let pin = fs.0.join("trident-ports");
     let pin_arg = pin.to_str().unwrap().to_string();

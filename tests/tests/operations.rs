@@ -4,7 +4,7 @@
 //! ConfigMap-style symlink swap reloads; audit and enforce switch live; a reload that waits on
 //! a slow resolver does not hold up the event stream.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -17,7 +17,9 @@ use std::{
 use trident_ports_tests::{
     agent::{Agent, binary, uninstall},
     bpffs::{BpfFs, pin_map},
+    metrics::{self, scrape},
     netns::Pair,
+    node::NodeDir,
     require_root,
     traffic::{Echo, sa, tcp_echo},
 };
@@ -82,7 +84,7 @@ impl Traffic {
     }
 }
 
-fn lab(name: &str) -> (Pair, PathBuf, Echo) {
+fn nas_node_with_servers(name: &str) -> (Pair, NodeDir, Echo) {
     let pair = Pair::standard();
     let echo = Echo::start(
         &pair.storage,
@@ -92,23 +94,16 @@ fn lab(name: &str) -> (Pair, PathBuf, Echo) {
             sa("192.0.2.2:111"),
         ],
     );
-    let dir = std::env::temp_dir().join(format!("tp-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(dir.join("backends")).unwrap();
+    let dir = NodeDir::new(name).config("events: {interval: 0s}\n");
     write_backend(&dir, "4.1");
-    std::fs::write(
-        dir.join("node.yaml"),
-        "backends: {sources: [backends]}\nevents: {interval: 0s}\n",
-    )
-    .unwrap();
     (pair, dir, echo)
 }
 
-fn write_backend(dir: &Path, nfsvers: &str) {
-    std::fs::write(
-        dir.join("backends/nas.yaml"),
-        format!("version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: 192.0.2.2\ndataLIF: 192.0.2.2\nnfsMountOptions: nfsvers={nfsvers}\n"),
-    )
-    .unwrap();
+fn write_backend(dir: &NodeDir, nfsvers: &str) {
+    dir.write_backend(
+        "nas.yaml",
+        &format!("version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: 192.0.2.2\ndataLIF: 192.0.2.2\nnfsMountOptions: nfsvers={nfsvers}\n"),
+    );
 }
 
 fn attached_programs(pair: &Pair) -> usize {
@@ -148,8 +143,8 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     use trident_ports_common::{COUNTER_SLOTS, Config, maps};
     let fs = BpfFs::mount();
     let pin = fs.0.join("trident-ports");
-    let (pair, dir, _echo) = lab("upgrade");
-    let cfg = dir.join("node.yaml");
+    let (pair, dir, _echo) = nas_node_with_servers("upgrade");
+    let cfg = dir.path("node.yaml");
     let args = ["--pin-dir", pin.to_str().unwrap()];
     let a = Agent::run(&pair, &cfg, &args);
     let traffic = Traffic::start(&pair);
@@ -213,8 +208,8 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
 fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     let fs = BpfFs::mount();
     let pin = fs.0.join("trident-ports");
-    let (pair, dir, _echo) = lab(name);
-    let cfg = dir.join("node.yaml");
+    let (pair, dir, _echo) = nas_node_with_servers(name);
+    let cfg = dir.path("node.yaml");
     let mut args = vec!["--pin-dir", pin.to_str().unwrap()];
     args.extend_from_slice(extra);
     let a = Agent::run(&pair, &cfg, &args);
@@ -302,18 +297,7 @@ fn kill_9_adopt_uninstall_xdp() {
 }
 
 fn metric(pair: &Pair, name: &str) -> u64 {
-    let body = pair.node.within(|| {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect("127.0.0.1:9964").unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut s = String::new();
-        c.read_to_string(&mut s).unwrap();
-        s
-    });
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+    metrics::metric(&scrape(&pair.node), name).unwrap_or(0)
 }
 
 #[test]
@@ -321,8 +305,8 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
     if !require_root("hundred_reloads_under_traffic_and_a_bad_one") {
         return;
     }
-    let (pair, dir, _echo) = lab("reloads");
-    let cfg = dir.join("node.yaml");
+    let (pair, dir, _echo) = nas_node_with_servers("reloads");
+    let cfg = dir.path("node.yaml");
     let mut agent = Agent::run(&pair, &cfg, &["--watch-interval", "1h"]);
     let traffic = Traffic::start(&pair);
     for i in 1..=100 {
@@ -367,7 +351,7 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
     );
     // A bad backend file: the running policy stays, the failure is logged and counted.
     std::fs::write(
-        dir.join("backends/nas.yaml"),
+        dir.path("backends/nas.yaml"),
         "version: 1\nstorageDriverName: ontap-nass\nmanagementLIF: 192.0.2.2\n",
     )
     .unwrap();
@@ -402,8 +386,8 @@ fn configmap_symlink_swap_reloads() {
         return;
     }
     use std::os::unix::fs::symlink;
-    let (pair, dir, _echo) = lab("configmap");
-    let cm = dir.join("cm");
+    let (pair, dir, _echo) = nas_node_with_servers("configmap");
+    let cm = dir.path("cm");
     for (version, nfsvers) in [("..v1", "4.1"), ("..v2", "3")] {
         std::fs::create_dir_all(cm.join(version)).unwrap();
         std::fs::write(
@@ -415,11 +399,11 @@ fn configmap_symlink_swap_reloads() {
     symlink("..v1", cm.join("..data")).unwrap();
     symlink("..data/nas.yaml", cm.join("nas.yaml")).unwrap();
     std::fs::write(
-        dir.join("node.yaml"),
+        dir.path("node.yaml"),
         "backends: {sources: [cm]}\nevents: {interval: 0s}\n",
     )
     .unwrap();
-    let cfg = dir.join("node.yaml");
+    let cfg = dir.path("node.yaml");
     let mut agent = Agent::run(&pair, &cfg, &["--watch-interval", "200ms"]);
     tcp_echo(&pair.node, sa("192.0.2.2:111"), T).unwrap_err();
     // The atomic swap Kubernetes does: a new symlink renamed over ..data.
@@ -440,8 +424,8 @@ fn audit_and_enforce_switch_live() {
     if !require_root("audit_and_enforce_switch_live") {
         return;
     }
-    let (pair, dir, _echo) = lab("audit");
-    let cfg = dir.join("node.yaml");
+    let (pair, dir, _echo) = nas_node_with_servers("audit");
+    let cfg = dir.path("node.yaml");
     std::fs::write(
         &cfg,
         "mode: audit\nbackends: {sources: [backends]}\nevents: {interval: 0s}\n",
@@ -501,7 +485,7 @@ fn a_slow_resolver_does_not_hold_up_events() {
     if !require_root("a_slow_resolver_does_not_hold_up_events") {
         return;
     }
-    let (pair, dir, _echo) = lab("slowdns");
+    let (pair, dir, _echo) = nas_node_with_servers("slowdns");
     // The node's resolver asks an on-link documentation address that nobody answers: every
     // lookup of a name not in its hosts file waits out the timeout.
     let etc = NetnsEtc(PathBuf::from("/etc/netns").join(&pair.node.name));
@@ -512,10 +496,10 @@ fn a_slow_resolver_does_not_hold_up_events() {
         "nameserver 192.0.2.53\noptions timeout:4 attempts:1\n",
     )
     .unwrap();
-    let cfg = dir.join("node.yaml");
+    let cfg = dir.path("node.yaml");
     let mut agent = Agent::run(&pair, &cfg, &["--watch-interval", "1h"]);
     std::fs::write(
-        dir.join("backends/named.yaml"),
+        dir.path("backends/named.yaml"),
         "version: 1\nstorageDriverName: ontap-nas\nbackendName: named\nmanagementLIF: filer.lab.test\n",
     )
     .unwrap();

@@ -1,11 +1,12 @@
 //! Real storage protocols through the enforcing agent: the storage lab's NFS (v3 and v4),
 //! iSCSI with CHAP, SMB and HTTPS servers, reached by real clients from the node namespace, under
 //! a plan compiled from backend definitions that point at the lab.
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use trident_ports_tests::{
     agent::Agent,
     lab::{Lab, assert_nfsv3_block_explained},
+    node::NodeDir,
     require_root,
 };
 
@@ -13,14 +14,12 @@ const NODE: &str = "backends: {sources: [backends]}\nevents: {interval: 1s}\n";
 
 /// Runs the agent in the lab's node namespace with `node` as its configuration and `backends`
 /// as its one backend file.
-fn agent(lab: &Lab, name: &str, backends: &str, node: &str) -> (Agent, PathBuf) {
-    let dir = lab.dir.join(format!("agent-{name}"));
-    std::fs::create_dir_all(dir.join("backends")).unwrap();
-    std::fs::write(dir.join("backends/backends.yaml"), backends).unwrap();
-    std::fs::write(dir.join("node.yaml"), node).unwrap();
-    let cfg = dir.join("node.yaml");
-    let a = Agent::run(&lab.pair, &cfg, &[]);
-    (a, dir)
+fn agent(lab: &Lab, name: &str, backends: &str, node: &str) -> (Agent, NodeDir) {
+    let node = NodeDir::at(lab.dir.join(format!("agent-{name}")))
+        .backend("backends.yaml", backends)
+        .raw_config(node);
+    let a = Agent::run(&lab.pair, &node.config_path(), &[]);
+    (a, node)
 }
 
 const EVERYTHING: &str = "\

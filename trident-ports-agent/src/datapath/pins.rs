@@ -14,6 +14,7 @@
 //! A restarted or upgraded agent reuses the maps and moves the links to its own programs with one
 //! atomic update each, so no packet meets an unattached interface.
 use std::{
+    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
 };
@@ -113,37 +114,16 @@ impl Pins {
         object: &[u8],
         names: &[&str],
     ) -> Result<Vec<(String, Option<MapLayout>)>> {
-        let obj = aya_obj::Object::parse(object).map_err(|e| Error::Load {
-            what: "the eBPF object".into(),
-            source: e.into(),
-        })?;
-        let mut retired = Vec::new();
+        let want = object_layouts(object, names)?;
+        let mut have = BTreeMap::new();
         for name in names {
-            let Some(have) = self.pinned_layout(name)? else {
-                continue;
-            };
-            let def = obj
-                .maps
-                .get(*name)
-                .ok_or_else(|| Error::Object(format!("map {name}")))?;
-            let want = MapLayout {
-                map_type: def.map_type(),
-                key_size: def.key_size(),
-                value_size: def.value_size(),
-                max_entries: def.max_entries(),
-                flags: def.map_flags(),
-            };
-            if have != want {
-                self.retire_map(name)?;
-                retired.push((name.to_string(), Some(have)));
+            if let Some(layout) = self.pinned_layout(name)? {
+                have.insert((*name).to_string(), layout);
             }
         }
-        if retired.iter().any(|(n, _)| n == maps::CONFIG)
-            && !retired.iter().any(|(n, _)| n == maps::FLOWS)
-            && self.map(maps::FLOWS).exists()
-        {
-            self.retire_map(maps::FLOWS)?;
-            retired.push((maps::FLOWS.to_string(), None));
+        let retired = retirements(&want, &have);
+        for (name, _) in &retired {
+            self.retire_map(name)?;
         }
         Ok(retired)
     }
@@ -198,6 +178,50 @@ impl Pins {
             Self::netlink_prefix(iface, hook)
         )))
     }
+}
+
+/// The layouts the eBPF object defines for `names`.
+pub fn object_layouts(object: &[u8], names: &[&str]) -> Result<BTreeMap<String, MapLayout>> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| Error::Load {
+        what: "the eBPF object".into(),
+        source: e.into(),
+    })?;
+    names
+        .iter()
+        .map(|name| {
+            let def = obj
+                .maps
+                .get(*name)
+                .ok_or_else(|| Error::Object(format!("map {name}")))?;
+            let layout = MapLayout {
+                map_type: def.map_type(),
+                key_size: def.key_size(),
+                value_size: def.value_size(),
+                max_entries: def.max_entries(),
+                flags: def.map_flags(),
+            };
+            Ok(((*name).to_string(), layout))
+        })
+        .collect()
+}
+
+/// The pinned maps (`have`) this build cannot share, with the layout each had: every one whose
+/// layout differs from the object's (`want`), and with the configuration also the connection
+/// table (`None`: its layout was fine), whose entries are tied to the configuration's sequence.
+fn retirements(
+    want: &BTreeMap<String, MapLayout>,
+    have: &BTreeMap<String, MapLayout>,
+) -> Vec<(String, Option<MapLayout>)> {
+    let mut retired: Vec<(String, Option<MapLayout>)> = have
+        .iter()
+        .filter(|(name, layout)| want.get(*name) != Some(layout))
+        .map(|(name, layout)| (name.clone(), Some(*layout)))
+        .collect();
+    let replaced = |n: &str| retired.iter().any(|(r, _)| r == n);
+    if replaced(maps::CONFIG) && !replaced(maps::FLOWS) && have.contains_key(maps::FLOWS) {
+        retired.push((maps::FLOWS.to_string(), None));
+    }
+    retired
 }
 
 fn mount_bpffs(at: &Path) {
@@ -305,4 +329,94 @@ pub fn uninstall(dir: &Path) -> Result<Removed> {
         let _ = std::fs::remove_dir(&d);
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layouts() -> BTreeMap<String, MapLayout> {
+        object_layouts(
+            super::super::OBJECT,
+            &[maps::CONFIG, maps::FLOWS, maps::PEERS],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_same_build_shares_every_pinned_map() {
+        let want = layouts();
+        assert!(retirements(&want, &want).is_empty());
+        assert!(
+            retirements(&want, &BTreeMap::new()).is_empty(),
+            "nothing pinned, nothing to replace"
+        );
+    }
+
+    #[test]
+    fn a_map_of_another_layout_is_replaced_and_the_configuration_takes_the_table() {
+        let want = layouts();
+        let mut have = want.clone();
+        let peers = have.get_mut(maps::PEERS).unwrap();
+        peers.max_entries /= 2;
+        let old_peers = *peers;
+        assert_eq!(
+            retirements(&want, &have),
+            vec![(maps::PEERS.to_string(), Some(old_peers))],
+            "only the map that differs"
+        );
+        let config = have.get_mut(maps::CONFIG).unwrap();
+        config.value_size -= 4;
+        let old_config = *config;
+        let r = retirements(&want, &have);
+        assert!(
+            r.contains(&(maps::CONFIG.to_string(), Some(old_config))),
+            "{r:?}"
+        );
+        assert!(r.contains(&(maps::FLOWS.to_string(), None)), "{r:?}");
+        have.remove(maps::FLOWS);
+        assert!(
+            !retirements(&want, &have)
+                .iter()
+                .any(|(n, _)| n == maps::FLOWS),
+            "no table pinned, none to replace"
+        );
+    }
+
+    #[test]
+    fn the_object_defines_every_map_the_agent_pins() {
+        assert!(matches!(
+            object_layouts(super::super::OBJECT, &["TP_NO_SUCH_MAP"]),
+            Err(Error::Object(_))
+        ));
+        let l = layouts();
+        assert_eq!(l[maps::CONFIG].max_entries, 1);
+        assert_eq!(
+            l[maps::CONFIG].value_size as usize,
+            size_of::<trident_ports_common::Config>()
+        );
+    }
+
+    #[test]
+    fn link_names_and_legacy_filters_round_trip() {
+        let dir = std::env::temp_dir().join(format!("tp-pins-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("links")).unwrap();
+        let pins = Pins { dir: dir.clone() };
+        assert!(pins.link("eth0.100", "xdp").ends_with("links/eth0:100_xdp"));
+        assert_eq!(pins.read_netlink("eth0", "tc-egress"), None);
+        pins.write_netlink("eth0", "tc-egress", 49152, 0x1_0001)
+            .unwrap();
+        assert_eq!(
+            pins.read_netlink("eth0", "tc-egress"),
+            Some((49152, 0x1_0001))
+        );
+        pins.write_netlink("eth0", "tc-egress", 1, 2).unwrap();
+        assert_eq!(
+            pins.read_netlink("eth0", "tc-egress"),
+            Some((1, 2)),
+            "a new filter replaces the record"
+        );
+        assert_eq!(pins.read_netlink("eth0", "tc-ingress"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

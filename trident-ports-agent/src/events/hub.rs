@@ -139,10 +139,10 @@ impl RotatingFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(n: u32) -> Record {
+    pub(crate) fn rec(n: u32) -> Record {
         Record {
             ts: format!("t{n}"),
             verdict: "denied".into(),

@@ -279,3 +279,101 @@ pub async fn mode(path: PathBuf, mode: &str) -> anyhow::Result<crate::policy::Mo
         _ => anyhow::bail!("empty reply"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{events::hub::tests::rec, policy::Mode};
+
+    /// One request line to a served socket; every line of the answer.
+    async fn ask(path: &Path, request: &str) -> Vec<String> {
+        let stream = UnixStream::connect(path).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        write.write_all(request.as_bytes()).await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        let mut out = Vec::new();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            out.push(l);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn history_mode_switches_and_bad_requests_over_the_socket() {
+        let path = std::env::temp_dir().join(format!("tp-socket-{}.sock", std::process::id()));
+        let listener = bind(&path, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "root only without a group");
+        let hub = Arc::new(Hub::new(10, 4));
+        hub.publish(rec(1));
+        hub.publish(rec(2));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let control: ModeControl = Arc::new(move |m| {
+            seen.lock().unwrap().push(m);
+            Ok(m.unwrap_or(Mode::Enforce))
+        });
+        tokio::spawn(serve(listener, hub, control));
+
+        let all = ask(&path, "{}\n").await;
+        assert_eq!(all.len(), 2, "{all:?}");
+        let first: Record = serde_json::from_str(&all[0]).unwrap();
+        assert_eq!(first.suppressed, 1, "oldest first");
+        assert!(
+            ask(&path, "{\"since_ms\": 0}\n").await.is_empty(),
+            "nothing is that new"
+        );
+
+        let reply = ask(&path, "{\"mode\": \"audit\"}\n").await;
+        let r: ModeReply = serde_json::from_str(&reply[0]).unwrap();
+        assert_eq!(r.mode, Some(Mode::Audit));
+        let reply = ask(&path, "{\"mode\": \"config\"}\n").await;
+        let r: ModeReply = serde_json::from_str(&reply[0]).unwrap();
+        assert_eq!(r.mode, Some(Mode::Enforce));
+        let reply = ask(&path, "{\"mode\": \"loose\"}\n").await;
+        let r: ModeReply = serde_json::from_str(&reply[0]).unwrap();
+        assert!(r.error.unwrap().contains("unknown mode `loose`"));
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![Some(Mode::Audit), None],
+            "an unknown mode never reaches the agent"
+        );
+
+        assert!(
+            ask(&path, "not json\n").await.is_empty(),
+            "a bad request is closed"
+        );
+        assert_eq!(ask(&path, "{}\n").await.len(), 2, "and the server goes on");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn filters_match_endpoints_prefixes_and_ports() {
+        let r = rec(0);
+        let f = |args: Filter| args.matches(&r);
+        assert!(f(Filter::default()));
+        assert!(f(Filter {
+            dst: Some("192.0.2.0/24".parse().unwrap()),
+            port: Some(2),
+            ..Filter::default()
+        }));
+        assert!(!f(Filter {
+            src: Some("198.51.100.0/24".parse().unwrap()),
+            ..Filter::default()
+        }));
+        assert!(!f(Filter {
+            backend: Some("nas".into()),
+            ..Filter::default()
+        }));
+        assert_eq!(
+            split_endpoint("[2001:db8::1]:2049"),
+            (Some("2001:db8::1".parse().unwrap()), Some(2049))
+        );
+        assert_eq!(
+            split_endpoint("192.0.2.9"),
+            (Some("192.0.2.9".parse().unwrap()), None)
+        );
+    }
+}

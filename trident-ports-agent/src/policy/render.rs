@@ -223,3 +223,122 @@ fn nftables(policy: &Policy) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Guard, Mode, PortRange, Protected, Proto};
+
+    fn entry(direction: Direction, peer: &str, ports: PortRange, proto: Proto) -> Entry {
+        Entry {
+            direction,
+            peer: peer.parse().unwrap(),
+            ports,
+            proto,
+            purpose: "NFS daemon".into(),
+            backend: Some("nas".into()),
+            source: "b.yaml: dataLIF".into(),
+        }
+    }
+
+    fn policy(mode: Mode) -> Policy {
+        Policy {
+            role: "worker".into(),
+            mode,
+            entries: vec![
+                entry(
+                    Direction::Egress,
+                    "192.0.2.2/32",
+                    PortRange::single(2049),
+                    Proto::Tcp,
+                ),
+                entry(
+                    Direction::Egress,
+                    "2001:db8::/64",
+                    PortRange {
+                        from: 4045,
+                        to: 4046,
+                    },
+                    Proto::Udp,
+                ),
+                entry(
+                    Direction::Ingress,
+                    "198.51.100.0/24",
+                    PortRange::single(8443),
+                    Proto::Tcp,
+                ),
+            ],
+            guarded: vec![Guard {
+                port: 8443,
+                proto: Proto::Tcp,
+                purpose: "backchannel".into(),
+            }],
+            protected: vec![Protected {
+                addr: "192.0.2.9/32".parse().unwrap(),
+                why: "backend nas managementLIF".into(),
+            }],
+            warnings: vec!["check me".into()],
+            backends: vec![],
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_entry_then_guards_and_warnings() {
+        let t = render(&policy(Mode::Enforce), Format::Table);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "role: worker  mode: enforce");
+        assert!(lines[1].starts_with("DIRECTION  PEER"), "{}", lines[1]);
+        assert!(
+            lines[2].starts_with("egress     192.0.2.2/32"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].contains("4045-4046"), "{}", lines[3]);
+        let col = lines[1].find("PORTS").unwrap();
+        assert_eq!(&lines[4][col..col + 4], "8443", "columns line up");
+        assert_eq!(
+            lines[5],
+            "guarded node ports (only the ingress sources above): 8443/tcp (backchannel)"
+        );
+        assert_eq!(lines[6], "warning: check me");
+    }
+
+    #[test]
+    fn json_keeps_the_documented_keys() {
+        let v: serde_json::Value =
+            serde_json::from_str(&render(&policy(Mode::Audit), Format::Json)).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["entries", "guarded", "mode", "role", "warnings"]);
+        assert_eq!(v["mode"], "audit");
+        assert_eq!(v["entries"][2]["src"], "198.51.100.0/24");
+        assert_eq!(v["entries"][2]["dst"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn nftables_sets_split_families_and_audit_accepts() {
+        let enforce = render(&policy(Mode::Enforce), Format::Nftables);
+        assert!(
+            enforce.contains("elements = { 192.0.2.2 . tcp . 2049 }"),
+            "{enforce}"
+        );
+        assert!(
+            enforce.contains("2001:db8::/64 . udp . 4045-4046"),
+            "{enforce}"
+        );
+        assert!(
+            enforce.contains("elements = { 198.51.100.0/24 . tcp . 8443 }"),
+            "{enforce}"
+        );
+        assert!(enforce.contains("elements = { tcp . 8443 }"), "{enforce}");
+        assert!(
+            enforce.contains("192.0.2.9/32"),
+            "protected addresses: {enforce}"
+        );
+        assert!(enforce.contains("denied \" drop"), "{enforce}");
+        let audit = render(&policy(Mode::Audit), Format::Nftables);
+        assert!(
+            audit.contains("audit \" accept") && !audit.contains("drop"),
+            "{audit}"
+        );
+    }
+}
