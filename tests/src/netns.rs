@@ -227,6 +227,39 @@ impl Pair {
         panic!("IPv6 neighbour {addr} did not resolve");
     }
 
+    /// A pod namespace routed through the node, as a CNI without overlay makes it: a veth from
+    /// the node (`gateway`, e.g. `198.51.100.1/24`) to the pod (`pod`, e.g. `198.51.100.10/24`),
+    /// forwarding on in the node, and the storage side routing `subnet` via `node_ip`.
+    pub fn routed_pod(&self, gateway: &str, pod: &str, subnet: &str, node_ip: &str) -> NetNs {
+        let ns = NetNs::new("tpp");
+        let (host_if, pod_if) = (unique("vh"), unique("vp"));
+        ip(&[
+            "link",
+            "add",
+            &host_if,
+            "netns",
+            &self.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pod_if,
+            "netns",
+            &ns.name,
+        ]);
+        self.node
+            .exec(&["ip", "addr", "add", gateway, "dev", &host_if]);
+        self.node.exec(&["ip", "link", "set", &host_if, "up"]);
+        self.node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns.exec(&["ip", "addr", "add", pod, "dev", &pod_if]);
+        ns.exec(&["ip", "link", "set", &pod_if, "up"]);
+        let gw = gateway.split('/').next().unwrap();
+        ns.exec(&["ip", "route", "add", "default", "via", gw]);
+        self.storage
+            .exec(&["ip", "route", "add", subnet, "via", node_ip]);
+        ns
+    }
+
     /// The usual test topology: node 192.0.2.1 and 2001:db8::1, storage 192.0.2.2..4 and
     /// 2001:db8::2..3.
     pub fn standard() -> Self {

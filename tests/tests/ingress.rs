@@ -275,3 +275,58 @@ fn idle_connection_where_storage_speaks_first() {
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Trident's ports are guarded only where Trident listens (the node's own addresses): another
+/// application's pod, routed through the node, may serve 8443 to anyone (an admission webhook
+/// called by a managed control plane, say).
+fn guards_stop_at_the_nodes_own_addresses(extra_args: &[&str], name: &str) {
+    let (pair, dir) = v3_and_v6_node(name, "");
+    let pod = pair.routed_pod(
+        "198.51.100.1/24",
+        "198.51.100.10/24",
+        "198.51.100.0/24",
+        "192.0.2.1",
+    );
+    let _node_server = Echo::start(&pair.node, &[sa("0.0.0.0:8443")]);
+    let _pod_server = Echo::start(&pod, &[sa("198.51.100.10:8443")]);
+    let st = &pair.storage;
+    // Routing works before the agent is there.
+    tcp_echo_from(st, ip("192.0.2.4"), sa("198.51.100.10:8443"), T).unwrap();
+    let mut agent = Agent::run(&pair, &dir.config_path(), extra_args);
+    // The node's own 8443 takes the cluster only ...
+    tcp_echo_from(st, ip("192.0.2.3"), sa("192.0.2.1:8443"), T).unwrap();
+    tcp_echo_from(st, ip("192.0.2.4"), sa("192.0.2.1:8443"), T).unwrap_err();
+    // ... also on the node's other address (the pods' gateway) ...
+    tcp_echo_from(st, ip("192.0.2.4"), sa("198.51.100.1:8443"), T).unwrap_err();
+    // ... while the pod's 8443 behind it is not Trident's and passes untouched.
+    tcp_echo_from(st, ip("192.0.2.4"), sa("198.51.100.10:8443"), T).unwrap();
+    let events = agent.wait_events(2, Duration::from_secs(3));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["reason"] == "source-not-allowed" && e["dst"] != "198.51.100.10:8443"),
+        "{events:?}"
+    );
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn guards_stop_at_the_nodes_own_addresses_tc() {
+    if require_root("guards_stop_at_the_nodes_own_addresses_tc") {
+        guards_stop_at_the_nodes_own_addresses(&[], "guard-tc");
+    }
+}
+
+#[test]
+fn guards_stop_at_the_nodes_own_addresses_xdp() {
+    if require_root("guards_stop_at_the_nodes_own_addresses_xdp")
+        && trident_ports_tests::kernel_has(
+            "guards_stop_at_the_nodes_own_addresses_xdp",
+            trident_ports_tests::XDP_KERNEL,
+            "XDP ingress",
+        )
+    {
+        guards_stop_at_the_nodes_own_addresses(&["--ingress", "xdp"], "guard-xdp");
+    }
+}

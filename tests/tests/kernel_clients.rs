@@ -49,7 +49,10 @@ fn agent(lab: &Lab, name: &str, backends: &str) -> Agent {
 fn agent_with(lab: &Lab, name: &str, backends: &str, extra: &[&str]) -> Agent {
     let node = NodeDir::at(lab.dir.join(format!("agent-{name}")))
         .backend("backends.yaml", backends)
-        .config("events: {interval: 1s}\n");
+        // Trident ignores dataLIF on SAN backends: the SVM's iSCSI portal is declared.
+        .raw_config(
+            "backends:\n  sources: [backends]\n  dataAddresses: {san: [192.0.2.2/32]}\nevents: {interval: 1s}\n",
+        );
     Agent::run(&lab.pair, &node.config_path(), extra)
 }
 
@@ -269,7 +272,6 @@ version: 1
 storageDriverName: ontap-san
 backendName: san
 managementLIF: 192.0.2.3
-dataLIF: 192.0.2.2
 useCHAP: true
 ";
 

@@ -349,7 +349,8 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
         metric(&pair, "trident_ports_reloads_total{result=\"success\"}"),
         101
     );
-    // A bad backend file: the running policy stays, the failure is logged and counted.
+    // A bad edit of the backend: it is skipped and said so, and keeps its last good form, so
+    // the policy in force does not weaken.
     std::fs::write(
         dir.path("backends/nas.yaml"),
         "version: 1\nstorageDriverName: ontap-nass\nmanagementLIF: 192.0.2.2\n",
@@ -357,16 +358,24 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
     .unwrap();
     // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
-    agent.wait_for_log(
-        "reload failed, keeping the running policy",
-        Duration::from_secs(5),
-    );
+    agent.wait_for_log("keeping its last good form", Duration::from_secs(5));
     assert!(
         agent
             .stderr
             .lock()
             .unwrap()
             .contains("unknown driver `ontap-nass`")
+    );
+    assert_eq!(metric(&pair, "trident_ports_backends_skipped"), 1);
+    tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
+    tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap_err();
+    // A file that does not parse at all: the reload fails and the running policy stays.
+    std::fs::write(dir.path("backends/nas.yaml"), "version: [1\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    agent.wait_for_log(
+        "reload failed, keeping the running policy",
+        Duration::from_secs(5),
     );
     assert_eq!(
         metric(&pair, "trident_ports_reloads_total{result=\"failure\"}"),
@@ -516,16 +525,22 @@ fn a_slow_resolver_does_not_hold_up_events() {
     );
     let reported = started.elapsed();
     assert!(
-        !agent.stderr.lock().unwrap().contains("reload failed"),
+        !agent.stderr.lock().unwrap().contains("policy reloaded"),
         "the reload was meant to still be resolving"
     );
     assert!(
         reported < Duration::from_secs(3),
         "the event took {reported:?}, behind the 4 s lookup"
     );
-    // The lookup fails in the end: the running policy stays, and says why.
-    agent.wait_for_log("reload failed", Duration::from_secs(20));
-    assert!(agent.stderr.lock().unwrap().contains("filer.lab.test"));
+    // The lookup fails in the end: that backend is skipped, and the log says why.
+    agent.wait_for_log("policy reloaded", Duration::from_secs(20));
+    let log = agent.stderr.lock().unwrap().clone();
+    assert!(
+        log.lines().any(|l| l.contains("backend named")
+            && l.contains("skipped")
+            && l.contains("filer.lab.test")),
+        "{log}"
+    );
     assert!(tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).is_ok());
     agent.stop(libc::SIGTERM);
     let _ = std::fs::remove_dir_all(dir);

@@ -58,6 +58,12 @@ fn policy() -> Policy {
         protected: vec![],
         warnings: vec![],
         backends: vec![],
+        // The node's own addresses: Trident listens there (host network).
+        guard_addresses: vec![
+            "192.0.2.1/32".parse().unwrap(),
+            "2001:db8::1/128".parse().unwrap(),
+        ],
+        skipped: vec![],
     }
 }
 
@@ -659,6 +665,20 @@ fn ingress_replies_callbacks_guards_and_icmp_errors() {
         Some(reason::SOURCE_NOT_ALLOWED),
     );
     lab.check(
+        "outsider to 8000 on a pod routed through the node",
+        i,
+        &v4(ipv4(
+            "192.0.2.99",
+            "192.0.2.77",
+            TCP,
+            0,
+            &tcp(50000, 8000, SYN),
+        )),
+        TC_PASS,
+        counter::PASSED,
+        None,
+    );
+    lab.check(
         "outsider to an unguarded port",
         i,
         &v4(ipv4(
@@ -966,6 +986,24 @@ fn guarded_ports_follow_policy_switches() {
         "third policy",
         &[(TCP, 8000)],
         &[(TCP, 17546), (UDP, 8001), (TCP, 63)],
+    );
+    // Where the guards apply follows the switch too: the node moved to 192.0.2.77.
+    p.guard_addresses = vec!["192.0.2.77/32".parse().unwrap()];
+    lab.dp.apply(&p, 0).unwrap();
+    expect(&mut lab, "fourth policy, old address", &[], &[(TCP, 8000)]);
+    lab.check(
+        "fourth policy, new address",
+        i,
+        &v4(ipv4(
+            "192.0.2.99",
+            "192.0.2.77",
+            TCP,
+            0,
+            &tcp(50000, 8000, SYN),
+        )),
+        TC_DROP,
+        counter::DENIED,
+        Some(reason::SOURCE_NOT_ALLOWED),
     );
 }
 

@@ -15,10 +15,20 @@ const NODE: &str = "backends: {sources: [backends]}\nevents: {interval: 1s}\n";
 /// Runs the agent in the lab's node namespace with `node` as its configuration and `backends`
 /// as its one backend file.
 fn agent(lab: &Lab, name: &str, backends: &str, node: &str) -> (Agent, NodeDir) {
+    agent_with(lab, name, backends, node, &[])
+}
+
+fn agent_with(
+    lab: &Lab,
+    name: &str,
+    backends: &str,
+    node: &str,
+    args: &[&str],
+) -> (Agent, NodeDir) {
     let node = NodeDir::at(lab.dir.join(format!("agent-{name}")))
         .backend("backends.yaml", backends)
         .raw_config(node);
-    let a = Agent::run(&lab.pair, &node.config_path(), &[]);
+    let a = Agent::run(&lab.pair, &node.config_path(), args);
     (a, node)
 }
 
@@ -40,13 +50,13 @@ version: 1
 storageDriverName: ontap-san
 backendName: san
 managementLIF: 192.0.2.3
-dataLIF: 192.0.2.2
 useCHAP: true
 ---
 version: 1
 storageDriverName: eseries-iscsi
 backendName: eseries
 webProxyHostname: 192.0.2.2
+hostDataIP: 192.0.2.2
 controllerA: 198.51.100.1
 controllerB: 198.51.100.2
 ---
@@ -61,8 +71,11 @@ version: 1
 storageDriverName: ontap-san
 backendName: san6
 managementLIF: \"[2001:db8::2]\"
-dataLIF: \"[2001:db8::2]\"
 ";
+
+/// Trident ignores `dataLIF` on SAN backends: the SVM's iSCSI portal is declared.
+const NODE_SAN: &str = "backends:\n  sources: [backends]\n  dataAddresses: {san: [192.0.2.2/32], san-prod: [192.0.2.2/32]}\n\
+                        events: {interval: 1s}\n";
 
 #[test]
 fn every_protocol_the_backends_need_works() {
@@ -70,7 +83,7 @@ fn every_protocol_the_backends_need_works() {
         return;
     }
     let lab = Lab::start();
-    let (mut a, _) = agent(&lab, "all", EVERYTHING, NODE);
+    let (mut a, _) = agent(&lab, "all", EVERYTHING, NODE_SAN);
     let ok = |what: &str, r: Result<String, String>| r.unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(ok("NFSv3", lab.nfs_ls("192.0.2.2", 3)).contains("hello.txt"));
     assert!(ok("NFSv4", lab.nfs_ls("192.0.2.2", 4)).contains("hello.txt"));
@@ -127,14 +140,35 @@ fn nfsv4_only_backend_blocks_an_nfsv3_mount_with_explained_events() {
     a.stop(libc::SIGTERM);
 }
 
+/// Trident's node plugin runs on the controller's node too: with `--role controller` the node
+/// keeps its NFS (v3 and v4), on top of the controller's ports.
+#[test]
+fn a_controller_node_mounts_nfs() {
+    if !require_root("a_controller_node_mounts_nfs") {
+        return;
+    }
+    let lab = Lab::start();
+    let backend = "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas-prod\nmanagementLIF: 192.0.2.3\n\
+                   dataLIF: 192.0.2.2\nnfsMountOptions: nfsvers=3\n";
+    let (mut a, _) = agent_with(&lab, "controller", backend, NODE, &["--role", "controller"]);
+    assert!(lab.nfs_ls("192.0.2.2", 3).unwrap().contains("hello.txt"));
+    lab.iscsi_inq("192.0.2.2").unwrap_err();
+    let events = a.wait_events(1, Duration::from_secs(5));
+    assert!(
+        events.iter().all(|e| e["dst"] == "192.0.2.2:3260"),
+        "only what no backend needs is denied: {events:?}"
+    );
+    a.stop(libc::SIGTERM);
+}
+
 #[test]
 fn san_only_node_cannot_reach_nfs() {
     if !require_root("san_only_node_cannot_reach_nfs") {
         return;
     }
     let lab = Lab::start();
-    let backend = "version: 1\nstorageDriverName: ontap-san\nbackendName: san-prod\nmanagementLIF: 192.0.2.3\ndataLIF: 192.0.2.2\n";
-    let (mut a, _) = agent(&lab, "san", backend, NODE);
+    let backend = "version: 1\nstorageDriverName: ontap-san\nbackendName: san-prod\nmanagementLIF: 192.0.2.3\n";
+    let (mut a, _) = agent(&lab, "san", backend, NODE_SAN);
     assert!(
         lab.iscsi_inq("192.0.2.2")
             .unwrap()

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub cluster: Cluster,
     #[serde(default)]
+    pub node: Node,
+    #[serde(default)]
     pub trident: Trident,
     #[serde(default)]
     pub nfs: Nfs,
@@ -66,6 +68,20 @@ pub struct Cluster {
     pub cidrs: Vec<IpNet>,
 }
 
+/// This node, as the cluster knows it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Node {
+    /// The Node object's labels, for backends' `supportedTopologies`; unset: not known, and no
+    /// backend is left out for its topology.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The node's own addresses, where Trident's node pod listens (it uses the host network).
+    /// `run` adds the addresses of its network namespace.
+    #[serde(default, deserialize_with = "nets")]
+    pub addresses: Vec<IpNet>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Trident {
@@ -73,6 +89,13 @@ pub struct Trident {
     pub probe_port: u16,
     #[serde(default = "yes")]
     pub metrics: bool,
+    /// The controller's HTTPS metrics port (8444), off unless Trident runs with `--https_metrics`.
+    #[serde(default)]
+    pub https_metrics: bool,
+    /// Addresses of the Trident controller pod when it runs on this node: its ports are guarded
+    /// there (and on the node's own addresses when the pod uses the host network).
+    #[serde(default, deserialize_with = "nets")]
+    pub controller_addresses: Vec<IpNet>,
 }
 
 impl Default for Trident {
@@ -80,6 +103,8 @@ impl Default for Trident {
         Trident {
             probe_port: default_probe_port(),
             metrics: true,
+            https_metrics: false,
+            controller_addresses: Vec::new(),
         }
     }
 }
@@ -107,7 +132,7 @@ pub struct Directory {
     pub ldap: Vec<IpNet>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backends {
     /// Backend definition files or directories.
@@ -117,6 +142,33 @@ pub struct Backends {
     /// by backendName.
     #[serde(default, deserialize_with = "net_map")]
     pub data_addresses: BTreeMap<String, Vec<IpNet>>,
+    /// Ports an SVM moved its NFSv3 services to, keyed by backendName (ONTAP lets an SVM move
+    /// mountd, NLM, NSM and rquotad off 635, 4045, 4046 and 4049).
+    #[serde(default)]
+    pub nfs_ports: BTreeMap<String, NfsPorts>,
+    /// How often host names in backend definitions are resolved again.
+    #[serde(default = "default_resolve_interval", deserialize_with = "duration")]
+    pub resolve_interval: Duration,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends {
+            sources: Vec::new(),
+            data_addresses: BTreeMap::new(),
+            nfs_ports: BTreeMap::new(),
+            resolve_interval: default_resolve_interval(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NfsPorts {
+    pub mountd: Option<u16>,
+    pub nlm: Option<u16>,
+    pub nsm: Option<u16>,
+    pub rquota: Option<u16>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -154,6 +206,9 @@ fn yes() -> bool {
 }
 fn default_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// An address or a prefix: `192.0.2.10`, `192.0.2.0/24`, `2001:db8::1`, `[2001:db8::1]`.

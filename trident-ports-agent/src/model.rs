@@ -25,6 +25,9 @@ pub enum Condition {
     Nfs,
     Nfsv3,
     Nfsv3Callbacks,
+    Nfsv40Callbacks,
+    NfsRdma,
+    HttpsMetrics,
     Smb,
     Iscsi,
     Nvme,
@@ -67,6 +70,9 @@ impl Port {
     pub fn explain(&self) -> String {
         let when = match self.condition {
             Condition::Nfsv3 | Condition::Nfsv3Callbacks => ", needed only for NFSv3",
+            Condition::Nfsv40Callbacks => ", needed only for NFSv4.0",
+            Condition::NfsRdma => ", needed only for NFS over RDMA",
+            Condition::HttpsMetrics => ", needed only when HTTPS metrics are on",
             Condition::Kerberos => ", needed only with Kerberos",
             Condition::Ldap => ", needed only with LDAP",
             Condition::Metrics => ", needed only when metrics are on",

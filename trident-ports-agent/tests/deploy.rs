@@ -33,7 +33,8 @@ fn shipped_configmaps_parse_and_compile() {
         std::fs::write(dir.join(k.as_str().unwrap()), v.as_str().unwrap()).unwrap();
     }
     let b = backends::load(std::slice::from_ref(&dir)).unwrap();
-    let p = compile(&cfg, &b);
+    let p = compile(&cfg, &b, &[]);
+    assert!(p.skipped.is_empty(), "{:?}", p.warnings);
     assert!(
         p.entries.iter().any(|e| e.ports.from == 2049),
         "{:?}",

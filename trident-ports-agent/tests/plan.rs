@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use trident_ports_agent::{
     agent::FileSources,
-    backends::{self, Backend},
+    backends::{self, Backend, Inventory},
     config::{NodeConfig, Role},
     policy::{
         Direction, Entry, Policy, Proto,
@@ -18,8 +18,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn all_backends() -> Vec<Backend> {
+fn all() -> Inventory {
     backends::load(&[fixtures().join("backends")]).expect("fixtures load")
+}
+
+fn all_backends() -> Vec<Backend> {
+    all().backends
 }
 
 fn worker() -> NodeConfig {
@@ -86,6 +90,7 @@ fn every_driver_and_form_is_read() {
             ("san-chap", "ontap-san"),
             ("san-eco-nvme", "ontap-san-economy"),
             ("san-fcp", "ontap-san"),
+            ("san-nvme", "ontap-san"),
             ("solidfire-json", "solidfire-san"),
             ("solidfire-tbc", "solidfire-san"),
             // A TridentBackendConfig without backendName takes its metadata name.
@@ -100,7 +105,7 @@ fn every_driver_and_form_is_read() {
 
 #[test]
 fn nfsv4_pinned_backend_gets_mgmt_and_2049_tcp_only() {
-    let p = compile(&worker(), &all_backends());
+    let p = compile(&worker(), &all(), &[]);
     assert_eq!(
         shape(&p, "nas-v4"),
         vec![
@@ -122,7 +127,7 @@ fn nfsv4_pinned_backend_gets_mgmt_and_2049_tcp_only() {
 
 #[test]
 fn nfsv3_backend_gets_v3_ports_and_callbacks() {
-    let p = compile(&worker(), &all_backends());
+    let p = compile(&worker(), &all(), &[]);
     let want: Vec<(u16, Proto)> = vec![
         (111, Tcp),
         (111, Udp),
@@ -154,13 +159,13 @@ fn nfsv3_backend_gets_v3_ports_and_callbacks() {
     // Callbacks off: none.
     let mut cfg = worker();
     cfg.nfs.callbacks = false;
-    let p = compile(&cfg, &all_backends());
+    let p = compile(&cfg, &all(), &[]);
     assert!(shape(&p, "nas-v3").iter().all(|s| s.0 == Direction::Egress));
 }
 
 #[test]
 fn unpinned_nfs_allows_both_sets_with_a_warning_and_no_datalif_uses_the_mgmt_lif() {
-    let p = compile(&worker(), &all_backends());
+    let p = compile(&worker(), &all(), &[]);
     let to = ports_to(&p, "nas-eco", "192.0.2.30/32");
     for port in [443, 111, 635, 2049, 4045, 4046, 4049] {
         assert!(to.iter().any(|(p, _)| *p == port), "{port} missing: {to:?}");
@@ -168,7 +173,7 @@ fn unpinned_nfs_allows_both_sets_with_a_warning_and_no_datalif_uses_the_mgmt_lif
     assert!(
         p.warnings
             .iter()
-            .any(|w| w.contains("nas-eco") && w.contains("no NFS version pinned")),
+            .any(|w| w.contains("nas-eco") && w.contains("pin no NFS version")),
         "{:?}",
         p.warnings
     );
@@ -184,33 +189,68 @@ fn unpinned_nfs_allows_both_sets_with_a_warning_and_no_datalif_uses_the_mgmt_lif
     cfg.backends
         .data_addresses
         .insert("nas-eco".into(), vec!["198.51.100.32/28".parse().unwrap()]);
-    let p = compile(&cfg, &all_backends());
+    let p = compile(&cfg, &all(), &[]);
     assert_eq!(ports_to(&p, "nas-eco", "192.0.2.30/32"), vec![(443, Tcp)]);
     assert!(ports_to(&p, "nas-eco", "198.51.100.32/28").contains(&(2049, Tcp)));
 }
 
+/// ONTAP virtual pools have no nasType of their own (storage_drivers/types.go,
+/// OntapStorageDriverPool): the pool that says `nasType: smb` is still NFS, and the plan says so.
 #[test]
-fn virtual_pools_override_nas_type() {
-    let p = compile(&worker(), &all_backends());
+fn ontap_virtual_pools_cannot_change_the_protocol() {
+    let p = compile(&worker(), &all(), &[]);
     let to = ports_to(&p, "backend-tbc-ontap-flexgroup", "192.0.2.41/32");
-    assert_eq!(to, vec![(445, Tcp), (2049, Tcp)]);
-}
-
-#[test]
-fn san_backends() {
-    let p = compile(&worker(), &all_backends());
-    assert_eq!(ports_to(&p, "san-chap", "192.0.2.51/32"), vec![(3260, Tcp)]);
-    assert_eq!(ports_to(&p, "san-chap", "192.0.2.50/32"), vec![(443, Tcp)]);
+    assert_eq!(to, vec![(2049, Tcp)]);
     assert!(
         p.warnings
             .iter()
-            .any(|w| w.contains("san-chap") && w.contains("discover")),
+            .any(|w| w.contains("backend-tbc-ontap-flexgroup")
+                && w.contains("storage[1].nasType is ignored")),
         "{:?}",
         p.warnings
     );
-    // NVMe/TCP, IPv6 management LIF in brackets with a port.
+}
+
+/// Trident ignores dataLIF on SAN backends (ontap_common.go, ValidateSANDriver): the portals
+/// are the SVM's iSCSI LIFs, so until they are declared the management LIF carries 3260.
+#[test]
+fn san_backends() {
+    let p = compile(&worker(), &all(), &[]);
+    assert!(
+        ports_to(&p, "san-chap", "192.0.2.51/32").is_empty(),
+        "dataLIF ignored"
+    );
+    assert_eq!(
+        ports_to(&p, "san-chap", "192.0.2.50/32"),
+        vec![(443, Tcp), (3260, Tcp)]
+    );
+    for want in ["dataLIF is ignored", "discover"] {
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("san-chap") && w.contains(want)),
+            "{want}: {:?}",
+            p.warnings
+        );
+    }
+    let mut cfg = worker();
+    cfg.backends
+        .data_addresses
+        .insert("san-chap".into(), vec!["192.0.2.51/32".parse().unwrap()]);
+    let p2 = compile(&cfg, &all(), &[]);
+    assert_eq!(
+        ports_to(&p2, "san-chap", "192.0.2.51/32"),
+        vec![(3260, Tcp)]
+    );
+    assert_eq!(ports_to(&p2, "san-chap", "192.0.2.50/32"), vec![(443, Tcp)]);
+    // ontap-san-economy is iSCSI whatever sanType says.
     assert_eq!(
         ports_to(&p, "san-eco-nvme", "2001:db8::50/128"),
+        vec![(3260, Tcp), (8443, Tcp)]
+    );
+    // NVMe/TCP, IPv6 management LIF in brackets with a port.
+    assert_eq!(
+        ports_to(&p, "san-nvme", "2001:db8::60/128"),
         vec![(4420, Tcp), (8443, Tcp)]
     );
     // Fibre channel: management only, and a note.
@@ -227,7 +267,7 @@ fn san_backends() {
 
 #[test]
 fn cloud_backends_need_declared_data_addresses() {
-    let p = compile(&worker(), &all_backends());
+    let p = compile(&worker(), &all(), &[]);
     for name in ["anf-prod", "gcnv-smb", "gcnv-san"] {
         assert!(
             entries_for(&p, name).is_empty(),
@@ -251,7 +291,7 @@ fn cloud_backends_need_declared_data_addresses() {
     cfg.backends
         .data_addresses
         .insert("gcnv-san".into(), vec!["203.0.113.128/26".parse().unwrap()]);
-    let p = compile(&cfg, &all_backends());
+    let p = compile(&cfg, &all(), &[]);
     assert!(
         ports_to(&p, "anf-prod", "203.0.113.64/26").contains(&(4045, Udp)),
         "ANF sample pins nfsvers=3"
@@ -268,7 +308,7 @@ fn cloud_backends_need_declared_data_addresses() {
 
 #[test]
 fn solidfire_endpoint_and_svip() {
-    let p = compile(&worker(), &all_backends());
+    let p = compile(&worker(), &all(), &[]);
     assert_eq!(
         ports_to(&p, "solidfire-tbc", "198.51.100.70/32"),
         vec![(443, Tcp)],
@@ -292,7 +332,7 @@ fn solidfire_endpoint_and_svip() {
 
 #[test]
 fn eseries_proxy_ports() {
-    let p = compile(&worker(), &all_backends());
+    let p = compile(&worker(), &all(), &[]);
     assert_eq!(
         ports_to(&p, "eseries-proxy", "203.0.113.10/32"),
         vec![(8443, Tcp)]
@@ -302,13 +342,13 @@ fn eseries_proxy_ports() {
         vec![(8088, Tcp)],
         "webProxyPort overrides 8080"
     );
-    // The node's own hostDataIP is not a destination, and the proxy gets no iSCSI: the array's
-    // portals are discovered, so the warning asks for them.
-    assert!(
-        p.entries
-            .iter()
-            .all(|e| e.peer.to_string() != "203.0.113.100/32")
+    // hostDataIP is the array's iSCSI portal (eseries_iscsi.go: IscsiTargetPortal =
+    // HostDataIP); the proxy gets no iSCSI.
+    assert_eq!(
+        ports_to(&p, "eseries-proxy", "203.0.113.100/32"),
+        vec![(3260, Tcp)]
     );
+    assert!(!ports_to(&p, "eseries-proxy", "203.0.113.10/32").contains(&(3260, Tcp)));
     assert!(
         p.warnings
             .iter()
@@ -318,17 +358,18 @@ fn eseries_proxy_ports() {
 
 #[test]
 fn nfsv4_only_backends_never_open_nfsv3_ports() {
-    let backends = all_backends();
+    let inv = all();
     let mut cfg = worker();
-    for b in &backends {
+    for b in &inv.backends {
         cfg.backends
             .data_addresses
             .insert(b.name.clone(), vec!["198.51.100.0/24".parse().unwrap()]);
     }
-    let p = compile(&cfg, &backends);
-    let v4_only: Vec<&Backend> = backends
+    let p = compile(&cfg, &inv, &[]);
+    let v4_only: Vec<&Backend> = inv
+        .backends
         .iter()
-        .filter(|b| b.protocols.nfs.is_some_and(|n| n.v4 && !n.v3))
+        .filter(|b| b.protocols.nfs && b.mount().v4() && !b.mount().v3())
         .collect();
     assert!(v4_only.len() >= 2, "fixtures include NFSv4-only backends");
     for b in v4_only {
@@ -345,38 +386,65 @@ fn nfsv4_only_backends_never_open_nfsv3_ports() {
     }
 }
 
+/// Trident's node plugin runs on every node (a DaemonSet), the controller's node too: a
+/// controller node keeps every data port a worker has and adds the controller's.
 #[test]
-fn controller_gets_management_and_cluster_ports_only() {
-    let (_, p) = FileSources::new(None, &[fixtures().join("backends")], Some(Role::Controller))
-        .plan()
-        .unwrap();
-    assert_eq!(p.role, "controller");
-    let data_ports = [2049, 111, 635, 3260, 445, 4420];
-    assert!(
-        p.entries
-            .iter()
-            .all(|e| !data_ports.contains(&e.ports.from)),
-        "{:?}",
-        p.entries
-    );
-    assert_eq!(ports_to(&p, "nas-v4", "192.0.2.10/32"), vec![(443, Tcp)]);
+fn controller_nodes_keep_the_data_ports_and_add_the_controllers() {
+    let load = |role| {
+        FileSources::new(None, &[fixtures().join("backends")], Some(role))
+            .plan()
+            .unwrap()
+            .1
+    };
+    let (worker, controller) = (load(Role::Worker), load(Role::Controller));
+    assert_eq!(controller.role, "controller");
+    for e in &worker.entries {
+        assert!(controller.entries.contains(e), "the controller lacks {e:?}");
+    }
     assert_eq!(
-        ports_to(&p, "eseries-proxy", "203.0.113.10/32"),
-        vec![(8443, Tcp)]
+        ports_to(&controller, "nas-v4", "192.0.2.11/32"),
+        vec![(2049, Tcp)]
     );
-    let mut guarded: Vec<u16> = p.guarded.iter().map(|g| g.port).collect();
+    let mut guarded: Vec<u16> = controller.guarded.iter().map(|g| g.port).collect();
     guarded.sort_unstable();
     assert_eq!(
         guarded,
-        vec![8000, 8001, 8443],
-        "no probe port on controllers"
+        vec![8000, 8001, 8443, 17546],
+        "node plugin and controller"
+    );
+    let mut cfg = worker_config_with_https_metrics();
+    cfg.role = Role::Controller;
+    let p = compile(&cfg, &all(), &[]);
+    assert!(p.guarded.iter().any(|g| g.port == 8444), "--https_metrics");
+    cfg.role = Role::Worker;
+    let p = compile(&cfg, &all(), &[]);
+    assert!(
+        !p.guarded.iter().any(|g| g.port == 8444),
+        "a controller port"
     );
 }
 
+fn worker_config_with_https_metrics() -> NodeConfig {
+    NodeConfig::from_yaml(Path::new("t.yaml"), "trident: {httpsMetrics: true}\n").unwrap()
+}
+
+/// A file that cannot be parsed is an error naming the file and line; anything wrong inside one
+/// definition skips that definition with the file and field, and the rest is still planned.
 #[test]
 fn bad_input_names_file_and_field() {
     let bad = fixtures().join("bad");
-    let cases = [
+    for (file, want) in [
+        ("broken.yaml", "line 4 column 1"),
+        ("broken.json", "line 1"),
+    ] {
+        let path = bad.join(file);
+        let e = backends::load(std::slice::from_ref(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&path.display().to_string()), "{file}: {e}");
+        assert!(e.contains(want), "{file}: {e}");
+    }
+    let skipped = [
         (
             "unknown-driver.yaml",
             "storageDriverName: unknown driver `ontap-nass`; known drivers: ontap-nas, ontap-nas-economy",
@@ -386,23 +454,21 @@ fn bad_input_names_file_and_field() {
             "nfsMountOptions: `nfsvers=2` is not NFS version 3 or 4",
         ),
         ("no-mgmt.yaml", "managementLIF: missing"),
-        ("broken.yaml", "line 4 column 1"),
-        ("broken.json", "line 1"),
         ("bad-endpoint.yaml", "Endpoint: not an http(s) URL"),
     ];
-    for (file, want) in cases {
+    for (file, want) in skipped {
         let path = bad.join(file);
-        let e = backends::load(std::slice::from_ref(&path))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with(&path.display().to_string()), "{file}: {e}");
-        assert!(e.contains(want), "{file}: {e}");
+        let inv = backends::load(std::slice::from_ref(&path)).unwrap();
+        assert!(inv.backends.is_empty(), "{file}");
+        let s = inv.skipped[0].to_string();
+        assert!(s.contains(&path.display().to_string()), "{file}: {s}");
+        assert!(s.contains(want), "{file}: {s}");
         assert!(
-            !e.contains("fixture-password"),
-            "{file}: leaks a credential: {e}"
+            !s.contains("fixture-password"),
+            "{file}: leaks a credential: {s}"
         );
     }
-    // A directory with one bad file yields an error, never a partial policy.
+    // A directory with one bad definition: the good one is planned, the bad one named.
     let dir = std::env::temp_dir().join(format!("tp-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(
@@ -411,6 +477,20 @@ fn bad_input_names_file_and_field() {
     )
     .unwrap();
     std::fs::copy(bad.join("unknown-driver.yaml"), dir.join("b.yaml")).unwrap();
+    let (_, p) = FileSources::new(None, std::slice::from_ref(&dir), None)
+        .plan()
+        .unwrap();
+    assert!(ports_to(&p, "nas-v3", "192.0.2.21/32").contains(&(2049, Tcp)));
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("b.yaml skipped") && w.contains("ontap-nass")),
+        "{:?}",
+        p.warnings
+    );
+    assert_eq!(p.skipped.len(), 1);
+    // A broken file still stops the whole plan: it cannot say what it meant.
+    std::fs::copy(bad.join("broken.yaml"), dir.join("c.yaml")).unwrap();
     assert!(
         FileSources::new(None, std::slice::from_ref(&dir), None)
             .plan()

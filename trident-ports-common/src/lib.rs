@@ -264,6 +264,9 @@ pub mod maps {
     pub const RULES: &str = "TP_RULES";
     pub const RANGES: &str = "TP_RANGES";
     pub const GUARDS: &str = "TP_GUARDS";
+    /// The addresses where guarded ports are guarded (the node's own, the controller pod's),
+    /// keyed by `PeerKey` with `dir` = `DIR_INGRESS`; the value is 1.
+    pub const GUARD_ADDRS: &str = "TP_GUARD_ADDRS";
     pub const FLOWS: &str = "TP_FLOWS";
     pub const GATES: &str = "TP_GATES";
     pub const EVENTS: &str = "TP_EVENTS";
@@ -283,6 +286,7 @@ pub mod limits {
     pub const PEER_PREFIXES: u32 = 65_536;
     pub const RULES: u32 = 524_288;
     pub const RANGES: u32 = 65_536;
+    pub const GUARD_ADDRS: u32 = 1_024;
     pub const FLOWS: u32 = 65_536;
     pub const GATES: u32 = 16_384;
     pub const EVENTS_BYTES: u32 = 1 << 20;

@@ -37,6 +37,12 @@ pub(crate) static RANGES: LpmTrie<RangeKey, u32> =
 #[map(name = "TP_GUARDS")]
 pub(crate) static GUARDS: Array<u64> = Array::with_max_entries(GUARD_WORDS, 0);
 
+/// Where the guarded ports are guarded: packets to other addresses (pods routed through the
+/// node) are not Trident's.
+#[map(name = "TP_GUARD_ADDRS")]
+pub(crate) static GUARD_ADDRS: HashMap<PeerKey, u8> =
+    HashMap::with_max_entries(limits::GUARD_ADDRS, NO_PREALLOC);
+
 #[map(name = "TP_FLOWS")]
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(limits::FLOWS, 0);

@@ -9,7 +9,9 @@ use trident_ports_common::{
 
 use crate::{
     events,
-    maps::{CONFIG, FLOWS, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count},
+    maps::{
+        CONFIG, FLOWS, GUARD_ADDRS, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count,
+    },
     packet::Packet,
     parse::{Parsed, common, flow_words, kind, parse},
     recent,
@@ -205,7 +207,10 @@ fn judge_ports(
             return Judgement::Allowed(counter::ALLOWED);
         }
     }
-    if dir == DIR_INGRESS && is_guarded(cfg.generation, proto, parsed.dport) {
+    if dir == DIR_INGRESS
+        && is_guarded(cfg.generation, proto, parsed.dport)
+        && is_guarded_address(cfg.generation, local)
+    {
         return Judgement::Denied(reason::SOURCE_NOT_ALLOWED);
     }
     Judgement::Untouched(counter::PASSED)
@@ -316,6 +321,20 @@ fn rule_allows(cfg: &Config, dir: u8, class: u32, proto: u8, port: u16) -> bool 
     RANGES
         .get(Key::new(RANGE_KEY_HEADER_BITS + 16, range))
         .is_some()
+}
+
+/// True when `addr` is one where Trident listens: only then is a guarded port Trident's. Looked
+/// up only for packets to a guarded port.
+#[inline(always)]
+fn is_guarded_address(generation: u8, addr: &[u8; 16]) -> bool {
+    let key = PeerKey {
+        generation,
+        dir: DIR_INGRESS,
+        _pad: [0; 2],
+        addr: *addr,
+    };
+    // SAFETY: only the presence of the value is read.
+    unsafe { GUARD_ADDRS.get(key) }.is_some()
 }
 
 #[inline(always)]

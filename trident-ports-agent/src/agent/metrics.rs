@@ -36,6 +36,7 @@ pub struct Metrics {
     events: Family<Labels, Counter>,
     entries: Family<Labels, Gauge>,
     reloads: Family<Labels, Counter>,
+    skipped: Gauge,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Kernel totals at the last scrape, to turn them into counter increments.
     last: Mutex<Counters>,
@@ -81,6 +82,12 @@ impl Metrics {
         );
         let reloads = Family::<Labels, Counter>::default();
         registry.register("reloads", "Policy loads by result", reloads.clone());
+        let skipped = Gauge::default();
+        registry.register(
+            "backends_skipped",
+            "Backend definitions the running policy could not plan (see the log for why)",
+            skipped.clone(),
+        );
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "last_reload_timestamp_seconds",
@@ -99,9 +106,15 @@ impl Metrics {
             events,
             entries,
             reloads,
+            skipped,
             last_reload,
             last: Mutex::new(Counters::default()),
         }
+    }
+
+    /// Definitions the policy now in force left out.
+    pub fn skipped(&self, n: usize) {
+        self.skipped.set(n as i64);
     }
 
     pub fn reload(&self, ok: bool, tables: Option<&Tables>) {

@@ -62,8 +62,9 @@ impl Reconciler {
         self.dp.lock().unwrap().pinned()
     }
 
-    /// Compiles `snapshot` (or reports why there is none) and applies the result.
-    pub fn reconcile(&self, snapshot: Result<Snapshot>, trigger: Trigger) {
+    /// Compiles `snapshot` (or reports why there is none) and applies the result. Returns the
+    /// snapshot when the policy in force is now the one it compiles to.
+    pub fn reconcile(&self, snapshot: Result<Snapshot>, trigger: Trigger) -> Option<Snapshot> {
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
@@ -74,7 +75,7 @@ impl Reconciler {
                     );
                     self.metrics.reload(false, None);
                 }
-                return;
+                return None;
             }
         };
         let mut policy = snapshot.compile();
@@ -84,7 +85,7 @@ impl Reconciler {
         }
         let mut current = self.policy.lock().unwrap();
         if trigger == Trigger::Periodic && *current == policy {
-            return;
+            return Some(snapshot);
         }
         let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
         let applied = self.dp.lock().unwrap().apply(&policy, interval_ns);
@@ -95,8 +96,10 @@ impl Reconciler {
                     warn!("{w}");
                 }
                 self.metrics.reload(true, Some(&a.tables));
+                self.metrics.skipped(policy.skipped.len());
                 *self.explainer.write().unwrap() = Explainer::new(&policy);
                 *current = policy;
+                Some(snapshot)
             }
             Err(e) => {
                 error!(
@@ -104,6 +107,7 @@ impl Reconciler {
                     anyhow::Error::new(e)
                 );
                 self.metrics.reload(false, None);
+                None
             }
         }
     }

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use super::{
     metrics::Metrics,
     reconcile::{Reconciler, Trigger},
-    sources::FileSources,
+    sources::{FileSources, local_addresses},
 };
 use crate::{
     datapath::{Datapath, IngressHook, TcAttach},
@@ -71,7 +71,8 @@ pub struct RunOptions {
     /// Events kept in memory for `flows --since`.
     #[arg(long, default_value_t = 10_000)]
     pub history: usize,
-    /// How often to look for changed configuration and backend files (and re-resolve names).
+    /// How often to look for changed configuration and backend files (host names are resolved
+    /// again every `backends.resolveInterval`).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,
     /// Override the configuration's role (the DaemonSets set it from the node label).
@@ -121,7 +122,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let sources = opts.sources();
-    let snapshot = sources.snapshot()?;
+    let mut snapshot = sources.snapshot()?;
+    snapshot.local_addresses = local_addresses();
     let policy = snapshot.compile();
     let interfaces = interfaces(&snapshot.config.interfaces, &opts.interfaces);
     if interfaces.is_empty() {
@@ -143,6 +145,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let metrics = Arc::new(Metrics::new());
     metrics.reload(true, Some(&applied.tables));
+    metrics.skipped(policy.skipped.len());
     // Seed before attaching, and again after, for sockets opened in between.
     let mut seeded = dp.seed_flows()?;
     for iface in &interfaces {
@@ -184,13 +187,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Reconciles run one after another on their own thread: compiling resolves host names, and
     // a slow resolver must not hold up the runtime (the event pump would fall behind).
     let (requests, queue) = std::sync::mpsc::channel::<Trigger>();
+    let resolve_interval = snapshot.config.backends.resolve_interval;
     let worker = {
         let (reconciler, sources) = (reconciler.clone(), sources.clone());
+        let mut last = snapshot;
         std::thread::Builder::new()
             .name("reconcile".into())
             .spawn(move || {
                 for trigger in queue {
-                    reconciler.reconcile(sources.snapshot(), trigger);
+                    let next = sources.snapshot().map(|mut s| {
+                        s.local_addresses = local_addresses();
+                        s.keep_last_good(&last);
+                        s
+                    });
+                    if let Some(applied) = reconciler.reconcile(next, trigger) {
+                        last = applied;
+                    }
                 }
             })?
     };
@@ -200,6 +212,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.watch_interval,
     );
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Host names (and the node's own addresses) are looked at again on their own, slower clock.
+    let mut resolve = tokio::time::interval_at(
+        tokio::time::Instant::now() + resolve_interval,
+        resolve_interval.max(Duration::from_millis(100)),
+    );
+    resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprint = sources.fingerprint();
     let stopped = loop {
         tokio::select! {
@@ -211,14 +229,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = watch.tick() => {
                 let now = sources.fingerprint();
-                if now == fingerprint {
-                    // Host names may resolve differently now: recompile, apply only a change.
-                    let _ = requests.send(Trigger::Periodic);
-                } else {
+                if now != fingerprint {
                     info!("configuration or backend files changed: reloading");
                     fingerprint = now;
                     let _ = requests.send(Trigger::Changed);
                 }
+            }
+            _ = resolve.tick() => {
+                // Host names may resolve differently now: recompile, apply only a change.
+                let _ = requests.send(Trigger::Periodic);
             }
             ended = &mut pump => break ended.context("the event pump")?,
         }

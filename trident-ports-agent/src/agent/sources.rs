@@ -5,8 +5,10 @@ use std::{
     time::SystemTime,
 };
 
+use ipnet::IpNet;
+
 use crate::{
-    backends::{self, Backend},
+    backends::{self, Backend, Inventory},
     config::{NodeConfig, Role},
     error::Result,
     policy::{Policy, compile::compile},
@@ -16,13 +18,82 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub config: NodeConfig,
-    pub backends: Vec<Backend>,
+    pub inventory: Inventory,
+    /// The node's own addresses, found by `run` in its network namespace (none for `plan`).
+    pub local_addresses: Vec<IpNet>,
 }
 
 impl Snapshot {
     pub fn compile(&self) -> Policy {
-        compile(&self.config, &self.backends)
+        compile(&self.config, &self.inventory, &self.local_addresses)
     }
+
+    /// A definition that was good in `previous` and is skipped now (a bad edit, a host name
+    /// that no longer resolves) keeps its previous form: a bad reload never weakens the running
+    /// policy. A definition removed from the sources goes.
+    pub fn keep_last_good(&mut self, previous: &Snapshot) {
+        let inv = &mut self.inventory;
+        let mut kept: Vec<Backend> = Vec::new();
+        for s in &inv.skipped {
+            let before = previous.inventory.backends.iter().find(|b| {
+                s.name
+                    .as_ref()
+                    .map_or(b.origin == s.origin, |n| &b.name == n)
+            });
+            if let Some(b) = before {
+                let present = |list: &[Backend]| list.iter().any(|x| x.name == b.name);
+                if !present(&inv.backends) && !present(&kept) {
+                    kept.push(b.clone());
+                }
+            }
+        }
+        for b in kept {
+            inv.warnings.push(format!(
+                "backend {}: its definition cannot be planned now; keeping its last good form",
+                b.name
+            ));
+            inv.backends.push(b);
+        }
+    }
+}
+
+/// The addresses of this network namespace's interfaces, loopback aside: where the node's
+/// host-network pods (Trident's node plugin among them) listen.
+pub fn local_addresses() -> Vec<IpNet> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list this function frees below; each entry and its
+    // address are valid until then, and the address is read as the family it says it is.
+    unsafe {
+        if libc::getifaddrs(&raw mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                let ip: Option<std::net::IpAddr> = match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let a = addr.cast::<libc::sockaddr_in>().read_unaligned();
+                        Some(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into())
+                    }
+                    libc::AF_INET6 => {
+                        let a = addr.cast::<libc::sockaddr_in6>().read_unaligned();
+                        Some(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into())
+                    }
+                    _ => None,
+                };
+                if let Some(ip) = ip.filter(|ip| !ip.is_loopback()) {
+                    out.push(IpNet::from(ip));
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The configuration file (or the built-in defaults), the backend sources it names and those
@@ -55,8 +126,12 @@ impl FileSources {
         if let Some(r) = self.role {
             config.role = r;
         }
-        let backends = backends::load(&self.backend_paths(&config))?;
-        Ok(Snapshot { config, backends })
+        let inventory = backends::load(&self.backend_paths(&config))?;
+        Ok(Snapshot {
+            config,
+            inventory,
+            local_addresses: Vec::new(),
+        })
     }
 
     /// Reads and compiles: what `plan` prints.
@@ -138,8 +213,8 @@ mod tests {
         let s = FileSources::new(Some(&dir.join("node.yaml")), &[], Some(Role::Controller));
         let snap = s.snapshot().unwrap();
         assert_eq!(snap.config.role, Role::Controller, "the override wins");
-        assert_eq!(snap.backends.len(), 1);
-        assert_eq!(snap.backends[0].name, "nas");
+        assert_eq!(snap.inventory.backends.len(), 1);
+        assert_eq!(snap.inventory.backends[0].name, "nas");
         let before = s.fingerprint();
         assert_eq!(before.len(), 2, "{before:?}");
         std::fs::write(dir.join("b/nas.yaml"), "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: 192.0.2.60\n").unwrap();
@@ -149,5 +224,46 @@ mod tests {
             "a rewritten backend file is a change"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_definition_that_turns_bad_keeps_its_last_good_form() {
+        let dir = std::env::temp_dir().join(format!("tp-lastgood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = |name: &str| {
+            format!(
+                "version: 1\nstorageDriverName: ontap-nas\nbackendName: {name}\nmanagementLIF: 192.0.2.5\n"
+            )
+        };
+        std::fs::write(dir.join("nas.yaml"), good("nas")).unwrap();
+        std::fs::write(dir.join("gone.yaml"), good("gone")).unwrap();
+        let s = FileSources::new(None, std::slice::from_ref(&dir), None);
+        let first = s.snapshot().unwrap();
+        assert_eq!(first.inventory.backends.len(), 2);
+        // An edit that breaks the definition (and drops its name), and a file removed.
+        std::fs::write(
+            dir.join("nas.yaml"),
+            "version: 1\nstorageDriverName: ontap-nass\n",
+        )
+        .unwrap();
+        std::fs::remove_file(dir.join("gone.yaml")).unwrap();
+        let mut next = s.snapshot().unwrap();
+        assert!(next.inventory.backends.is_empty());
+        next.keep_last_good(&first);
+        let names: Vec<&str> = next
+            .inventory
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        assert_eq!(names, ["nas"], "the broken one stays, the removed one goes");
+        assert!(next.inventory.warnings[0].contains("keeping its last good form"));
+        assert_eq!(next.compile().skipped.len(), 1, "and it is still reported");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn local_addresses_leave_out_loopback() {
+        assert!(local_addresses().iter().all(|a| !a.addr().is_loopback()));
     }
 }

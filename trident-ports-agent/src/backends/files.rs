@@ -89,9 +89,15 @@ impl<'a> Obj<'a> {
     }
 
     pub(super) fn str(&self, key: &str) -> Option<String> {
-        match self.get(key)? {
+        Self::scalar(self.get(key)?)
+    }
+
+    /// A string or number as text; an empty string is no value.
+    pub(super) fn scalar(v: &Value) -> Option<String> {
+        match v {
             Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
             Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
             _ => None,
         }
     }
@@ -116,12 +122,14 @@ pub(super) fn kind(v: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// Keeps the host and port of a Secret's SolidFire `EndPoint` (never the credentials in it).
 pub(super) fn collect_secret(
-    path: &Path,
     v: &Value,
     secrets: &mut BTreeMap<String, (String, u16)>,
-) -> Result<()> {
-    let m = Obj(v.as_mapping().unwrap());
+) -> std::result::Result<(), String> {
+    let Some(m) = v.as_mapping().map(Obj) else {
+        return Ok(());
+    };
     let Some(name) = m.obj("metadata").and_then(|md| md.str("name")) else {
         return Ok(());
     };
@@ -134,12 +142,8 @@ pub(super) fn collect_secret(
                 .and_then(|b| base64_decode(&b))
         });
     if let Some(url) = endpoint {
-        let hp = url_host_port(&url).ok_or_else(|| {
-            err(
-                path,
-                format!("Secret {name}: EndPoint is not an http(s) URL with a host"),
-            )
-        })?;
+        let hp = url_host_port(&url)
+            .ok_or_else(|| format!("Secret {name}: EndPoint is not an http(s) URL with a host"))?;
         secrets.insert(name, hp);
     }
     Ok(())

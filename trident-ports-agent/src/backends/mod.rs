@@ -1,14 +1,21 @@
-//! Reading Trident backend definitions the way Trident accepts them: tridentctl JSON or YAML
-//! files, TridentBackendConfig custom resources (fields under `spec`), multi-document YAML with
-//! Secrets and other kinds, and directories of such files. Keys match case-insensitively, as
-//! Trident's JSON decoding does.
+//! Reading what Trident knows about storage, the way Trident accepts it: backend definitions
+//! (tridentctl JSON or YAML, TridentBackendConfig custom resources with fields under `spec`),
+//! Trident's resolved backends (TridentBackend objects, `tridentctl get backend -o json|yaml`),
+//! StorageClasses and PersistentVolumes (see `kube`), Secrets, `kind: List` documents,
+//! multi-document YAML and directories of such files. Keys match case-insensitively, as Trident's
+//! JSON decoding does.
+//!
+//! A file that cannot be read or parsed is an error naming the file and line. Anything wrong
+//! inside one definition (an unknown driver, a field that does not parse, a host name that does
+//! not resolve) skips that definition with the reason: everything else is still planned.
 //!
 //! Credentials are never kept, logged or printed: from a SolidFire `Endpoint` only the host and
 //! port survive, and error messages name fields, not their values.
 mod drivers;
 mod endpoint;
 mod files;
-mod nfs;
+pub mod kube;
+pub mod nfs;
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +27,8 @@ pub use endpoint::endpoint;
 use files::{Obj, collect_secret, kind};
 pub use files::{discover, documents};
 use ipnet::IpNet;
-pub use nfs::nfs_version;
+pub use kube::{StorageClass, Volume};
+pub use nfs::{Mount, nfs_version};
 use serde_yaml::Value;
 
 use crate::error::{Error, Result};
@@ -28,20 +36,12 @@ use crate::error::{Error, Result};
 /// The storage protocols a backend's volumes are used with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Protocols {
-    /// NFS major versions in use; empty when the backend does not say (both are then assumed).
-    pub nfs: Option<NfsVersions>,
+    /// NFS; the versions come from the mount options (the backend's, a class's, a volume's).
+    pub nfs: bool,
     pub smb: bool,
     pub iscsi: bool,
     pub nvme: bool,
     pub fcp: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NfsVersions {
-    pub v3: bool,
-    pub v4: bool,
-    /// False when no nfsMountOptions pinned a version.
-    pub pinned: bool,
 }
 
 /// What a management endpoint is.
@@ -65,22 +65,73 @@ pub struct Dest {
     pub field: String,
 }
 
+/// A `supportedTopologies` term: every label must match the node's.
+pub type Topology = BTreeMap<String, String>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
     pub name: String,
     pub driver: Driver,
-    /// `file` or `file#N` for the N-th document of a multi-document file.
+    /// `file`, `file#N` for the N-th document of a multi-document file, `... items[i]` in a list.
     pub origin: String,
+    /// Trident's backend UUID, where the source names it (resolved state, PV attributes).
+    pub uuid: Option<String>,
+    /// From Trident's resolved state (a TridentBackend, `tridentctl get backend`): it
+    /// supersedes a definition of the same name.
+    pub resolved: bool,
     pub mgmt_kind: Option<Mgmt>,
     pub mgmt: Vec<Dest>,
     pub data: Vec<Dest>,
     pub protocols: Protocols,
-    /// nfsMountOptions as written (backend level), for explanations.
+    /// The mount options volumes of this backend get when their class and PV name none:
+    /// `nfsMountOptions`, or the driver's default.
     pub nfs_options: Option<String>,
+    /// Volumes use Kerberos (ANF `kerberos`, or `sec=krb5*` in the options).
+    pub kerberos: bool,
+    /// `supportedTopologies` of the backend and its pools; `None` when some pool is usable on
+    /// any node.
+    pub topologies: Option<Vec<Topology>>,
     /// Why the definition cannot name every data address, when it cannot.
     pub data_discovered: Option<String>,
     /// Facts worth telling the operator (not errors).
     pub notes: Vec<String>,
+}
+
+impl Backend {
+    /// The backend's own mount options, parsed (a default that does not parse cannot happen:
+    /// they were checked when the backend was read).
+    pub fn mount(&self) -> Mount {
+        Mount::parse(self.nfs_options.as_deref().unwrap_or("")).unwrap_or_default()
+    }
+}
+
+/// A definition that was not planned, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub origin: String,
+    /// The backend's name, when the definition got that far.
+    pub name: Option<String>,
+    pub why: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "backend {n} ({}) skipped: {}", self.origin, self.why),
+            None => write!(f, "{} skipped: {}", self.origin, self.why),
+        }
+    }
+}
+
+/// Everything the sources say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub backends: Vec<Backend>,
+    pub classes: Vec<StorageClass>,
+    pub volumes: Vec<Volume>,
+    pub skipped: Vec<Skipped>,
+    /// Facts about the sources as a whole (a source with no backend, a superseded definition).
+    pub warnings: Vec<String>,
 }
 
 fn err(path: &Path, message: impl Into<String>) -> Error {
@@ -90,76 +141,223 @@ fn err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Reads backends from files and directories (see [`discover`]).
-pub fn load(sources: &[PathBuf]) -> Result<Vec<Backend>> {
-    let files = discover(sources)?;
+/// Reads every source (see [`discover`]). Only an unreadable or unparsable file is an error.
+pub fn load(sources: &[PathBuf]) -> Result<Inventory> {
     let mut docs = Vec::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).map_err(Error::io("reading", f))?;
-        docs.extend(documents(f, &text)?);
+    let mut per_source = Vec::new();
+    for s in sources {
+        let before = docs.len();
+        for f in discover(std::slice::from_ref(s))? {
+            let text = std::fs::read_to_string(&f).map_err(Error::io("reading", &f))?;
+            docs.extend(documents(&f, &text)?);
+        }
+        per_source.push((s, before..docs.len()));
     }
+    let objects: Vec<Vec<(String, &Value)>> = docs
+        .iter()
+        .map(|(_, origin, v)| {
+            let mut out = Vec::new();
+            flatten(origin.clone(), v, &mut out);
+            out
+        })
+        .collect();
     // Secrets first, so that a backend may name one defined in any of the sources.
     let mut secrets = BTreeMap::new();
-    for (path, _, v) in &docs {
+    let mut inv = Inventory::default();
+    for (origin, v) in objects.iter().flatten() {
         if kind(v) == Some("Secret") {
-            collect_secret(path, v, &mut secrets)?;
+            if let Err(why) = collect_secret(v, &mut secrets) {
+                inv.skipped.push(Skipped {
+                    origin: origin.clone(),
+                    name: None,
+                    why,
+                });
+            }
         }
     }
-    let mut backends = Vec::new();
-    for (_, origin, v) in &docs {
-        if let Some(b) = backend(origin, v, &secrets)? {
-            backends.push(b);
+    for (s, range) in per_source {
+        let before = inv.backends.len() + inv.skipped.len();
+        for (origin, v) in objects[range].iter().flatten() {
+            read_object(origin, v, &secrets, &mut inv);
         }
-    }
-    let mut seen = BTreeMap::new();
-    for b in &backends {
-        if let Some(prev) = seen.insert(b.name.clone(), b.origin.clone()) {
-            return Err(err(
-                Path::new(&b.origin),
-                format!("backendName `{}` is also defined in {prev}", b.name),
+        if inv.backends.len() + inv.skipped.len() == before
+            && !objects.is_empty()
+            && !is_cluster_only(&inv, s)
+        {
+            inv.warnings.push(format!(
+                "{} defines no backend: nothing from it is planned",
+                s.display()
             ));
         }
     }
-    Ok(backends)
+    resolve_duplicates(&mut inv);
+    Ok(inv)
+}
+
+/// A source that holds only StorageClasses or PVs is not expected to define backends.
+fn is_cluster_only(inv: &Inventory, source: &Path) -> bool {
+    let s = source.display().to_string();
+    inv.classes.iter().any(|c| c.origin.starts_with(&s))
+        || inv.volumes.iter().any(|v| v.origin.starts_with(&s))
+}
+
+/// A `kind: List` (or any `*List`), and `tridentctl get backend` output (`items` without a
+/// kind), stand for their items.
+fn flatten<'a>(origin: String, v: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+    let listed = v.as_mapping().and_then(|m| {
+        let o = Obj(m);
+        let is_list = match kind(v) {
+            Some(k) => k.ends_with("List"),
+            None => true,
+        };
+        match o.get("items") {
+            Some(Value::Sequence(items)) if is_list => Some(items),
+            _ => None,
+        }
+    });
+    match listed {
+        Some(items) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten(format!("{origin} items[{i}]"), item, out);
+            }
+        }
+        None => out.push((origin, v)),
+    }
+}
+
+fn read_object(
+    origin: &str,
+    v: &Value,
+    secrets: &BTreeMap<String, (String, u16)>,
+    inv: &mut Inventory,
+) {
+    let Some(top) = v.as_mapping().map(Obj) else {
+        inv.skipped.push(Skipped {
+            origin: origin.to_string(),
+            name: None,
+            why: "a backend definition must be a mapping".into(),
+        });
+        return;
+    };
+    let parsed = match kind(v) {
+        Some("TridentBackendConfig") => trident_backend_config(&top),
+        Some("TridentBackend") => trident_backend(&top),
+        Some("StorageClass") => {
+            let mut notes = Vec::new();
+            if let Some(sc) = kube::storage_class(&top, origin, &mut notes) {
+                inv.classes.push(sc);
+            }
+            inv.warnings.extend(notes);
+            return;
+        }
+        Some("PersistentVolume") => {
+            inv.volumes.extend(kube::persistent_volume(&top, origin));
+            return;
+        }
+        // Secrets are read above; other Kubernetes objects say nothing about storage.
+        Some(_) => return,
+        // `tridentctl get backend` items: the resolved configuration under `config`.
+        None if top
+            .obj("config")
+            .is_some_and(|c| c.str("storageDriverName").is_some()) =>
+        {
+            Ok(Definition {
+                spec: top.obj("config").expect("checked"),
+                name: top.str("name"),
+                uuid: top.str("backendUUID"),
+                resolved: true,
+            })
+        }
+        None => Ok(Definition {
+            spec: Obj(top.0),
+            name: None,
+            uuid: None,
+            resolved: false,
+        }),
+    };
+    let name_hint = |d: &Definition<'_>| d.spec.str("backendName").or_else(|| d.name.clone());
+    match parsed.and_then(|d| {
+        let name = name_hint(&d);
+        backend(origin, &d, secrets).map_err(|(f, m)| (name, format!("{f}: {m}")))
+    }) {
+        Ok(b) => inv.backends.push(b),
+        Err((name, why)) => inv.skipped.push(Skipped {
+            origin: origin.to_string(),
+            name,
+            why,
+        }),
+    }
+}
+
+/// Where a backend's fields are, and what the wrapper says about it.
+struct Definition<'a> {
+    spec: Obj<'a>,
+    /// The name the wrapper gives (metadata.name, backendName, items[].name).
+    name: Option<String>,
+    uuid: Option<String>,
+    resolved: bool,
+}
+
+type Refused = (Option<String>, String);
+
+fn trident_backend_config<'a>(top: &Obj<'a>) -> std::result::Result<Definition<'a>, Refused> {
+    let name = top.obj("metadata").and_then(|m| m.str("name"));
+    let api = top.str("apiVersion").unwrap_or_default();
+    if !api.starts_with("trident.netapp.io/") {
+        return Err((
+            name,
+            format!("TridentBackendConfig with apiVersion `{api}`; expected trident.netapp.io/v1"),
+        ));
+    }
+    let spec = top
+        .obj("spec")
+        .ok_or_else(|| (name.clone(), "TridentBackendConfig without spec".into()))?;
+    Ok(Definition {
+        spec,
+        name,
+        uuid: None,
+        resolved: false,
+    })
+}
+
+/// A TridentBackend's `config` is Trident's persistent form: the driver's configuration under
+/// `ontap_config`, `solidfire_config`, `azure_config` or `gcnv_config`
+/// (`storage/backend.go`, PersistentStorageBackendConfig; `eseries_config` before 22.04).
+fn trident_backend<'a>(top: &Obj<'a>) -> std::result::Result<Definition<'a>, Refused> {
+    let name = top.str("backendName");
+    let config = top
+        .obj("config")
+        .ok_or_else(|| (name.clone(), "TridentBackend without config".into()))?;
+    let spec = [
+        "ontap_config",
+        "solidfire_config",
+        "azure_config",
+        "gcnv_config",
+        "eseries_config",
+    ]
+    .iter()
+    .find_map(|k| config.obj(k))
+    .unwrap_or(config);
+    Ok(Definition {
+        spec,
+        name,
+        uuid: top.str("backendUUID"),
+        resolved: true,
+    })
 }
 
 fn backend(
     origin: &str,
-    v: &Value,
+    d: &Definition<'_>,
     secrets: &BTreeMap<String, (String, u16)>,
-) -> Result<Option<Backend>> {
-    // Errors name the document (`file#N` in a multi-document file), then the field.
-    let at = Path::new(origin);
-    let Some(top) = v.as_mapping().map(Obj) else {
-        return Err(err(at, "a backend definition must be a mapping"));
-    };
-    let (spec, default_name) = match kind(v) {
-        Some("TridentBackendConfig") => {
-            let api = top.str("apiVersion").unwrap_or_default();
-            if !api.starts_with("trident.netapp.io/") {
-                return Err(err(
-                    at,
-                    format!(
-                        "TridentBackendConfig with apiVersion `{api}`; expected trident.netapp.io/v1"
-                    ),
-                ));
-            }
-            let spec = top
-                .obj("spec")
-                .ok_or_else(|| err(at, "TridentBackendConfig without spec"))?;
-            (spec, top.obj("metadata").and_then(|m| m.str("name")))
-        }
-        // Other Kubernetes objects (Secrets, StorageClasses, ...) are not backends.
-        Some(_) => return Ok(None),
-        None => (top, None),
-    };
-    let field_err = |field: &str, msg: String| err(at, format!("{field}: {msg}"));
+) -> std::result::Result<Backend, (&'static str, String)> {
+    let spec = &d.spec;
     let driver_name = spec
         .str("storageDriverName")
-        .ok_or_else(|| field_err("storageDriverName", "missing".into()))?;
+        .ok_or(("storageDriverName", "missing".to_string()))?;
     let driver = Driver::parse(&driver_name).ok_or_else(|| {
         let known: Vec<&str> = DRIVERS.iter().map(|(n, _)| *n).collect();
-        field_err(
+        (
             "storageDriverName",
             format!(
                 "unknown driver `{driver_name}`; known drivers: {}",
@@ -169,7 +367,7 @@ fn backend(
     })?;
     if let Some(version) = spec.str("version") {
         if version != "1" {
-            return Err(field_err(
+            return Err((
                 "version",
                 format!("`{version}` is not supported; Trident backends are version 1"),
             ));
@@ -179,94 +377,66 @@ fn backend(
         name: String::new(),
         driver,
         origin: origin.to_string(),
+        uuid: d.uuid.clone(),
+        resolved: d.resolved,
         mgmt_kind: None,
         mgmt: Vec::new(),
         data: Vec::new(),
         protocols: Protocols::default(),
-        nfs_options: spec.str("nfsMountOptions"),
+        nfs_options: None,
+        kerberos: false,
+        topologies: drivers::topologies(spec),
         data_discovered: None,
         notes: Vec::new(),
     };
-    // Protocols, from the backend and its virtual pools.
-    let mut layers = vec![Obj(spec.0)];
-    if let Some(Value::Sequence(pools)) = spec.get("storage") {
-        layers.extend(pools.iter().filter_map(|p| p.as_mapping().map(Obj)));
+    drivers::read(spec, secrets, &mut b)?;
+    if b.protocols.nfs {
+        let m = Mount::parse(b.nfs_options.as_deref().unwrap_or(""))
+            .map_err(|m| ("nfsMountOptions", m))?;
+        b.kerberos |= m.kerberos;
     }
-    if driver.is_nas() {
-        let mut nfs = NfsVersions::default();
-        let mut any_nfs = false;
-        for l in &layers {
-            let nas_type = l.str("nasType").map(|s| s.to_ascii_lowercase());
-            match nas_type.as_deref() {
-                None if l.0 != spec.0 => {} // a pool without nasType inherits the backend's
-                None | Some("nfs") => {
-                    any_nfs = true;
-                    let opts = l
-                        .str("nfsMountOptions")
-                        .or_else(|| spec.str("nfsMountOptions"));
-                    match opts
-                        .as_deref()
-                        .map(nfs_version)
-                        .transpose()
-                        .map_err(|m| field_err("nfsMountOptions", m))?
-                        .flatten()
-                    {
-                        Some(3) => {
-                            nfs.v3 = true;
-                            nfs.pinned = true;
-                        }
-                        Some(_) => {
-                            nfs.v4 = true;
-                            nfs.pinned = true;
-                        }
-                        None => {
-                            nfs.v3 = true;
-                            nfs.v4 = true;
-                        }
-                    }
-                }
-                Some("smb") => b.protocols.smb = true,
-                Some(other) => {
-                    return Err(field_err("nasType", format!("`{other}` is not nfs or smb")));
-                }
-            }
-        }
-        if any_nfs {
-            // A layer that did not pin a version means both may be used.
-            b.protocols.nfs = Some(nfs);
-        }
-    } else {
-        for l in &layers {
-            let san_type = l.str("sanType").map(|s| s.to_ascii_lowercase());
-            match san_type.as_deref() {
-                None if l.0 != spec.0 => {}
-                None | Some("iscsi") => b.protocols.iscsi = true,
-                Some("nvme") if driver.is_ontap() => b.protocols.nvme = true,
-                Some("fcp") if driver.is_ontap() => b.protocols.fcp = true,
-                Some(other) => {
-                    return Err(field_err(
-                        "sanType",
-                        format!("`{other}` is not supported by {}", driver.name()),
-                    ));
-                }
-            }
-        }
-    }
-    if b.protocols.fcp {
-        b.notes
-            .push("sanType fcp: fibre-channel data needs no IP rules".into());
-    }
+    b.name = spec
+        .str("backendName")
+        .or_else(|| d.name.clone())
+        .unwrap_or_else(|| {
+            let addr = b
+                .data
+                .first()
+                .or(b.mgmt.first())
+                .map(|d| d.net.addr().to_string())
+                .unwrap_or_default();
+            format!("{}_{}", driver.name(), addr)
+        });
+    Ok(b)
+}
 
-    drivers::addresses(&spec, secrets, &mut b).map_err(|(f, m)| field_err(f, m))?;
-
-    b.name = spec.str("backendName").or(default_name).unwrap_or_else(|| {
-        let addr = b
-            .data
-            .first()
-            .or(b.mgmt.first())
-            .map(|d| d.net.addr().to_string())
-            .unwrap_or_default();
-        format!("{}_{}", driver.name(), addr)
-    });
-    Ok(Some(b))
+/// Trident's resolved state supersedes a definition of the same backend; two definitions of one
+/// name keep the first.
+fn resolve_duplicates(inv: &mut Inventory) {
+    let mut kept: Vec<Backend> = Vec::new();
+    for b in std::mem::take(&mut inv.backends) {
+        match kept.iter().position(|k| k.name == b.name) {
+            None => kept.push(b),
+            Some(i) if b.resolved && !kept[i].resolved => {
+                inv.warnings.push(format!(
+                    "backend {}: Trident's resolved state ({}) supersedes the definition in {}",
+                    b.name, b.origin, kept[i].origin
+                ));
+                kept[i] = b;
+            }
+            Some(i) if kept[i].resolved && !b.resolved => inv.warnings.push(format!(
+                "backend {}: Trident's resolved state ({}) supersedes the definition in {}",
+                b.name, kept[i].origin, b.origin
+            )),
+            Some(i) => inv.skipped.push(Skipped {
+                origin: b.origin.clone(),
+                name: Some(b.name.clone()),
+                why: format!(
+                    "backendName `{}` is also defined in {}",
+                    b.name, kept[i].origin
+                ),
+            }),
+        }
+    }
+    inv.backends = kept;
 }

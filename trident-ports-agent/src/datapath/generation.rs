@@ -63,6 +63,11 @@ impl Datapath {
             ),
             (maps::RULES, t.rules.len(), limits::RULES / 2),
             (maps::RANGES, t.ranges.len(), limits::RANGES / 2),
+            (
+                maps::GUARD_ADDRS,
+                t.guard_addrs.len(),
+                limits::GUARD_ADDRS / 2,
+            ),
         ];
         for (map, entries, limit) in checks {
             if entries > limit as usize {
@@ -92,6 +97,11 @@ impl Datapath {
             self.ranges
                 .insert(&Key::new(*bits, *k), 1, 0)
                 .map_err(map_err(maps::RANGES))?;
+        }
+        for k in &t.guard_addrs {
+            self.guard_addrs
+                .insert(k, 1, 0)
+                .map_err(map_err(maps::GUARD_ADDRS))?;
         }
         // The generation's words were cleared by `remove_generation`: only set bits are written.
         let mut words: BTreeMap<u32, u64> = BTreeMap::new();
@@ -124,6 +134,15 @@ impl Datapath {
             .collect();
         for k in prefixes {
             let _ = self.prefixes.remove(&k);
+        }
+        let addrs: Vec<PeerKey> = self
+            .guard_addrs
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|k| k.generation == generation)
+            .collect();
+        for k in addrs {
+            let _ = self.guard_addrs.remove(&k);
         }
         let rules: Vec<RuleKey> = self
             .rules

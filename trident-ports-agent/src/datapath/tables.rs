@@ -67,6 +67,8 @@ pub struct Tables {
     pub rules: Vec<RuleKey>,
     pub ranges: Vec<(u32, RangeKey)>,
     pub guards: Vec<GuardKey>,
+    /// Where the guards apply (`PeerKey` with `dir` = ingress).
+    pub guard_addrs: Vec<PeerKey>,
 }
 
 impl Tables {
@@ -86,6 +88,7 @@ impl Tables {
             + self.rules.len()
             + self.ranges.len()
             + self.guards.len()
+            + self.guard_addrs.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,6 +115,17 @@ pub fn compile(policy: &Policy, generation: u8) -> Tables {
             generation,
             proto: proto.number(),
             port,
+        })
+        .collect();
+    t.guard_addrs = policy
+        .guard_addresses
+        .iter()
+        .filter(|a| a.prefix_len() == a.max_prefix_len())
+        .map(|a| PeerKey {
+            generation,
+            dir: DIR_INGRESS,
+            _pad: [0; 2],
+            addr: Prefix::from_net(a).addr,
         })
         .collect();
     t

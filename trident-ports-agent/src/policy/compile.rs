@@ -1,37 +1,71 @@
-//! The policy compiler: the port model, the node configuration and the backends to a [`Policy`].
-//! What `plan` prints is exactly what `run` enforces.
+//! The policy compiler: the port model, the node configuration and what the sources say
+//! (backends, StorageClasses, PVs) to a [`Policy`]. What `plan` prints is exactly what `run`
+//! enforces. The rules and the Trident code they follow are listed in docs/plan.md.
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
 use crate::{
-    backends::{Backend, Dest, Mgmt},
-    config::{NodeConfig, Role},
+    backends::{Backend, Dest, Inventory, Mgmt, Mount, Topology},
+    config::{NfsPorts, NodeConfig, Role},
     model::{Condition, Model, Peer, Port},
     policy::{BackendInfo, Direction, Entry, Guard, Policy, PortRange, Protected, Proto},
 };
 
-pub fn compile(config: &NodeConfig, backends: &[Backend]) -> Policy {
+/// Compiles for this node. `local_addresses` are the node's own addresses as `run` finds them
+/// (none for `plan`): with `node.addresses` and `trident.controllerAddresses` they are where
+/// Trident's ports are guarded.
+pub fn compile(config: &NodeConfig, inv: &Inventory, local_addresses: &[IpNet]) -> Policy {
     let model = Model::get();
-    let role = config.role.to_string();
     let mut p = Policy {
-        role: role.clone(),
+        role: config.role.to_string(),
         mode: config.mode,
         ..Default::default()
     };
-    for b in backends {
-        compile_backend(model, config, b, &mut p);
-        p.backends.push(backend_info(b));
+    for s in &inv.skipped {
+        p.warnings.push(s.to_string());
+        p.skipped
+            .push(s.name.clone().unwrap_or_else(|| s.origin.clone()));
     }
-    for name in config.backends.data_addresses.keys() {
-        if !backends.iter().any(|b| &b.name == name) {
+    p.warnings.extend(inv.warnings.iter().cloned());
+    check_classes(inv, &mut p);
+    for b in &inv.backends {
+        if let Some(why) = not_on_this_node(config, b) {
             p.warnings.push(format!(
-                "backends.dataAddresses names `{name}`, which is not a backend in the sources"
+                "backend {} ({}): not planned on this node: {why}",
+                b.name,
+                b.driver.name()
+            ));
+            continue;
+        }
+        let uses = nfs_uses(b, inv);
+        compile_backend(model, config, b, &uses, &mut p);
+        p.backends.push(backend_info(b, &uses));
+    }
+    for name in config
+        .backends
+        .data_addresses
+        .keys()
+        .chain(config.backends.nfs_ports.keys())
+    {
+        if !inv.backends.iter().any(|b| &b.name == name) {
+            p.warnings.push(format!(
+                "backends: `{name}` is named in the configuration but is not a backend in the sources"
             ));
         }
     }
     compile_directory(model, config, &mut p);
-    compile_node_ports(model, config, &role, &mut p);
+    compile_node_ports(model, config, &mut p);
+    p.guard_addresses = guard_addresses(config, local_addresses);
+    for a in p
+        .guard_addresses
+        .iter()
+        .filter(|a| a.prefix_len() != a.max_prefix_len())
+    {
+        p.warnings.push(format!(
+            "{a}: node.addresses and trident.controllerAddresses take single addresses; a prefix guards nothing"
+        ));
+    }
     for a in &config.allow {
         p.entries.push(Entry {
             direction: Direction::Egress,
@@ -44,7 +78,129 @@ pub fn compile(config: &NodeConfig, backends: &[Backend]) -> Policy {
         });
     }
     dedup(&mut p.entries);
+    let mut seen = BTreeSet::new();
+    p.warnings.retain(|w| seen.insert(w.clone()));
     p
+}
+
+/// Trident's ports listen on the node's own addresses (its node pod uses the host network,
+/// `cli/k8s_client/yaml_factory.go` `hostNetwork: true`) and on the controller pod's.
+fn guard_addresses(config: &NodeConfig, local: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = config
+        .node
+        .addresses
+        .iter()
+        .chain(local)
+        .chain(&config.trident.controller_addresses)
+        .copied()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Why `b` cannot be used on this node, if its `supportedTopologies` cannot match the node's
+/// labels: a volume is only accessible where one term matches (CSI AccessibleTopology, set from
+/// the pool's supportedTopologies in `frontend/csi/controller_server.go` CreateVolume).
+fn not_on_this_node(config: &NodeConfig, b: &Backend) -> Option<String> {
+    let labels = config.node.labels.as_ref()?;
+    let terms = b.topologies.as_ref()?;
+    let matches = |t: &Topology| t.iter().all(|(k, v)| labels.get(k) == Some(v));
+    if terms.iter().any(matches) {
+        return None;
+    }
+    let shown: Vec<String> = terms
+        .iter()
+        .map(|t| {
+            let kv: Vec<String> = t.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{{{}}}", kv.join(", "))
+        })
+        .collect();
+    Some(format!(
+        "its supportedTopologies [{}] do not match node.labels",
+        shown.join(", ")
+    ))
+}
+
+/// One way a backend's volumes are mounted: the options, and the object they come from
+/// (`None` for the backend's own, whose entries name the address's field instead).
+struct NfsUse {
+    mount: Mount,
+    from: Option<String>,
+}
+
+/// The mounts a NAS backend's volumes can see: its own options, and those of every class and
+/// volume that can land on it, since a class's `mountOptions` replace the backend's.
+fn nfs_uses(b: &Backend, inv: &Inventory) -> Vec<NfsUse> {
+    if !b.protocols.nfs {
+        return Vec::new();
+    }
+    let mut uses = vec![NfsUse {
+        mount: b.mount(),
+        from: None,
+    }];
+    let classes = inv.classes.iter().filter(|c| c.selection.selects(b));
+    for c in classes {
+        if let Some(m) = c
+            .mount_options
+            .as_deref()
+            .and_then(|o| Mount::parse(o).ok())
+        {
+            uses.push(NfsUse {
+                mount: m,
+                from: Some(format!("storageclass/{}: mountOptions", c.name)),
+            });
+        }
+    }
+    for v in &inv.volumes {
+        let on_this_backend = match &v.backend_uuid {
+            Some(u) if inv.backends.iter().any(|x| x.uuid.as_ref() == Some(u)) => {
+                b.uuid.as_ref() == Some(u)
+            }
+            _ => match v
+                .class
+                .as_ref()
+                .and_then(|c| inv.classes.iter().find(|x| &x.name == c))
+            {
+                Some(class) => class.selection.selects(b),
+                // Where the mapping is unknown, the volume may be on any NAS backend.
+                None => true,
+            },
+        };
+        if let (true, Some(m)) = (
+            on_this_backend,
+            v.mount_options
+                .as_deref()
+                .and_then(|o| Mount::parse(o).ok()),
+        ) {
+            uses.push(NfsUse {
+                mount: m,
+                from: Some(format!("persistentvolume/{}: mountOptions", v.name)),
+            });
+        }
+    }
+    uses
+}
+
+/// Classes and volumes whose mount options do not parse are named once; the backends they
+/// select keep their own options.
+fn check_classes(inv: &Inventory, p: &mut Policy) {
+    let objects = inv
+        .classes
+        .iter()
+        .map(|c| (format!("storageclass/{}", c.name), &c.mount_options))
+        .chain(
+            inv.volumes
+                .iter()
+                .map(|v| (format!("persistentvolume/{}", v.name), &v.mount_options)),
+        );
+    for (what, opts) in objects {
+        if let Some(Err(e)) = opts.as_deref().map(Mount::parse) {
+            p.warnings.push(format!(
+                "{what}: mountOptions: {e}; its volumes are planned with their backend's options"
+            ));
+        }
+    }
 }
 
 fn egress(
@@ -66,6 +222,9 @@ fn egress(
     }
 }
 
+/// Entries for `port` towards each of `dests`, on `number` when the caller moves it. `from`
+/// names the object the need comes from; without it each entry names its address's field.
+#[allow(clippy::too_many_arguments)]
 fn add_port(
     p: &mut Policy,
     port: &Port,
@@ -73,14 +232,20 @@ fn add_port(
     b: Option<&Backend>,
     protos: &[Proto],
     origin: &str,
+    number: Option<u16>,
+    from: Option<&str>,
 ) {
     for d in dests {
-        let ports = match d.port {
-            Some(n) if port.port_to.is_none() => PortRange::single(n),
+        let ports = match (number, d.port) {
+            (Some(n), _) => PortRange::single(n),
+            (None, Some(n)) if port.port_to.is_none() => PortRange::single(n),
             _ => port.ports(),
         };
         for &proto in protos {
-            let source = format!("{origin}: {}", d.field);
+            let source = match from {
+                Some(f) => f.to_string(),
+                None => format!("{origin}: {}", d.field),
+            };
             let backend = b.map(|b| b.name.as_str());
             if port.direction.starts_with("Inbound") {
                 p.entries.push(Entry {
@@ -100,30 +265,29 @@ fn add_port(
     }
 }
 
-fn mgmt_port(model: &Model, kind: Mgmt, role: Role) -> &Port {
-    model.by_id(match (kind, role) {
-        (Mgmt::Ontap, Role::Worker) => "worker-ontap-mgmt",
-        (Mgmt::Ontap, Role::Controller) => "ctrl-ontap-mgmt",
-        (Mgmt::Eseries { http: false }, Role::Worker) => "worker-eseries-proxy",
-        (Mgmt::Eseries { http: false }, Role::Controller) => "ctrl-eseries-proxy",
-        (Mgmt::Eseries { http: true }, _) => "eseries-proxy-http",
-        (Mgmt::Solidfire, _) => "solidfire-mgmt",
-    })
+fn mgmt_ports(model: &Model, kind: Mgmt, role: Role) -> Vec<&Port> {
+    // Every node runs Trident's node plugin; a controller node runs the controller as well.
+    let roles: &[Role] = match role {
+        Role::Worker => &[Role::Worker],
+        Role::Controller => &[Role::Worker, Role::Controller],
+    };
+    roles
+        .iter()
+        .map(|r| {
+            model.by_id(match (kind, r) {
+                (Mgmt::Ontap, Role::Worker) => "worker-ontap-mgmt",
+                (Mgmt::Ontap, Role::Controller) => "ctrl-ontap-mgmt",
+                (Mgmt::Eseries { http: false }, Role::Worker) => "worker-eseries-proxy",
+                (Mgmt::Eseries { http: false }, Role::Controller) => "ctrl-eseries-proxy",
+                (Mgmt::Eseries { http: true }, _) => "eseries-proxy-http",
+                (Mgmt::Solidfire, _) => "solidfire-mgmt",
+            })
+        })
+        .collect()
 }
 
-fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Policy) {
-    let origin = b.origin.as_str();
-    for n in &b.notes {
-        p.warnings
-            .push(format!("backend {} ({}): {n}", b.name, b.driver.name()));
-    }
-    if let Some(kind) = b.mgmt_kind {
-        let port = mgmt_port(model, kind, config.role);
-        add_port(p, port, &b.mgmt, Some(b), &port.protocols, origin);
-    }
-    if config.role == Role::Controller {
-        return;
-    }
+/// The data addresses: the definition's, then the configuration's `dataAddresses`.
+fn data_addresses(config: &NodeConfig, b: &Backend, p: &mut Policy) -> Vec<Dest> {
     let declared: Vec<Dest> = config
         .backends
         .data_addresses
@@ -137,94 +301,106 @@ fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Poli
         })
         .collect();
     let mut data = b.data.clone();
-    if declared.is_empty() {
-        if let Some(why) = &b.data_discovered {
-            // An ONTAP SVM's management LIF often serves data too: give it the data ports rather
-            // than break mounts that go to it. Other drivers' management hosts are not arrays'
-            // data ports (E-Series proxy, SolidFire MVIP).
-            if data.is_empty() && b.mgmt_kind == Some(Mgmt::Ontap) {
-                p.warnings.push(format!(
-                    "backend {} ({}): data addresses unknown ({why}); declare them under backends.dataAddresses.{}. \
-                     Until then the management address also gets the data ports, and traffic to other data \
-                     addresses is not policed",
-                    b.name,
-                    b.driver.name(),
-                    b.name
-                ));
-                data = b
-                    .mgmt
-                    .iter()
-                    .map(|d| Dest {
-                        port: None,
-                        ..d.clone()
-                    })
-                    .collect();
-            } else if data.is_empty() {
-                p.warnings.push(format!(
-                    "backend {} ({}): data addresses unknown ({why}); declare them under backends.dataAddresses.{} \
-                     to police them. Until then its data traffic is not policed",
-                    b.name,
-                    b.driver.name(),
-                    b.name
-                ));
-            } else {
-                p.warnings.push(format!(
-                    "backend {} ({}): {why}; declare them under backends.dataAddresses.{} if they differ from the dataLIF",
-                    b.name,
-                    b.driver.name(),
-                    b.name
-                ));
-            }
-        }
-    }
-    data.extend(declared);
-    let pr = &b.protocols;
-    let mut conditions = Vec::new();
-    if let Some(nfs) = pr.nfs {
-        conditions.push(Condition::Nfs);
-        if nfs.v3 {
-            conditions.push(Condition::Nfsv3);
-            if config.nfs.callbacks {
-                conditions.push(Condition::Nfsv3Callbacks);
-            }
-        }
-        if !nfs.pinned {
+    if let (true, Some(why)) = (declared.is_empty(), &b.data_discovered) {
+        let (name, driver) = (&b.name, b.driver.name());
+        if data.is_empty() && b.mgmt_kind == Some(Mgmt::Ontap) {
+            // An ONTAP SVM's management LIF often serves data too: give it the data ports
+            // rather than break mounts that go to it. Other drivers' management hosts are not
+            // arrays' data ports (E-Series proxy, SolidFire MVIP).
             p.warnings.push(format!(
-                "backend {} ({}): no NFS version pinned in nfsMountOptions, so clients may fall back to NFSv3: \
-                 allowing both the NFSv3 and NFSv4 port sets. Pin nfsvers=4.1 (or 3) to allow only what is used",
-                b.name,
-                b.driver.name()
+                "backend {name} ({driver}): data addresses unknown ({why}); declare them under \
+                 backends.dataAddresses.{name}. Until then the management address also gets the data \
+                 ports, and traffic to other data addresses is not policed"
+            ));
+            data = b
+                .mgmt
+                .iter()
+                .map(|d| Dest {
+                    port: None,
+                    ..d.clone()
+                })
+                .collect();
+        } else if data.is_empty() {
+            p.warnings.push(format!(
+                "backend {name} ({driver}): data addresses unknown ({why}); declare them under \
+                 backends.dataAddresses.{name} to police them. Until then its data traffic is not policed"
+            ));
+        } else {
+            p.warnings.push(format!(
+                "backend {name} ({driver}): {why}; declare them under backends.dataAddresses.{name} \
+                 if they differ"
             ));
         }
     }
-    if pr.smb {
-        conditions.push(Condition::Smb);
+    data.extend(declared);
+    data
+}
+
+fn compile_backend(
+    model: &Model,
+    config: &NodeConfig,
+    b: &Backend,
+    uses: &[NfsUse],
+    p: &mut Policy,
+) {
+    let origin = b.origin.as_str();
+    for n in &b.notes {
+        p.warnings
+            .push(format!("backend {} ({}): {n}", b.name, b.driver.name()));
     }
-    if pr.iscsi {
-        conditions.push(Condition::Iscsi);
+    if let Some(kind) = b.mgmt_kind {
+        for port in mgmt_ports(model, kind, config.role) {
+            add_port(
+                p,
+                port,
+                &b.mgmt,
+                Some(b),
+                &port.protocols,
+                origin,
+                None,
+                None,
+            );
+        }
     }
-    if pr.nvme {
-        conditions.push(Condition::Nvme);
-    }
-    let nfs_v3 = pr.nfs.is_some_and(|n| n.v3);
-    for c in conditions {
+    let data = data_addresses(config, b, p);
+    let pr = &b.protocols;
+    for (on, c) in [
+        (pr.smb, Condition::Smb),
+        (pr.iscsi, Condition::Iscsi),
+        (pr.nvme, Condition::Nvme),
+    ] {
+        if !on {
+            continue;
+        }
         for port in model
             .needed("worker", c)
             .filter(|e| e.peer == Peer::StorageData)
         {
             // SolidFire's iSCSI is its own model entry (SVIP); ONTAP/E-Series use the generic one.
             let solidfire = b.mgmt_kind == Some(Mgmt::Solidfire);
-            if (port.id == "solidfire-iscsi") != solidfire && c == Condition::Iscsi {
+            if c == Condition::Iscsi && (port.id == "solidfire-iscsi") != solidfire {
                 continue;
             }
-            // NFSv4 runs over TCP only (RFC 7530, section 3.1); UDP 2049 is an NFSv3 need.
-            let protos: Vec<Proto> = if port.id == "nfs" && !nfs_v3 {
-                vec![Proto::Tcp]
-            } else {
-                port.protocols.clone()
-            };
-            add_port(p, port, &data, Some(b), &protos, origin);
+            add_port(p, port, &data, Some(b), &port.protocols, origin, None, None);
         }
+    }
+    let moved = config
+        .backends
+        .nfs_ports
+        .get(&b.name)
+        .copied()
+        .unwrap_or_default();
+    for u in uses {
+        nfs_entries(model, config, b, &data, u, moved, p);
+    }
+    let kerberos = uses.iter().any(|u| u.mount.kerberos) || (b.kerberos && !uses.is_empty());
+    if kerberos && config.directory.kerberos.is_empty() {
+        p.warnings.push(format!(
+            "backend {} ({}): volumes mount with Kerberos (sec=krb5*), which needs the KDC on port 88: \
+             list it under directory.kerberos",
+            b.name,
+            b.driver.name()
+        ));
     }
     for d in &data {
         p.protected.push(Protected {
@@ -234,18 +410,103 @@ fn compile_backend(model: &Model, config: &NodeConfig, b: &Backend, p: &mut Poli
     }
 }
 
-fn backend_info(b: &Backend) -> BackendInfo {
-    let nfs = b.protocols.nfs.map(|n| {
-        let opts = b
-            .nfs_options
-            .as_deref()
-            .map(|o| format!(" ({o})"))
-            .unwrap_or_default();
-        match (n.v3, n.v4, n.pinned) {
-            (_, _, false) => "NFSv3 or NFSv4 (no version pinned)".to_string(),
-            (true, true, true) => format!("NFSv3 and NFSv4{opts}"),
-            (true, false, true) => format!("NFSv3{opts}"),
-            _ => format!("NFSv4{opts}"),
+/// What one way of mounting needs towards the backend's data addresses.
+fn nfs_entries(
+    model: &Model,
+    config: &NodeConfig,
+    b: &Backend,
+    data: &[Dest],
+    u: &NfsUse,
+    moved: NfsPorts,
+    p: &mut Policy,
+) {
+    let m = &u.mount;
+    let mut conditions = vec![Condition::Nfs];
+    if m.v3() {
+        conditions.push(Condition::Nfsv3);
+        if config.nfs.callbacks {
+            conditions.push(Condition::Nfsv3Callbacks);
+        }
+    }
+    if m.v40() && config.nfs.callbacks {
+        conditions.push(Condition::Nfsv40Callbacks);
+    }
+    if m.rdma {
+        conditions.push(Condition::NfsRdma);
+    }
+    if !m.pinned() {
+        let whose = u.from.as_deref().map_or_else(
+            || "nfsMountOptions".to_string(),
+            |f| f.replace(": mountOptions", "'s mountOptions"),
+        );
+        p.warnings.push(format!(
+            "backend {} ({}): {whose} pin no NFS version, so clients may fall back to NFSv3: allowing both \
+             the NFSv3 and NFSv4 port sets. Pin nfsvers=4.1 (or 3) to allow only what is used",
+            b.name,
+            b.driver.name()
+        ));
+    }
+    for c in conditions {
+        for port in model
+            .needed("worker", c)
+            .filter(|e| e.peer == Peer::StorageData)
+        {
+            let number = match port.id.as_str() {
+                "nfs" if !m.rdma => m.port,
+                "nfs-rdma" => m.port,
+                "mountd" => m.mountport.or(moved.mountd),
+                "nlm" | "nlm-tcp" => moved.nlm,
+                "nsm" | "nsm-tcp" => moved.nsm,
+                "rquotad" | "rquotad-tcp" => moved.rquota,
+                _ => None,
+            };
+            // NFSv4 runs over TCP only (RFC 7530, section 3.1); UDP 2049 is an NFSv3 need.
+            let protos: Vec<Proto> = if port.id == "nfs" && !m.v3() {
+                vec![Proto::Tcp]
+            } else {
+                port.protocols.clone()
+            };
+            add_port(
+                p,
+                port,
+                data,
+                Some(b),
+                &protos,
+                &b.origin,
+                number,
+                u.from.as_deref(),
+            );
+        }
+    }
+}
+
+fn backend_info(b: &Backend, uses: &[NfsUse]) -> BackendInfo {
+    let nfs = (!uses.is_empty()).then(|| {
+        let (v3, v4) = (
+            uses.iter().any(|u| u.mount.v3()),
+            uses.iter().any(|u| u.mount.v4()),
+        );
+        let opts: Vec<String> = uses
+            .iter()
+            .filter(|u| u.mount.pinned())
+            .map(|u| match &u.from {
+                None => b.nfs_options.clone().unwrap_or_default(),
+                Some(f) => f.replace("mountOptions", "its options"),
+            })
+            .collect();
+        let opts = if opts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", opts.join("; "))
+        };
+        if uses.iter().any(|u| !u.mount.pinned()) {
+            "NFSv3 or NFSv4 (no version pinned)".to_string()
+        } else if v3 && v4 {
+            format!("NFSv3 and NFSv4{opts}")
+        } else if v3 {
+            format!("NFSv3{opts}")
+        } else {
+            format!("NFSv4{opts}")
         }
     });
     BackendInfo {
@@ -269,17 +530,23 @@ fn compile_directory(model: &Model, config: &NodeConfig, p: &mut Policy) {
                 field: key.into(),
             })
             .collect();
-        add_port(p, port, &dests, None, &port.protocols, "config");
+        add_port(p, port, &dests, None, &port.protocols, "config", None, None);
     }
 }
 
-fn compile_node_ports(model: &Model, config: &NodeConfig, role: &str, p: &mut Policy) {
-    for port in model
-        .all()
-        .filter(|e| e.role == role && matches!(e.peer, Peer::Cluster | Peer::Local))
-    {
+/// Trident's own listening ports: the node plugin's on every node, the controller's on a
+/// controller node.
+fn compile_node_ports(model: &Model, config: &NodeConfig, p: &mut Policy) {
+    let roles: &[&str] = match config.role {
+        Role::Worker => &["worker"],
+        Role::Controller => &["worker", "controller"],
+    };
+    for port in model.all().filter(|e| {
+        roles.contains(&e.role.as_str()) && matches!(e.peer, Peer::Cluster | Peer::Local)
+    }) {
         let wanted = match port.condition {
             Condition::Metrics => config.trident.metrics,
+            Condition::HttpsMetrics => config.trident.https_metrics,
             _ => true,
         };
         if !wanted {
@@ -291,11 +558,17 @@ fn compile_node_ports(model: &Model, config: &NodeConfig, role: &str, p: &mut Po
             port.port
         };
         for &proto in &port.protocols {
-            p.guarded.push(Guard {
-                port: number,
-                proto,
-                purpose: port.purpose.clone(),
-            });
+            if !p
+                .guarded
+                .iter()
+                .any(|g| g.port == number && g.proto == proto)
+            {
+                p.guarded.push(Guard {
+                    port: number,
+                    proto,
+                    purpose: port.purpose.clone(),
+                });
+            }
             // The probe port is local only: guarded with no allowed source, and loopback, where
             // kubelet's probes arrive, is never an enforced interface.
             if port.peer == Peer::Cluster {

@@ -136,6 +136,13 @@ pub struct Policy {
     pub warnings: Vec<String>,
     #[serde(default)]
     pub backends: Vec<BackendInfo>,
+    /// Where the guarded ports are guarded: the node's own addresses and the controller pod's.
+    /// Packets to other addresses (other pods routed through the node) pass untouched.
+    #[serde(default)]
+    pub guard_addresses: Vec<IpNet>,
+    /// Definitions left out (by name, or origin), for metrics.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 #[cfg(test)]

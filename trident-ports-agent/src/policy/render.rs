@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::policy::{Direction, Entry, Policy};
+use crate::policy::{Direction, Entry, Policy, PortRange, Proto};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
@@ -94,22 +94,39 @@ fn table(policy: &Policy) -> String {
     out
 }
 
+/// Set elements for one family. nftables refuses elements whose intervals overlap, which two
+/// backends' addresses can (a declared prefix around another backend's portal): an element
+/// another one covers (its address, protocol and ports) is left out, as it adds nothing.
 fn elements(entries: &[&Entry], v4: bool) -> Vec<String> {
-    let mut out: Vec<String> = entries
+    let mut items: Vec<(IpNet, Proto, PortRange)> = entries
         .iter()
         .filter(|e| matches!(e.peer, IpNet::V4(_)) == v4)
-        .map(|e| {
-            let peer = e.peer;
+        .map(|e| (e.peer, e.proto, e.ports))
+        .collect();
+    items.sort();
+    items.dedup();
+    let covered = |&(net, proto, ports): &(IpNet, Proto, PortRange)| {
+        items.iter().any(|&(n, p, r)| {
+            (n, p, r) != (net, proto, ports)
+                && p == proto
+                && n.contains(&net)
+                && r.from <= ports.from
+                && ports.to <= r.to
+        })
+    };
+    let mut out: Vec<String> = items
+        .iter()
+        .filter(|i| !covered(i))
+        .map(|&(peer, proto, ports)| {
             let addr = if peer.prefix_len() == peer.max_prefix_len() {
                 peer.addr().to_string()
             } else {
                 peer.to_string()
             };
-            format!("{addr} . {} . {}", e.proto, e.ports)
+            format!("{addr} . {proto} . {ports}")
         })
         .collect();
     out.sort();
-    out.dedup();
     out
 }
 
@@ -141,6 +158,8 @@ fn nftables(policy: &Policy) -> String {
         .collect();
     protected.sort();
     protected.dedup();
+    let all = protected.clone();
+    protected.retain(|n| !all.iter().any(|o| o != n && o.contains(n)));
     let prot = |v4: bool| -> Vec<String> {
         protected
             .iter()
@@ -278,7 +297,7 @@ mod tests {
                 why: "backend nas managementLIF".into(),
             }],
             warnings: vec!["check me".into()],
-            backends: vec![],
+            ..Policy::default()
         }
     }
 
@@ -335,6 +354,24 @@ mod tests {
             "protected addresses: {enforce}"
         );
         assert!(enforce.contains("denied \" drop"), "{enforce}");
+        // An address inside another backend's prefix, on ports the prefix has too: covered.
+        let mut p = policy(Mode::Enforce);
+        p.entries.push(entry(
+            Direction::Egress,
+            "2001:db8::7/128",
+            PortRange::single(4045),
+            Proto::Udp,
+        ));
+        p.protected.push(Protected {
+            addr: "192.0.2.0/24".parse().unwrap(),
+            why: "declared".into(),
+        });
+        let nft = render(&p, Format::Nftables);
+        assert!(!nft.contains("2001:db8::7"), "{nft}");
+        assert!(
+            nft.contains("192.0.2.0/24") && !nft.contains("192.0.2.9/32"),
+            "{nft}"
+        );
         let audit = render(&policy(Mode::Audit), Format::Nftables);
         assert!(
             audit.contains("audit \" accept") && !audit.contains("drop"),
