@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use super::{
     metrics::Metrics,
     reconcile::{Reconciler, Trigger},
-    sources::{FileSources, local_addresses},
+    sources::{FileSources, Snapshot, local_addresses},
 };
 use crate::{
     datapath::{Datapath, IngressHook, TcAttach},
@@ -27,6 +27,7 @@ use crate::{
         pump::Pump,
         socket,
     },
+    policy::Policy,
 };
 
 /// `run`'s options: the command line and the library share this one struct.
@@ -125,39 +126,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut snapshot = sources.snapshot()?;
     snapshot.local_addresses = local_addresses();
     let policy = snapshot.compile();
-    let interfaces = interfaces(&snapshot.config.interfaces, &opts.interfaces);
-    if interfaces.is_empty() {
-        anyhow::bail!(
-            "no interface to attach to: give --iface or `interfaces:` in the configuration"
-        );
-    }
-    let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
-    let mut dp = Datapath::load_pinned(opts.pin_dir.as_deref())?;
-    // Policy first, then attach: the programs never run without the policy.
-    let applied = dp.apply(&policy, interval_ns)?;
-    info!(
-        entries = policy.entries.len(),
-        kernel_entries = applied.tables.len(),
-        generation = applied.config.generation,
-        seq = applied.config.seq,
-        mode = ?policy.mode,
-        "policy loaded"
-    );
     let metrics = Arc::new(Metrics::new());
-    metrics.reload(true, Some(&applied.tables));
-    metrics.skipped(policy.skipped.len());
-    // Seed before attaching, and again after, for sockets opened in between.
-    let mut seeded = dp.seed_flows()?;
-    for iface in &interfaces {
-        dp.attach(iface, opts.attach, opts.ingress)?;
-    }
-    seeded += dp.seed_flows()?;
-    for iface in &interfaces {
-        info!(iface, attach = ?opts.attach, ingress = ?opts.ingress, seeded, "attached");
-    }
-    for w in &policy.warnings {
-        warn!("{w}");
-    }
+    let mut dp = enforce(&opts, &snapshot, &policy, &metrics)?;
     let ring = dp
         .take_events()
         .context("event ring buffer already taken")?;
@@ -183,29 +153,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         .run(),
     );
-
-    // Reconciles run one after another on their own thread: compiling resolves host names, and
-    // a slow resolver must not hold up the runtime (the event pump would fall behind).
-    let (requests, queue) = std::sync::mpsc::channel::<Trigger>();
     let resolve_interval = snapshot.config.backends.resolve_interval;
-    let worker = {
-        let (reconciler, sources) = (reconciler.clone(), sources.clone());
-        let mut last = snapshot;
-        std::thread::Builder::new()
-            .name("reconcile".into())
-            .spawn(move || {
-                for trigger in queue {
-                    let next = sources.snapshot().map(|mut s| {
-                        s.local_addresses = local_addresses();
-                        s.keep_last_good(&last);
-                        s
-                    });
-                    if let Some(applied) = reconciler.reconcile(next, trigger) {
-                        last = applied;
-                    }
-                }
-            })?
-    };
+    let (requests, worker) = reconcile_worker(&reconciler, &sources, snapshot)?;
+
     // The first look comes one interval from now: the policy was just compiled from these files.
     let mut watch = tokio::time::interval_at(
         tokio::time::Instant::now() + opts.watch_interval,
@@ -259,6 +209,78 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     drop(reconciler);
     stopped
+}
+
+/// Loads the datapath, applies `policy`, then attaches: the programs never run without it.
+fn enforce(
+    opts: &RunOptions,
+    snapshot: &Snapshot,
+    policy: &Policy,
+    metrics: &Metrics,
+) -> anyhow::Result<Datapath> {
+    let interfaces = interfaces(&snapshot.config.interfaces, &opts.interfaces);
+    if interfaces.is_empty() {
+        anyhow::bail!(
+            "no interface to attach to: give --iface or `interfaces:` in the configuration"
+        );
+    }
+    let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
+    let mut dp = Datapath::load_pinned(opts.pin_dir.as_deref())?;
+    let applied = dp.apply(policy, interval_ns)?;
+    info!(
+        entries = policy.entries.len(),
+        kernel_entries = applied.tables.len(),
+        generation = applied.config.generation,
+        seq = applied.config.seq,
+        mode = ?policy.mode,
+        "policy loaded"
+    );
+    metrics.reload(true, Some(&applied.tables));
+    metrics.skipped(policy.skipped.len());
+    // Seed before attaching, and again after, for sockets opened in between.
+    let mut seeded = dp.seed_flows()?;
+    for iface in &interfaces {
+        dp.attach(iface, opts.attach, opts.ingress)?;
+    }
+    seeded += dp.seed_flows()?;
+    for iface in &interfaces {
+        info!(iface, attach = ?opts.attach, ingress = ?opts.ingress, seeded, "attached");
+    }
+    for w in &policy.warnings {
+        warn!("{w}");
+    }
+    Ok(dp)
+}
+
+/// Reconciles run one after another on a thread of their own: compiling resolves host names,
+/// and a slow resolver must not hold up the runtime (the event pump would fall behind). Each
+/// snapshot keeps the last good form of a definition that turned bad.
+fn reconcile_worker(
+    reconciler: &Arc<Reconciler>,
+    sources: &FileSources,
+    first: Snapshot,
+) -> anyhow::Result<(
+    std::sync::mpsc::Sender<Trigger>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (requests, queue) = std::sync::mpsc::channel::<Trigger>();
+    let (reconciler, sources) = (reconciler.clone(), sources.clone());
+    let mut last = first;
+    let worker = std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || {
+            for trigger in queue {
+                let next = sources.snapshot().map(|mut s| {
+                    s.local_addresses = local_addresses();
+                    s.keep_last_good(&last);
+                    s
+                });
+                if let Some(applied) = reconciler.reconcile(next, trigger) {
+                    last = applied;
+                }
+            }
+        })?;
+    Ok((requests, worker))
 }
 
 fn serve_socket(

@@ -597,3 +597,123 @@ fn dedup(entries: &mut Vec<Entry>) {
     let mut seen = BTreeSet::new();
     entries.retain(|e| seen.insert((e.direction, e.peer, e.ports, e.proto, e.backend.clone())));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::{Driver, Protocols};
+
+    fn config(yaml: &str) -> NodeConfig {
+        NodeConfig::from_yaml(std::path::Path::new("t.yaml"), yaml).unwrap()
+    }
+
+    fn nas(name: &str, topologies: Option<Vec<Topology>>) -> Backend {
+        Backend {
+            name: name.into(),
+            driver: Driver::OntapNas,
+            origin: "b.yaml".into(),
+            uuid: None,
+            resolved: false,
+            mgmt_kind: Some(Mgmt::Ontap),
+            mgmt: vec![Dest {
+                net: "192.0.2.5/32".parse().unwrap(),
+                port: None,
+                field: "managementLIF".into(),
+            }],
+            data: vec![Dest {
+                net: "192.0.2.6/32".parse().unwrap(),
+                port: None,
+                field: "dataLIF".into(),
+            }],
+            protocols: Protocols {
+                nfs: true,
+                ..Protocols::default()
+            },
+            nfs_options: Some("nfsvers=4.1".into()),
+            kerberos: false,
+            topologies,
+            data_discovered: None,
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn guards_apply_on_the_nodes_controllers_and_found_addresses_only() {
+        let c = config(
+            "node: {addresses: [192.0.2.1, 198.51.100.0/24]}\ntrident: {controllerAddresses: [203.0.113.7]}\n",
+        );
+        let local = [
+            "2001:db8::1/128".parse().unwrap(),
+            "192.0.2.1/32".parse().unwrap(),
+        ];
+        let p = compile(&c, &Inventory::default(), &local);
+        let got: Vec<String> = p.guard_addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "192.0.2.1/32",
+                "198.51.100.0/24",
+                "203.0.113.7/32",
+                "2001:db8::1/128"
+            ]
+        );
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.starts_with("198.51.100.0/24") && w.contains("guards nothing")),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn topologies_match_when_every_label_of_one_term_does() {
+        let term = |kv: &[(&str, &str)]| -> Topology {
+            kv.iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect()
+        };
+        let c = config("node: {labels: {zone: a, region: r1}}\n");
+        let fits = nas(
+            "fits",
+            Some(vec![
+                term(&[("zone", "b")]),
+                term(&[("zone", "a"), ("region", "r1")]),
+            ]),
+        );
+        let other = nas(
+            "other",
+            Some(vec![term(&[("zone", "a"), ("region", "r2")])]),
+        );
+        assert_eq!(not_on_this_node(&c, &fits), None);
+        assert!(not_on_this_node(&c, &other).unwrap().contains("region=r2"));
+        assert_eq!(not_on_this_node(&c, &nas("free", None)), None);
+        assert_eq!(
+            not_on_this_node(&config(""), &other),
+            None,
+            "labels unknown"
+        );
+    }
+
+    #[test]
+    fn a_controller_guards_the_union_of_both_roles() {
+        let inv = Inventory {
+            backends: vec![nas("nas", None)],
+            ..Inventory::default()
+        };
+        let worker = compile(&config(""), &inv, &[]);
+        let controller = compile(&config("role: controller\n"), &inv, &[]);
+        assert!(
+            worker
+                .entries
+                .iter()
+                .all(|e| controller.entries.contains(e))
+        );
+        assert_eq!(worker.guarded.len(), 4, "8000, 8443, 8001, probe");
+        assert_eq!(
+            controller.guarded.len(),
+            4,
+            "the same ports, each guarded once"
+        );
+    }
+}
