@@ -367,6 +367,20 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
             .contains("unknown driver `ontap-nass`")
     );
     assert_eq!(metric(&pair, "trident_ports_backends_skipped"), 1);
+    // ... and the event stream carries a notice, beside the denials it may explain.
+    let notice = |e: &serde_json::Value| {
+        e["verdict"] == "notice"
+            && e["reason"] == "backend-skipped"
+            && e["hint"].as_str().unwrap_or("").contains("ontap-nass")
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !agent.wait_events(0, Duration::ZERO).iter().any(notice) {
+        assert!(
+            Instant::now() < deadline,
+            "no backend-skipped notice in the event stream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     tcp_echo(&pair.node, sa("192.0.2.2:2049"), T).unwrap();
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap_err();
     // A file that does not parse at all: the reload fails and the running policy stays.

@@ -9,7 +9,7 @@ use super::{metrics::Metrics, sources::Snapshot};
 use crate::{
     datapath::Datapath,
     error::Result,
-    events::explain::Explainer,
+    events::{Record, explain::Explainer},
     policy::{Mode, Policy},
 };
 
@@ -31,12 +31,20 @@ pub struct Reconciler {
     mode_override: Mutex<Option<Mode>>,
     explainer: Arc<RwLock<Explainer>>,
     metrics: Arc<Metrics>,
+    notices: tokio::sync::mpsc::UnboundedSender<Record>,
 }
 
 impl Reconciler {
-    /// Takes over a datapath that already enforces `policy`.
-    pub fn new(dp: Datapath, policy: Policy, metrics: Arc<Metrics>) -> Self {
+    /// Takes over a datapath that already enforces `policy`; notices go to `notices`.
+    pub fn new(
+        dp: Datapath,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+        notices: tokio::sync::mpsc::UnboundedSender<Record>,
+    ) -> Self {
+        notify_skipped(&notices, &policy, None);
         Reconciler {
+            notices,
             dp: Mutex::new(dp),
             config_mode: Mutex::new(policy.mode),
             mode_override: Mutex::new(None),
@@ -97,6 +105,7 @@ impl Reconciler {
                 }
                 self.metrics.reload(true, Some(&a.tables));
                 self.metrics.skipped(policy.skipped.len());
+                notify_skipped(&self.notices, &policy, Some(&current));
                 *self.explainer.write().unwrap() = Explainer::new(&policy);
                 *current = policy;
                 Some(snapshot)
@@ -126,5 +135,26 @@ impl Reconciler {
         policy.mode = effective;
         info!(mode = ?effective, "mode switched");
         Ok(effective)
+    }
+}
+
+/// One notice per definition the policy leaves out that `before` did not: operators following
+/// `flows` see it beside the denials it may explain.
+fn notify_skipped(
+    notices: &tokio::sync::mpsc::UnboundedSender<Record>,
+    policy: &Policy,
+    before: Option<&Policy>,
+) {
+    for (i, what) in policy.skipped.iter().enumerate() {
+        if before.is_some_and(|b| b.skipped.contains(what)) {
+            continue;
+        }
+        let why = policy
+            .warnings
+            .iter()
+            .find(|w| w.contains(what.as_str()) && w.contains("skipped"))
+            .cloned()
+            .unwrap_or_else(|| format!("definition {i} skipped"));
+        let _ = notices.send(Record::notice("backend-skipped", Some(what), why));
     }
 }

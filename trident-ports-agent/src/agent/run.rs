@@ -131,7 +131,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let ring = dp
         .take_events()
         .context("event ring buffer already taken")?;
-    let reconciler = Arc::new(Reconciler::new(dp, policy, metrics.clone()));
+    let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reconciler = Arc::new(Reconciler::new(dp, policy, metrics.clone(), notices));
     let hub = Arc::new(Hub::new(opts.history, 4096));
     let ready = Arc::new(AtomicBool::new(true));
     serve_socket(&opts, &reconciler, &hub)?;
@@ -146,6 +147,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut pump = tokio::spawn(
         Pump {
             ring,
+            notices: notices_rx,
             explainer: reconciler.explainer(),
             hub,
             output: opts.output,

@@ -17,6 +17,8 @@ use super::{
 
 pub struct Pump {
     pub ring: RingBuf<MapData>,
+    /// Notices from the agent itself (a backend it could not plan), written like events.
+    pub notices: tokio::sync::mpsc::UnboundedReceiver<Record>,
     pub explainer: Arc<RwLock<Explainer>>,
     pub hub: Arc<Hub>,
     pub output: Output,
@@ -35,8 +37,26 @@ impl Pump {
         let mut names = IfNames::default();
         let stdout = std::io::stdout();
         let mut file = self.file;
+        let mut notices = self.notices;
         loop {
-            let mut guard = ring.readable_mut().await?;
+            let mut guard = tokio::select! {
+                guard = ring.readable_mut() => guard?,
+                Some(rec) = notices.recv() => {
+                    let json = serde_json::to_string(&rec)?;
+                    let mut out = stdout.lock();
+                    match self.output {
+                        Output::Json => writeln!(out, "{json}")?,
+                        Output::Text => writeln!(out, "{}", rec.text())?,
+                    }
+                    if let Some(f) = file.as_mut() {
+                        if let Err(e) = f.write_line(&json) {
+                            warn!("writing the events file: {e}");
+                        }
+                    }
+                    self.hub.publish(rec);
+                    continue;
+                }
+            };
             let rb = guard.get_inner_mut();
             let explainer = self.explainer.read().unwrap();
             // Stdout is line-buffered: a batch goes out in few writes, not one per event.

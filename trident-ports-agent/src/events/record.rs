@@ -196,6 +196,27 @@ impl Record {
         }
     }
 
+    /// A notice about the policy rather than a packet (verdict `notice`): a backend definition
+    /// the running policy could not plan, with why.
+    pub fn notice(reason: &str, backend: Option<&str>, hint: String) -> Self {
+        let none = || "-".to_string();
+        Record {
+            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            verdict: "notice".into(),
+            direction: none(),
+            iface: none(),
+            src: none(),
+            dst: none(),
+            proto: none(),
+            reason: reason.into(),
+            tcp_flags: None,
+            suppressed: 0,
+            backend: backend.map(str::to_string),
+            purpose: None,
+            hint: Some(hint),
+        }
+    }
+
     pub fn text(&self) -> String {
         let mut s = format!(
             "{} {:<6} {:<7} {} {} -> {} {} {}",

@@ -162,7 +162,7 @@ async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyh
 /// What `flows` shows: the command line and the library share this one struct.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Filter {
-    #[arg(long, value_parser = ["denied", "audit"])]
+    #[arg(long, value_parser = ["denied", "audit", "notice"])]
     pub verdict: Option<String>,
     #[arg(long, value_parser = ["egress", "ingress"])]
     pub direction: Option<String>,
