@@ -452,3 +452,69 @@ fn an_nfs_mount_stays_usable_across_an_upgrade_that_replaces_the_connection_tabl
     // The node is the VM's root namespace: leave no enforcement behind for the next test.
     uninstall(&lab.pair.node, &pin);
 }
+
+/// A policy change that would cut a working mount does not (issue: never cut a working mount):
+/// an NFSv3 mount made under an NFSv3 backend keeps working when the node's only backend becomes
+/// a SAN one on the same address, the log and the event stream name the mount, and once it is
+/// unmounted its ports go: a new NFSv3 mount fails.
+#[test]
+fn a_live_nfsv3_mount_keeps_its_ports_until_it_is_unmounted() {
+    if !in_test_vm("a_live_nfsv3_mount_keeps_its_ports_until_it_is_unmounted") {
+        return;
+    }
+    let lab = start_lab();
+    let nas3 = "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas3\nmanagementLIF: 192.0.2.3\n\
+                dataLIF: 192.0.2.2\nnfsMountOptions: nfsvers=3\n";
+    let mut a = agent_with(&lab, "live", nas3, &["--watch-interval", "300ms"]);
+    // Soft, so that a cut connection shows as an error, not a hang.
+    let mount = NfsMount::new(&lab, "192.0.2.2:/export", "vers=3,soft,timeo=20,retrans=2")
+        .expect("NFSv3 mount");
+    let dir = mount
+        .path("")
+        .to_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    std::fs::write(mount.path("before.txt"), "before\n").unwrap();
+    // The node's backends change: 192.0.2.2 now only serves iSCSI.
+    std::fs::write(
+        lab.dir.join("agent-live/backends/backends.yaml"),
+        "version: 1\nstorageDriverName: ontap-san\nbackendName: san\nmanagementLIF: 192.0.2.3\n",
+    )
+    .unwrap();
+    a.wait_for_log("live session NFSv3 mount", Duration::from_secs(10));
+    let log = a.log();
+    assert!(
+        log.lines().any(|l| l.contains("live session NFSv3 mount")
+            && l.contains(&dir)
+            && l.contains("allowed for as long as it exists")),
+        "{log}"
+    );
+    let path = |name: &str| mount.path(name).to_str().unwrap().to_string();
+    assert_eq!(
+        client(&["cat", &path("before.txt")], Duration::from_secs(20)).expect("reading"),
+        "before\n"
+    );
+    client(
+        &["sh", "-c", &format!("echo after > {}", path("after.txt"))],
+        Duration::from_secs(20),
+    )
+    .expect("writing over the kept mount");
+    assert_eq!(
+        std::fs::read_to_string(lab.dir.join("export/after.txt")).unwrap(),
+        "after\n"
+    );
+    let notice = a
+        .wait_events(1, Duration::from_secs(3))
+        .into_iter()
+        .find(|e| e["reason"] == "live-session-uncovered");
+    assert!(notice.is_some(), "a notice names the mount");
+    // Unmounted: the session is forgotten, and its ports with it.
+    drop(mount);
+    a.wait_for_log("live storage sessions changed", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    NfsMount::new(&lab, "192.0.2.2:/export", "vers=3,soft,timeo=20,retrans=2")
+        .map(drop)
+        .expect_err("a new NFSv3 mount under the SAN-only policy");
+    a.stop(libc::SIGTERM);
+}

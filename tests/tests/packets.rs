@@ -64,6 +64,7 @@ fn policy() -> Policy {
             "2001:db8::1/128".parse().unwrap(),
         ],
         skipped: vec![],
+        live: None,
     }
 }
 

@@ -33,7 +33,7 @@ impl std::fmt::Display for Role {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeConfig {
     #[serde(default)]
@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub allow: Vec<Allow>,
     #[serde(default)]
     pub events: Events,
+    /// A live session the policy would cut keeps what it uses for as long as it exists.
+    #[serde(default = "yes")]
+    pub protect_live_sessions: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -69,7 +72,7 @@ pub struct Cluster {
 }
 
 /// This node, as the cluster knows it.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Node {
     /// The Node object's labels, for backends' `supportedTopologies`; unset: not known, and no
@@ -80,6 +83,22 @@ pub struct Node {
     /// `run` adds the addresses of its network namespace.
     #[serde(default, deserialize_with = "nets")]
     pub addresses: Vec<IpNet>,
+    /// The host's /proc and /sys, where live sessions are read (a pod mounts them read-only).
+    #[serde(default = "default_proc")]
+    pub host_proc: PathBuf,
+    #[serde(default = "default_sys")]
+    pub host_sys: PathBuf,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            labels: None,
+            addresses: Vec::new(),
+            host_proc: default_proc(),
+            host_sys: default_sys(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -207,6 +226,12 @@ fn yes() -> bool {
 fn default_interval() -> Duration {
     Duration::from_secs(1)
 }
+fn default_proc() -> PathBuf {
+    PathBuf::from("/proc")
+}
+fn default_sys() -> PathBuf {
+    PathBuf::from("/sys")
+}
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)
 }
@@ -286,6 +311,13 @@ fn strip_location(e: &serde_yaml::Error) -> String {
     match s.find(" at line ") {
         Some(i) => s[..i].to_string(),
         None => s,
+    }
+}
+
+/// The built-in defaults are exactly those of an empty configuration file.
+impl Default for NodeConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("an empty configuration is valid")
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - `model` (Trident's port table) and `config` (the node configuration): what is wanted;
 //! - `backends`: Trident backend definitions read from files, as Trident reads them;
+//! - `sessions`: the node's live NFS mounts, iSCSI and NVMe-oF sessions;
 //! - `policy`: model + configuration + backends compiled to one [`policy::Policy`], and rendered;
 //! - `datapath`: a policy turned into kernel tables, loaded, switched by generation, attached;
 //! - `events`: the kernel's denied-flow records decoded, explained and served;
@@ -17,3 +18,4 @@ pub mod events;
 pub mod model;
 pub mod net;
 pub mod policy;
+pub mod sessions;

@@ -64,6 +64,10 @@ enum Command {
         role: Option<Role>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Also read this node's live storage sessions (NFS mounts, iSCSI and NVMe-oF
+        /// sessions) and show what covers each, or NOT COVERED.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -118,8 +122,14 @@ async fn real_main() -> anyhow::Result<()> {
             backends,
             role,
             format,
+            live,
         } => {
-            let (_, policy) = FileSources::new(config.as_deref(), &backends, role).plan()?;
+            let sources = FileSources::new(config.as_deref(), &backends, role);
+            let (_, policy) = if live {
+                sources.plan_live()?
+            } else {
+                sources.plan()?
+            };
             print!("{}", render(&policy, format));
             Ok(())
         }

@@ -262,3 +262,70 @@ fn backends_whose_topology_cannot_match_this_node_are_left_out() {
             .any(|e| e.backend.as_deref() == Some("west"))
     );
 }
+
+#[test]
+fn live_sessions_are_shown_with_what_covers_them_and_kept_when_the_policy_lacks_it() {
+    let dir = case("live");
+    let (_, p) = FileSources::new(Some(&dir.join("node.yaml")), &[], None)
+        .plan_live()
+        .unwrap();
+    let v: Value = serde_json::from_str(&render(&p, Format::Json)).unwrap();
+    let live = v["live"].as_array().expect("plan --live adds `live`");
+    let by = |needle: &str| {
+        live.iter()
+            .find(|r| r["session"].as_str().unwrap().contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {live:#?}"))
+    };
+    let v4 = by("pvc-v4");
+    assert_eq!(v4["missing"], serde_json::json!([]));
+    assert_eq!(v4["covered_by"][0], "egress 192.0.2.71/32 2049/tcp");
+    let v3 = by("pvc-v3");
+    assert_eq!(v3["protected"], true, "{v3}");
+    let missing: Vec<&str> = v3["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for want in ["111/tcp", "635/udp", "4045/udp", "4046/tcp"] {
+        assert!(
+            missing.iter().any(|m| m.ends_with(want)),
+            "{want}: {missing:?}"
+        );
+    }
+    assert_eq!(
+        by("session3")["covered_by"][0],
+        "egress 192.0.2.75/32 3260/tcp"
+    );
+    assert_eq!(by("nvme1")["covered_by"][0], "unpoliced");
+    // The mount keeps its NFSv3 ports while it exists, each entry naming it.
+    let kept = entries(&v, "")
+        .into_iter()
+        .chain(v["entries"].as_array().unwrap().iter())
+        .filter(|e| {
+            e["source"]
+                .as_str()
+                .unwrap()
+                .starts_with("live: NFSv3 mount /var/lib/kubelet/pods/p2")
+        })
+        .count();
+    assert!(kept >= 8, "{kept}");
+    assert!(warned(
+        &v,
+        &[
+            "live session NFSv3 mount",
+            "pvc-v3",
+            "allowed for as long as it exists"
+        ]
+    ));
+    // Without --live the plan is the backends' alone, and has no `live` key.
+    let plain = plan_with("live", Role::Worker, &[]);
+    assert!(plain.get("live").is_none());
+    assert!(!has_port(&plain, "nas-gold", "192.0.2.71/32", 111, "tcp"));
+    // The table says NOT COVERED for the mount, and what happens.
+    let table = render(&p, Format::Table);
+    assert!(
+        table.contains("NOT COVERED: ") && table.contains("allowed while the session exists"),
+        "{table}"
+    );
+}

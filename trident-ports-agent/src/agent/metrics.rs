@@ -37,6 +37,7 @@ pub struct Metrics {
     entries: Family<Labels, Gauge>,
     reloads: Family<Labels, Counter>,
     skipped: Gauge,
+    live: Family<Labels, Gauge>,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Kernel totals at the last scrape, to turn them into counter increments.
     last: Mutex<Counters>,
@@ -88,6 +89,13 @@ impl Metrics {
             "Backend definitions the running policy could not plan (see the log for why)",
             skipped.clone(),
         );
+        let live = Family::<Labels, Gauge>::default();
+        registry.register(
+            "live_sessions",
+            "The node's live storage sessions, by protocol and coverage (covered, protected: allowed \
+             only because they exist, cut: not allowed, protectLiveSessions off)",
+            live.clone(),
+        );
         let last_reload = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "last_reload_timestamp_seconds",
@@ -107,14 +115,24 @@ impl Metrics {
             entries,
             reloads,
             skipped,
+            live,
             last_reload,
             last: Mutex::new(Counters::default()),
         }
     }
 
-    /// Definitions the policy now in force left out.
-    pub fn skipped(&self, n: usize) {
-        self.skipped.set(n as i64);
+    /// What the policy now in force left out, and how the node's live sessions fare under it.
+    pub fn policy(&self, p: &crate::policy::Policy) {
+        self.skipped.set(p.skipped.len() as i64);
+        self.live.clear();
+        for r in p.live.iter().flatten() {
+            self.live
+                .get_or_create(&labels(&[
+                    ("protocol", &r.protocol),
+                    ("coverage", r.coverage()),
+                ]))
+                .inc();
+        }
     }
 
     pub fn reload(&self, ok: bool, tables: Option<&Tables>) {

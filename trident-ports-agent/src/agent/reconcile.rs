@@ -42,7 +42,7 @@ impl Reconciler {
         metrics: Arc<Metrics>,
         notices: tokio::sync::mpsc::UnboundedSender<Record>,
     ) -> Self {
-        notify_skipped(&notices, &policy, None);
+        notify(&notices, &policy, None);
         Reconciler {
             notices,
             dp: Mutex::new(dp),
@@ -104,8 +104,8 @@ impl Reconciler {
                     warn!("{w}");
                 }
                 self.metrics.reload(true, Some(&a.tables));
-                self.metrics.skipped(policy.skipped.len());
-                notify_skipped(&self.notices, &policy, Some(&current));
+                self.metrics.policy(&policy);
+                notify(&self.notices, &policy, Some(&current));
                 *self.explainer.write().unwrap() = Explainer::new(&policy);
                 *current = policy;
                 Some(snapshot)
@@ -138,9 +138,10 @@ impl Reconciler {
     }
 }
 
-/// One notice per definition the policy leaves out that `before` did not: operators following
-/// `flows` see it beside the denials it may explain.
-fn notify_skipped(
+/// One notice per definition the policy leaves out, and per live session it lacks something
+/// for, that `before` did not: operators following `flows` see them beside the denials they may
+/// explain.
+fn notify(
     notices: &tokio::sync::mpsc::UnboundedSender<Record>,
     policy: &Policy,
     before: Option<&Policy>,
@@ -156,5 +157,30 @@ fn notify_skipped(
             .cloned()
             .unwrap_or_else(|| format!("definition {i} skipped"));
         let _ = notices.send(Record::notice("backend-skipped", Some(what), why));
+    }
+    let uncovered = |p: &Policy| -> Vec<crate::policy::live::LiveReport> {
+        p.live
+            .iter()
+            .flatten()
+            .filter(|r| !r.missing.is_empty())
+            .cloned()
+            .collect()
+    };
+    let known = before.map(uncovered).unwrap_or_default();
+    for r in uncovered(policy) {
+        if known.iter().any(|k| k.session == r.session) {
+            continue;
+        }
+        let what = if r.protected {
+            "allowed while it exists"
+        } else {
+            "it will be cut"
+        };
+        let hint = format!(
+            "live session {} needs {} that the policy does not allow: {what}",
+            r.session,
+            r.missing.join(", ")
+        );
+        let _ = notices.send(Record::notice("live-session-uncovered", None, hint));
     }
 }

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use super::{
     metrics::Metrics,
     reconcile::{Reconciler, Trigger},
-    sources::{FileSources, Snapshot, local_addresses},
+    sources::{FileSources, Snapshot},
 };
 use crate::{
     datapath::{Datapath, IngressHook, TcAttach},
@@ -123,8 +123,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let sources = opts.sources();
-    let mut snapshot = sources.snapshot()?;
-    snapshot.local_addresses = local_addresses();
+    let snapshot = sources.snapshot()?.with_node_state();
     let policy = snapshot.compile();
     let metrics = Arc::new(Metrics::new());
     let mut dp = enforce(&opts, &snapshot, &policy, &metrics)?;
@@ -156,6 +155,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .run(),
     );
     let resolve_interval = snapshot.config.backends.resolve_interval;
+    let sessions_probe = snapshot.clone();
     let (requests, worker) = reconcile_worker(&reconciler, &sources, snapshot)?;
 
     // The first look comes one interval from now: the policy was just compiled from these files.
@@ -171,6 +171,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprint = sources.fingerprint();
+    let mut live = snapshot_sessions(&sessions_probe);
     let stopped = loop {
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
@@ -181,10 +182,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = watch.tick() => {
                 let now = sources.fingerprint();
+                let sessions = snapshot_sessions(&sessions_probe);
                 if now != fingerprint {
                     info!("configuration or backend files changed: reloading");
                     fingerprint = now;
+                    live = sessions;
                     let _ = requests.send(Trigger::Changed);
+                } else if sessions != live {
+                    // A mount or session came or went: what live sessions need changes with it.
+                    info!(sessions = sessions.len(), "live storage sessions changed: reloading");
+                    live = sessions;
+                    let _ = requests.send(Trigger::Periodic);
                 }
             }
             _ = resolve.tick() => {
@@ -213,6 +221,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     stopped
 }
 
+/// The live sessions, as the configuration in `probe` says where to read them.
+fn snapshot_sessions(probe: &Snapshot) -> Vec<crate::sessions::Session> {
+    probe.read_sessions().sessions
+}
+
 /// Loads the datapath, applies `policy`, then attaches: the programs never run without it.
 fn enforce(
     opts: &RunOptions,
@@ -238,7 +251,7 @@ fn enforce(
         "policy loaded"
     );
     metrics.reload(true, Some(&applied.tables));
-    metrics.skipped(policy.skipped.len());
+    metrics.policy(policy);
     // Seed before attaching, and again after, for sockets opened in between.
     let mut seeded = dp.seed_flows()?;
     for iface in &interfaces {
@@ -272,8 +285,8 @@ fn reconcile_worker(
         .name("reconcile".into())
         .spawn(move || {
             for trigger in queue {
-                let next = sources.snapshot().map(|mut s| {
-                    s.local_addresses = local_addresses();
+                let next = sources.snapshot().map(|s| {
+                    let mut s = s.with_node_state();
                     s.keep_last_good(&last);
                     s
                 });

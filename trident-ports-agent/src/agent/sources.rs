@@ -11,7 +11,8 @@ use crate::{
     backends::{self, Backend, Inventory},
     config::{NodeConfig, Role},
     error::Result,
-    policy::{Policy, compile::compile},
+    policy::{Policy, compile::compile, live},
+    sessions::{self, Sessions},
 };
 
 /// Everything one compilation reads.
@@ -21,11 +22,38 @@ pub struct Snapshot {
     pub inventory: Inventory,
     /// The node's own addresses, found by `run` in its network namespace (none for `plan`).
     pub local_addresses: Vec<IpNet>,
+    /// The node's live sessions, when read (`run`, `plan --live`).
+    pub sessions: Option<Sessions>,
 }
 
 impl Snapshot {
     pub fn compile(&self) -> Policy {
-        compile(&self.config, &self.inventory, &self.local_addresses)
+        let mut p = compile(&self.config, &self.inventory, &self.local_addresses);
+        if let Some(s) = &self.sessions {
+            p.warnings.extend(s.notes.iter().cloned());
+            live::apply(
+                &mut p,
+                &self.config,
+                &s.sessions,
+                self.config.protect_live_sessions,
+            );
+        }
+        p
+    }
+
+    /// Reads what `run` adds to the files: the node's own addresses and its live sessions.
+    #[must_use]
+    pub fn with_node_state(mut self) -> Self {
+        self.local_addresses = local_addresses();
+        self.sessions = Some(self.read_sessions());
+        self
+    }
+
+    pub fn read_sessions(&self) -> Sessions {
+        sessions::read(&sessions::Roots {
+            proc: self.config.node.host_proc.clone(),
+            sys: self.config.node.host_sys.clone(),
+        })
     }
 
     /// A definition that was good in `previous` and is skipped now (a bad edit, a host name
@@ -126,11 +154,18 @@ impl FileSources {
         if let Some(r) = self.role {
             config.role = r;
         }
+        let base = self.base();
+        for p in [&mut config.node.host_proc, &mut config.node.host_sys] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         let inventory = backends::load(&self.backend_paths(&config))?;
         Ok(Snapshot {
             config,
             inventory,
             local_addresses: Vec::new(),
+            sessions: None,
         })
     }
 
@@ -141,15 +176,27 @@ impl FileSources {
         Ok((s.config, policy))
     }
 
-    /// The configuration's backend sources (relative to the configuration file's directory),
-    /// then the command line's.
-    fn backend_paths(&self, config: &NodeConfig) -> Vec<PathBuf> {
-        let base = self
-            .config
+    /// `plan --live`: the same, with this machine's live sessions against it.
+    pub fn plan_live(&self) -> Result<(NodeConfig, Policy)> {
+        let mut s = self.snapshot()?;
+        s.sessions = Some(s.read_sessions());
+        let policy = s.compile();
+        Ok((s.config, policy))
+    }
+
+    /// The configuration file's directory, which relative paths in it are relative to.
+    fn base(&self) -> PathBuf {
+        self.config
             .as_deref()
             .and_then(Path::parent)
             .map(Path::to_path_buf)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The configuration's backend sources (relative to the configuration file's directory),
+    /// then the command line's.
+    fn backend_paths(&self, config: &NodeConfig) -> Vec<PathBuf> {
+        let base = self.base();
         config
             .backends
             .sources

@@ -1,6 +1,7 @@
 //! The compiled policy: what `plan` prints and what `run` enforces, one and the same value.
 //! `compile` makes it from the model, the configuration and the backends; `render` prints it.
 pub mod compile;
+pub mod live;
 pub mod render;
 
 use ipnet::IpNet;
@@ -143,6 +144,9 @@ pub struct Policy {
     /// Definitions left out (by name, or origin), for metrics.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// The node's live sessions against this policy, when they were read (`run`, `plan --live`).
+    #[serde(default)]
+    pub live: Option<Vec<live::LiveReport>>,
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ struct Json<'a> {
     entries: &'a [Entry],
     guarded: &'a [crate::policy::Guard],
     warnings: &'a [String],
+    /// Only with `plan --live`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    live: Option<&'a [crate::policy::live::LiveReport]>,
 }
 
 pub fn render(policy: &Policy, format: Format) -> String {
@@ -34,6 +37,7 @@ pub fn render(policy: &Policy, format: Format) -> String {
                 entries: &policy.entries,
                 guarded: &policy.guarded,
                 warnings: &policy.warnings,
+                live: policy.live.as_deref(),
             };
             serde_json::to_string_pretty(&j).expect("plan serialises") + "\n"
         }
@@ -90,6 +94,23 @@ fn table(policy: &Policy) -> String {
     }
     for w in &policy.warnings {
         let _ = writeln!(out, "warning: {w}");
+    }
+    if let Some(live) = &policy.live {
+        let _ = writeln!(out, "live sessions ({}):", live.len());
+        for r in live {
+            let _ = writeln!(out, "  {}  -> {}", r.session, r.peer);
+            if !r.covered_by.is_empty() {
+                let _ = writeln!(out, "    covered by: {}", r.covered_by.join(", "));
+            }
+            if !r.missing.is_empty() {
+                let then = if r.protected {
+                    "allowed while the session exists"
+                } else {
+                    "it will be cut"
+                };
+                let _ = writeln!(out, "    NOT COVERED: {} ({then})", r.missing.join(", "));
+            }
+        }
     }
     out
 }
