@@ -766,7 +766,7 @@ fn rss(n: usize) {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &pair.node.name])
             .arg(trident_ports_tests::agent::binary())
-            .arg("run");
+            .args(["run", "--pin-dir", "none"]);
         let small = dir.join("small.yaml");
         std::fs::write(
             &small,

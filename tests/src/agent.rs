@@ -59,6 +59,11 @@ impl Agent {
             std::env::temp_dir().join(format!("{}.sock", crate::netns::unique("tp-agent-")));
         let mut args: Vec<&str> = args.to_vec();
         let serves = args.first() == Some(&"run") && !args.contains(&"--socket");
+        // Tests pin only where they say so (a BPF filesystem of their own): `run` pins by
+        // default, and a test's agent should detach when it stops.
+        if args.first() == Some(&"run") && !args.contains(&"--pin-dir") {
+            args.extend(["--pin-dir", "none"]);
+        }
         if serves {
             args.extend(["--socket", socket.to_str().unwrap()]);
         }

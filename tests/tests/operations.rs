@@ -233,6 +233,11 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     let mut b = Agent::run(&pair, &cfg, &args);
     b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
     assert!(
+        !b.log().contains("will NOT outlive"),
+        "a BPF filesystem the host mounted lasts:\n{}",
+        b.log()
+    );
+    assert!(
         !b.log().contains("another layout"),
         "the same build reuses every pinned map:\n{}",
         b.log()
@@ -272,6 +277,96 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
     assert_eq!(attached_programs(&pair), 0);
     assert!(!pin.exists(), "the pin directory is gone");
     tcp_echo(&pair.node, sa("192.0.2.2:3260"), T).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Under `ip netns exec` (which remounts /sys) the default pin directory is on a BPF filesystem
+/// the agent has to mount itself, private to its mount namespace: the agent says at start that
+/// enforcement will not outlive it, and at stop that it ends, instead of claiming it stays.
+#[test]
+fn a_pin_directory_that_will_not_last_is_named_as_such() {
+    if !require_root("a_pin_directory_that_will_not_last_is_named_as_such") {
+        return;
+    }
+    let (pair, dir, _echo) = nas_node_with_servers("ephemeral-pins");
+    let mut a = Agent::run(
+        &pair,
+        &dir.config_path(),
+        &["--pin-dir", "/sys/fs/bpf/trident-ports"],
+    );
+    assert!(
+        a.log()
+            .contains("pinned enforcement will NOT outlive this agent"),
+        "{}",
+        a.log()
+    );
+    a.stop(libc::SIGTERM);
+    let log = a.log();
+    assert!(
+        log.contains("stopping: enforcement ends with this process"),
+        "{log}"
+    );
+    assert!(!log.contains("stays in place"), "{log}");
+    assert_eq!(attached_programs(&pair), 0, "and indeed nothing stays");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A start-up that fails over a pinned previous agent never leaves the interface without a
+/// program: a configuration that does not parse stops the new agent before it touches the
+/// datapath, and one that fails while attaching leaves the adopted attachment in place.
+#[test]
+fn a_failed_start_over_pinned_enforcement_keeps_it() {
+    if !require_root("a_failed_start_over_pinned_enforcement_keeps_it") {
+        return;
+    }
+    let fs = BpfFs::mount();
+    let pin = fs.0.join("trident-ports");
+    let (pair, dir, _echo) = nas_node_with_servers("failed-start");
+    let cfg = dir.config_path();
+    let pin_args = ["--pin-dir", pin.to_str().unwrap()];
+    let a = Agent::run(&pair, &cfg, &pin_args);
+    // SAFETY: kill(2) on a child this test started; no memory is involved.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    drop(a);
+    let traffic = Traffic::start(&pair);
+    let start = |extra: &[&str]| {
+        pair.node
+            .command(binary().to_str().unwrap())
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--iface",
+                &pair.node_if,
+            ])
+            .args(pin_args)
+            .args(["--socket", "none", "--metrics", "none"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // A backend file that does not parse.
+    let good = std::fs::read_to_string(dir.path("backends/nas.yaml")).unwrap();
+    dir.write_backend("nas.yaml", "version: [1\n");
+    let out = start(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nas.yaml"));
+    assert_eq!(attached_programs(&pair), 2, "the pinned attachments stay");
+    // An interface that does not exist, after the real one was adopted.
+    dir.write_backend("nas.yaml", &good);
+    let out = start(&["--iface", "nosuchif0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown interface `nosuchif0`"));
+    assert_eq!(attached_programs(&pair), 2, "still enforced");
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed, passed) = traffic.finish();
+    assert!(ok > 5, "allowed exchanges: {ok}");
+    assert_eq!(
+        failed, 0,
+        "no allowed exchange failed across the failed starts"
+    );
+    assert_eq!(passed, 0, "the denied port never passed");
+    uninstall(&pair.node, &pin);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -142,7 +142,15 @@ pub(crate) fn run(agent: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         .arg(agent)
         .args(["run", "--config"])
         .arg(&config)
-        .args(["--iface", NODE_IF, "-o", "text", "--socket"])
+        .args([
+            "--iface",
+            NODE_IF,
+            "-o",
+            "text",
+            "--pin-dir",
+            "none",
+            "--socket",
+        ])
         .arg(&socket)
         .process_group(0)
         .spawn()

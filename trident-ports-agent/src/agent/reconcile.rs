@@ -66,8 +66,8 @@ impl Reconciler {
         }
     }
 
-    pub fn pinned(&self) -> bool {
-        self.dp.lock().unwrap().pinned()
+    pub fn persistence(&self) -> crate::datapath::Persistence {
+        self.dp.lock().unwrap().persistence()
     }
 
     /// Compiles `snapshot` (or reports why there is none) and applies the result. Returns the

@@ -20,7 +20,7 @@ use super::{
     sources::{FileSources, Snapshot},
 };
 use crate::{
-    datapath::{Datapath, IngressHook, TcAttach},
+    datapath::{Datapath, IngressHook, Persistence, TcAttach},
     events::{
         Output,
         hub::{Hub, RotatingFile},
@@ -80,12 +80,17 @@ pub struct RunOptions {
     #[arg(long, value_enum)]
     pub role: Option<crate::config::Role>,
     /// Pin maps and attachments in this directory (on a BPF filesystem): enforcement then
-    /// outlives the agent, and the next agent adopts it. Without it, stopping detaches.
-    #[arg(long)]
-    pub pin_dir: Option<PathBuf>,
+    /// outlives the agent, and the next agent adopts it. `none`: stopping detaches (demos,
+    /// tests); on a node, enforcement that vanishes with a crash would be a silent gap.
+    #[arg(long, default_value = "/sys/fs/bpf/trident-ports")]
+    pub pin_dir: PathBuf,
 }
 
 impl RunOptions {
+    fn pin_path(&self) -> Option<&std::path::Path> {
+        (self.pin_dir.as_os_str() != "none").then_some(self.pin_dir.as_path())
+    }
+
     fn sources(&self) -> FileSources {
         FileSources::new(self.config.as_deref(), &self.extra_backends, self.role)
     }
@@ -208,10 +213,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = worker.join();
     pump.abort();
     let _ = pump.await;
-    if reconciler.pinned() {
-        info!(pin_dir = %opts.pin_dir.as_ref().unwrap().display(), "stopping: enforcement stays in place (pinned); `uninstall` removes it");
-    } else {
-        info!("stopping: detaching from all interfaces");
+    match reconciler.persistence() {
+        Persistence::Pinned => {
+            info!(pin_dir = %opts.pin_dir.display(), "stopping: enforcement stays in place (pinned); `uninstall` removes it")
+        }
+        Persistence::Ephemeral(why) => warn!("stopping: enforcement ends with this process: {why}"),
+        Persistence::Unpinned => info!("stopping: detaching from all interfaces"),
     }
     ready.store(false, Ordering::Relaxed);
     if let Some(p) = opts.socket_path() {
@@ -240,7 +247,7 @@ fn enforce(
         );
     }
     let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
-    let mut dp = Datapath::load_pinned(opts.pin_dir.as_deref())?;
+    let mut dp = Datapath::load_pinned(opts.pin_path())?;
     let applied = dp.apply(policy, interval_ns)?;
     info!(
         entries = policy.entries.len(),

@@ -30,6 +30,13 @@ use crate::{
 /// The kernel object, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trident-ports"));
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    Pinned,
+    Ephemeral(String),
+    Unpinned,
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     pins: Option<pins::Pins>,
@@ -65,6 +72,12 @@ impl Datapath {
     pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Self> {
         privileges::check()?;
         let pins = pin_dir.map(pins::Pins::open).transpose()?;
+        if let Some(why) = pins.as_ref().and_then(pins::Pins::ephemeral) {
+            tracing::warn!(
+                "pinned enforcement will NOT outlive this agent: {why}. Mount the host's BPF \
+                 filesystem (mount -t bpf bpf /sys/fs/bpf on the host; hostPath in a pod)"
+            );
+        }
         let mut loader = EbpfLoader::new();
         let names = [
             maps::CONFIG,
@@ -157,8 +170,16 @@ impl Datapath {
     }
 
     /// True when maps and attachments outlive this process.
-    pub fn pinned(&self) -> bool {
-        self.pins.is_some()
+    /// Whether enforcement outlives this process: `Pinned` when the pins do, `Ephemeral(why)`
+    /// when they are pinned somewhere that goes with this process, `Unpinned` without pins.
+    pub fn persistence(&self) -> Persistence {
+        match &self.pins {
+            None => Persistence::Unpinned,
+            Some(p) => match p.ephemeral() {
+                None => Persistence::Pinned,
+                Some(why) => Persistence::Ephemeral(why.to_string()),
+            },
+        }
     }
 
     /// Adds this namespace's existing connections to the connection table (see `seed`). Flows

@@ -50,6 +50,8 @@ impl std::fmt::Display for MapLayout {
 #[derive(Clone, Debug)]
 pub struct Pins {
     dir: PathBuf,
+    /// Why pins here will not outlive this process, when they will not.
+    ephemeral: Option<String>,
 }
 
 impl Pins {
@@ -57,8 +59,9 @@ impl Pins {
     /// /sys/fs/bpf is mounted when it is missing, as Cilium and Calico do.
     pub fn open(dir: &Path) -> Result<Self> {
         let conventional = Path::new("/sys/fs/bpf");
+        let mut mounted_here = false;
         if dir.starts_with(conventional) && conventional.exists() && !is_bpffs(conventional) {
-            mount_bpffs(conventional);
+            mounted_here = mount_bpffs(conventional);
         }
         let fs_root = dir
             .ancestors()
@@ -75,9 +78,24 @@ impl Pins {
         for d in [dir.join("maps"), dir.join("links")] {
             std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
         }
+        let ephemeral = if mounted_here {
+            Some(format!(
+                "no BPF filesystem was mounted at {}, so this agent mounted one of its own, which \
+                 goes with its mount namespace",
+                conventional.display()
+            ))
+        } else {
+            private_mount(fs_root)
+        };
         Ok(Pins {
             dir: dir.to_path_buf(),
+            ephemeral,
         })
+    }
+
+    /// Why pins here will not outlive this process (`None`: they will).
+    pub fn ephemeral(&self) -> Option<&str> {
+        self.ephemeral.as_deref()
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -224,13 +242,50 @@ fn retirements(
     retired
 }
 
-fn mount_bpffs(at: &Path) {
+/// Why the BPF filesystem at `path` ends with this process, if it does: this agent runs in a
+/// mount namespace of its own, and the host's (that of PID 1) has no mount of the same
+/// filesystem instance (the same device in mountinfo): an instance mounted only here goes with
+/// the namespace. Under `ip netns exec`, which remounts /sys, /sys/fs/bpf is one of these; a
+/// host mount seen through the namespace, or a pod's hostPath, is not.
+fn private_mount(path: &Path) -> Option<String> {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    if ns("/proc/self/ns/mnt") == ns("/proc/1/ns/mnt") {
+        return None;
+    }
+    let ours = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The mount that holds `path`: the longest mount point that is a prefix of it.
+    let (_, dev) = bpf_mounts(&ours)
+        .filter(|(point, _)| path.starts_with(point))
+        .max_by_key(|(point, _)| point.components().count())?;
+    let host = std::fs::read_to_string("/proc/1/mountinfo").ok()?;
+    (!bpf_mounts(&host).any(|(_, d)| d == dev)).then(|| {
+        format!(
+            "the BPF filesystem at {} is mounted only in this agent's mount namespace, not the host's",
+            path.display()
+        )
+    })
+}
+
+/// (mount point, device) of each BPF filesystem in a mountinfo text.
+fn bpf_mounts(info: &str) -> impl Iterator<Item = (PathBuf, String)> + '_ {
+    info.lines().filter_map(|l| {
+        let (head, tail) = l.split_once(" - ")?;
+        let fields: Vec<&str> = head.split_whitespace().collect();
+        if !tail.starts_with("bpf ") {
+            return None;
+        }
+        Some((PathBuf::from(fields.get(4)?), (*fields.get(2)?).to_string()))
+    })
+}
+
+/// Mounts a BPF filesystem at `at`; true when it did.
+fn mount_bpffs(at: &Path) -> bool {
     let (Ok(src), Ok(target), Ok(fstype)) = (
         std::ffi::CString::new("bpf"),
         std::ffi::CString::new(at.as_os_str().as_encoded_bytes()),
         std::ffi::CString::new("bpf"),
     ) else {
-        return;
+        return false;
     };
     // SAFETY: valid NUL-terminated strings; a failure leaves the check below to report it.
     let rc = unsafe {
@@ -245,6 +300,7 @@ fn mount_bpffs(at: &Path) {
     if rc == 0 {
         tracing::info!(path = %at.display(), "mounted a BPF filesystem");
     }
+    rc == 0
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
@@ -401,7 +457,10 @@ mod tests {
     fn link_names_and_legacy_filters_round_trip() {
         let dir = std::env::temp_dir().join(format!("tp-pins-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("links")).unwrap();
-        let pins = Pins { dir: dir.clone() };
+        let pins = Pins {
+            dir: dir.clone(),
+            ephemeral: None,
+        };
         assert!(pins.link("eth0.100", "xdp").ends_with("links/eth0:100_xdp"));
         assert_eq!(pins.read_netlink("eth0", "tc-egress"), None);
         pins.write_netlink("eth0", "tc-egress", 49152, 0x1_0001)
