@@ -215,7 +215,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = pump.await;
     match reconciler.persistence() {
         Persistence::Pinned => {
-            info!(pin_dir = %opts.pin_dir.display(), "stopping: enforcement stays in place (pinned); `uninstall` removes it")
+            info!(pin_dir = %opts.pin_dir.display(), "stopping: enforcement stays in place (pinned); `uninstall` removes it");
         }
         Persistence::Ephemeral(why) => warn!("stopping: enforcement ends with this process: {why}"),
         Persistence::Unpinned => info!("stopping: detaching from all interfaces"),
