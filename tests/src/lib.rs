@@ -4,6 +4,7 @@
 //! Every namespace a test creates is removed when its guard drops, also when the test fails.
 pub mod agent;
 pub mod bpffs;
+pub mod differential;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

@@ -55,6 +55,18 @@ enum Cmd {
         /// Only these parts: packet, throughput, events.
         parts: Vec<String>,
     },
+    /// Fuzzing (root for `datapath`): `datapath` runs generated packets through the kernel
+    /// programs and the reference model and compares every verdict.
+    Fuzz {
+        #[arg(value_parser = ["datapath"])]
+        target: String,
+        /// How many packets (default 1,000,000).
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+        /// The generator's seed (default: from the clock; printed, so a run can be repeated).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Internal: the demo as the VM's init runs it (no build).
     #[command(hide = true)]
     DemoVm {
@@ -230,6 +242,29 @@ fn main() -> anyhow::Result<()> {
                 c.arg("--").args(args);
             }
             run_tallied(&mut c)
+        }
+        Cmd::Fuzz {
+            target: _,
+            cases,
+            seed,
+        } => {
+            setup::ensure()?;
+            let mut c = cargo();
+            c.args([
+                "run",
+                "--release",
+                "-p",
+                "trident-ports-tests",
+                "--bin",
+                "fuzz-datapath",
+                "--",
+                "--cases",
+                &cases.to_string(),
+            ]);
+            if let Some(s) = seed {
+                c.args(["--seed", &s.to_string()]);
+            }
+            run_checked(&mut c)
         }
         Cmd::Bench { smoke, parts } => {
             peers::ensure(peers::Suite::Bench)?;

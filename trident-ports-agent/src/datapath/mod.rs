@@ -226,6 +226,16 @@ impl Datapath {
     }
 
     /// Counter totals over all CPUs, by (direction, counter index).
+    /// One counter of one direction, summed over CPUs.
+    pub fn counter(&self, dir: u8, c: u32) -> Result<u64> {
+        let slot = u32::from(dir) * counter::COUNT + c;
+        let values = self
+            .counters
+            .get(&slot, 0)
+            .map_err(map_err(maps::COUNTERS))?;
+        Ok(values.iter().sum())
+    }
+
     pub fn counters(&self) -> Result<Counters> {
         let mut out = Counters::default();
         for slot in 0..COUNTER_SLOTS {

@@ -1,0 +1,210 @@
+//! Differential testing of the datapath: generated policies and packets (`generate`) run
+//! through the kernel programs with BPF_PROG_TEST_RUN and through a reference model in plain
+//! Rust (`model`); every verdict, counter and reason must agree. A disagreement prints the
+//! policy, the packets that led to it and the packet itself in hex, ready for a regression
+//! test. A fail-open disagreement (the kernel passes what the model drops) is the worst bug
+//! this product can have.
+pub mod generate;
+pub mod model;
+pub mod spec;
+
+use std::fmt::Write as _;
+
+use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
+use trident_ports_agent::{datapath::Datapath, events::decode, policy::Policy};
+use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs};
+
+use self::{
+    generate::Generator,
+    model::{Model, Verdict},
+    spec::{Prog, Spec, build},
+};
+
+const TC_PASS: u32 = u32::MAX; // TC_ACT_UNSPEC
+const TC_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// Packets between fresh datapaths: the connection table (an LRU) never fills, so the model's
+/// unbounded table stays the kernel's.
+const CASES_PER_DATAPATH: u64 = 5_000;
+/// Chance, in 1/1000, of a policy switch before a packet.
+const SWITCH_PER_MILLE: u64 = 3;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub cases: u64,
+    pub switches: u64,
+    pub disagreements: Vec<String>,
+    /// How many packets ended on each counter, to show what the run covered.
+    pub by_counter: std::collections::BTreeMap<u32, u64>,
+}
+
+struct Kernel {
+    dp: Datapath,
+    events: aya::maps::RingBuf<aya::maps::MapData>,
+    xdp: bool,
+}
+
+impl Kernel {
+    fn load(xdp: bool) -> Self {
+        let mut dp = Datapath::load().expect("loading the datapath");
+        if xdp {
+            dp.load_xdp().expect("loading the XDP program");
+        }
+        let events = dp.take_events().expect("the event ring buffer");
+        Kernel { dp, events, xdp }
+    }
+
+    fn run(&mut self, prog: Prog, frame: &[u8]) -> u32 {
+        let name = match prog {
+            Prog::TcEgress => programs::TC_EGRESS,
+            Prog::TcIngress => programs::TC_INGRESS,
+            Prog::XdpIngress => programs::XDP_INGRESS,
+        };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        match self.dp.program_mut(name).expect("program") {
+            Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
+            Program::Xdp(p) => Xdp::test_run(p, opts),
+            _ => unreachable!("the object has TC and XDP programs only"),
+        }
+        .unwrap_or_else(|e| {
+            panic!(
+                "test run of {name} with {} bytes ({}): {e:?}",
+                frame.len(),
+                hex(frame)
+            )
+        })
+        .return_value
+    }
+
+    fn reasons(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            out.push(decode(&item).expect("an event").reason);
+        }
+        out
+    }
+}
+
+fn hex(frame: &[u8]) -> String {
+    frame.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Runs `cases` packets from `seed`. Stops at the first disagreement.
+pub fn run(seed: u64, cases: u64, xdp: bool) -> Report {
+    let mut report = Report::default();
+    let mut g = Generator::new(seed, xdp);
+    let mut kernel = Kernel::load(xdp);
+    let mut policy = generate::policy(&mut g.rng);
+    let applied = kernel.dp.apply(&policy, 0).expect("apply");
+    let mut model = Model::new(policy.clone(), applied.config.seq);
+    let mut history: Vec<String> = Vec::new();
+    for case in 0..cases {
+        if case > 0 && case % CASES_PER_DATAPATH == 0 {
+            kernel = Kernel::load(kernel.xdp);
+            let applied = kernel.dp.apply(&policy, 0).expect("apply");
+            model = Model::new(policy.clone(), applied.config.seq);
+            history.clear();
+        }
+        if g.rng.below(1000) < SWITCH_PER_MILLE {
+            policy = if g.rng.chance(80) {
+                generate::policy(&mut g.rng)
+            } else {
+                policy.clone()
+            };
+            let applied = kernel.dp.apply(&policy, 0).expect("apply");
+            model.switch(policy.clone(), applied.config.seq);
+            report.switches += 1;
+            history.push(format!("-- policy switch to seq {}", applied.config.seq));
+        }
+        let spec = g.packet(&policy);
+        if let Err(d) = one(&mut kernel, &mut model, &spec, &mut report) {
+            report.disagreements.push(format!(
+                "{d}\nseed {seed}, case {case}\npolicy: {}\nbefore it (since the last fresh datapath):\n{}",
+                serde_json::to_string(&policy).unwrap(),
+                history.iter().rev().take(12).rev().cloned().collect::<Vec<_>>().join("\n")
+            ));
+            break;
+        }
+        report.cases += 1;
+        let (frame, _) = build(&spec);
+        history.push(format!("{:?} {}", spec.prog, hex(&frame)));
+    }
+    report
+}
+
+fn one(
+    kernel: &mut Kernel,
+    model: &mut Model,
+    spec: &Spec,
+    report: &mut Report,
+) -> Result<(), String> {
+    let (frame, layout) = build(spec);
+    let want: Verdict = model.judge(spec, &layout);
+    let dir = if spec.prog.egress() {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    };
+    let watched = [
+        counter::ALLOWED,
+        counter::DENIED,
+        counter::AUDITED,
+        counter::PASSED,
+        counter::CONNTRACK_HIT,
+        counter::FRAGMENT,
+        counter::RECENT_HIT,
+    ];
+    let before: Vec<u64> = watched
+        .iter()
+        .map(|c| kernel.dp.counter(dir, *c).unwrap())
+        .collect();
+    let code = kernel.run(spec.prog, &frame);
+    let moved: Vec<u32> = watched
+        .iter()
+        .zip(&before)
+        .filter(|(c, b)| kernel.dp.counter(dir, **c).unwrap() != **b)
+        .map(|(c, _)| *c)
+        .collect();
+    let reasons = kernel.reasons();
+    let passed = match (spec.prog, code) {
+        (Prog::XdpIngress, XDP_PASS) | (Prog::TcEgress | Prog::TcIngress, TC_PASS) => true,
+        (Prog::XdpIngress, XDP_DROP) | (Prog::TcEgress | Prog::TcIngress, TC_SHOT) => false,
+        (_, other) => return Err(format!("return code {other} from {:?}", spec.prog)),
+    };
+    let counter_ok = match want.counter {
+        // The per-CPU cache answers known flows before the table does.
+        counter::CONNTRACK_HIT => {
+            moved == [counter::CONNTRACK_HIT] || moved == [counter::RECENT_HIT]
+        }
+        c => moved == [c],
+    };
+    let reason_ok = reasons == want.reason.into_iter().collect::<Vec<_>>();
+    *report.by_counter.entry(want.counter).or_default() += 1;
+    if passed == want.pass && counter_ok && reason_ok {
+        return Ok(());
+    }
+    let worst = if passed && !want.pass {
+        "FAIL-OPEN: the kernel passed what the model drops"
+    } else {
+        "disagreement"
+    };
+    Err(format!(
+        "{worst}\nprogram {:?}, frame {} bytes: {}\nspec: {spec:?}\nmodel: {want:?}\nkernel: pass={passed} counters moved {moved:?} reasons {reasons:?}",
+        spec.prog,
+        frame.len(),
+        hex(&frame)
+    ))
+}
+
+/// The policy of a disagreement, for a regression test.
+pub fn policy_json(p: &Policy) -> String {
+    serde_json::to_string_pretty(p).unwrap()
+}
