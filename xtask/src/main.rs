@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | build | run | test`.
 mod demo;
+mod fuzz;
 mod peers;
 mod setup;
 mod vm;
@@ -55,17 +56,21 @@ enum Cmd {
         /// Only these parts: packet, throughput, events.
         parts: Vec<String>,
     },
-    /// Fuzzing (root for `datapath`): `datapath` runs generated packets through the kernel
-    /// programs and the reference model and compares every verdict.
+    /// Fuzzing. `datapath` (root) runs generated packets through the kernel programs and the
+    /// reference model and compares every verdict; `parsers` runs cargo-fuzz (libFuzzer) on
+    /// the backend reader, the node configuration, NFS mount options and the socket request.
     Fuzz {
-        #[arg(value_parser = ["datapath"])]
+        #[arg(value_parser = ["datapath", "parsers"])]
         target: String,
-        /// How many packets (default 1,000,000).
+        /// datapath: how many packets.
         #[arg(long, default_value_t = 1_000_000)]
         cases: u64,
-        /// The generator's seed (default: from the clock; printed, so a run can be repeated).
+        /// datapath: the generator's seed (default: from the clock; printed to repeat a run).
         #[arg(long)]
         seed: Option<u64>,
+        /// parsers: seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
     },
     /// Internal: the demo as the VM's init runs it (no build).
     #[command(hide = true)]
@@ -244,10 +249,9 @@ fn main() -> anyhow::Result<()> {
             run_tallied(&mut c)
         }
         Cmd::Fuzz {
-            target: _,
-            cases,
-            seed,
-        } => {
+            target, seconds, ..
+        } if target == "parsers" => fuzz::parsers(seconds),
+        Cmd::Fuzz { cases, seed, .. } => {
             setup::ensure()?;
             let mut c = cargo();
             c.args([

@@ -1,6 +1,13 @@
 //! Addresses as backend definitions write them: IP addresses, CIDRs, `[v6]:port`, host names
 //! (resolved now) and http(s) URLs whose credentials are dropped on the spot.
-use std::net::{IpAddr, ToSocketAddrs};
+use std::{
+    net::{IpAddr, ToSocketAddrs},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+/// Whether host names are resolved (on, but for fuzzing: the resolver is not under test, and a
+/// lookup may wait out its timeout).
+pub static RESOLVE: AtomicBool = AtomicBool::new(true);
 
 use ipnet::IpNet;
 
@@ -55,6 +62,11 @@ pub fn endpoint(s: &str, field: &str, default_port: Option<u16>) -> Result<Vec<D
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
     {
         return Err(format!("`{s}` is not an address or host name"));
+    }
+    if !RESOLVE.load(Ordering::Relaxed) {
+        return Err(format!(
+            "host name `{host}` not resolved (resolution is off)"
+        ));
     }
     let mut addrs: Vec<IpAddr> = (host, 0)
         .to_socket_addrs()

@@ -23,7 +23,7 @@ use std::{
 };
 
 pub use drivers::{DRIVERS, Driver};
-pub use endpoint::endpoint;
+pub use endpoint::{RESOLVE, endpoint};
 use files::{Obj, collect_secret, kind};
 pub use files::{discover, documents};
 use ipnet::IpNet;
@@ -151,8 +151,23 @@ pub fn load(sources: &[PathBuf]) -> Result<Inventory> {
             let text = std::fs::read_to_string(&f).map_err(Error::io("reading", &f))?;
             docs.extend(documents(&f, &text)?);
         }
-        per_source.push((s, before..docs.len()));
+        per_source.push((s.as_path(), before..docs.len()));
     }
+    Ok(inventory(&docs, per_source))
+}
+
+/// Reads one file's text as `load` reads a file named `path` (tests, fuzzing).
+pub fn read_text(path: &Path, text: &str) -> Result<Inventory> {
+    let docs = documents(path, text)?;
+    let n = docs.len();
+    Ok(inventory(&docs, vec![(path, 0..n)]))
+}
+
+/// What the documents say, source by source (the ranges index `docs`).
+fn inventory(
+    docs: &[(PathBuf, String, Value)],
+    per_source: Vec<(&Path, std::ops::Range<usize>)>,
+) -> Inventory {
     let objects: Vec<Vec<(String, &Value)>> = docs
         .iter()
         .map(|(_, origin, v)| {
@@ -191,7 +206,7 @@ pub fn load(sources: &[PathBuf]) -> Result<Inventory> {
         }
     }
     resolve_duplicates(&mut inv);
-    Ok(inv)
+    inv
 }
 
 /// A source that holds only StorageClasses or PVs is not expected to define backends.

@@ -101,15 +101,9 @@ async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyh
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
-    let req: Request = serde_json::from_str(&line).context("bad request")?;
+    let req = parse_request(&line)?;
     if let Some(m) = req.mode.as_deref() {
-        let wanted = match m {
-            "audit" => Ok(Some(crate::policy::Mode::Audit)),
-            "enforce" => Ok(Some(crate::policy::Mode::Enforce)),
-            "config" => Ok(None),
-            other => Err(format!("unknown mode `{other}`: audit, enforce or config")),
-        };
-        let reply = match wanted.and_then(|w| control(w)) {
+        let reply = match wanted_mode(m).and_then(|w| control(w)) {
             Ok(mode) => ModeReply {
                 mode: Some(mode),
                 error: None,
@@ -156,6 +150,21 @@ async fn client(stream: UnixStream, hub: Arc<Hub>, control: ModeControl) -> anyh
             }
             Err(RecvError::Closed) => return Ok(()),
         }
+    }
+}
+
+/// The request line a client sends.
+pub fn parse_request(line: &str) -> anyhow::Result<Request> {
+    serde_json::from_str(line).context("bad request")
+}
+
+/// The mode a request asks for: `Some` to set, `None` to return to the configuration's.
+pub fn wanted_mode(m: &str) -> Result<Option<crate::policy::Mode>, String> {
+    match m {
+        "audit" => Ok(Some(crate::policy::Mode::Audit)),
+        "enforce" => Ok(Some(crate::policy::Mode::Enforce)),
+        "config" => Ok(None),
+        other => Err(format!("unknown mode `{other}`: audit, enforce or config")),
     }
 }
 
