@@ -467,8 +467,12 @@ fn a_live_nfsv3_mount_keeps_its_ports_until_it_is_unmounted() {
                 dataLIF: 192.0.2.2\nnfsMountOptions: nfsvers=3\n";
     let mut a = agent_with(&lab, "live", nas3, &["--watch-interval", "300ms"]);
     // Soft, so that a cut connection shows as an error, not a hang.
-    let mount = NfsMount::new(&lab, "192.0.2.2:/export", "vers=3,soft,timeo=20,retrans=2")
-        .expect("NFSv3 mount");
+    let mount = NfsMount::new(
+        &lab,
+        "192.0.2.2:/export",
+        "vers=3,nolock,soft,timeo=20,retrans=2",
+    )
+    .expect("NFSv3 mount");
     let dir = mount
         .path("")
         .to_str()
@@ -513,8 +517,12 @@ fn a_live_nfsv3_mount_keeps_its_ports_until_it_is_unmounted() {
     drop(mount);
     a.wait_for_log("live storage sessions changed", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    NfsMount::new(&lab, "192.0.2.2:/export", "vers=3,soft,timeo=20,retrans=2")
-        .map(drop)
-        .expect_err("a new NFSv3 mount under the SAN-only policy");
+    NfsMount::new(
+        &lab,
+        "192.0.2.2:/export",
+        "vers=3,nolock,soft,timeo=20,retrans=2",
+    )
+    .map(drop)
+    .expect_err("a new NFSv3 mount under the SAN-only policy");
     a.stop(libc::SIGTERM);
 }
