@@ -53,8 +53,16 @@ enum Cmd {
     Bench {
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: packet, throughput, events.
+        /// Only these parts: packet, throughput, events; or `soak` and `flood`, which run on
+        /// their own (the storage lab's clients, iperf3, reloads, mode switches and kill -9
+        /// through a pinned agent; a flood of distinct denied flows).
         parts: Vec<String>,
+        /// soak: minutes.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// flood: seconds.
+        #[arg(long, default_value_t = 60)]
+        flood_seconds: u64,
     },
     /// Fuzzing. `datapath` (root) runs generated packets through the kernel programs and the
     /// reference model and compares every verdict; `parsers` runs cargo-fuzz (libFuzzer) on
@@ -270,7 +278,31 @@ fn main() -> anyhow::Result<()> {
             }
             run_checked(&mut c)
         }
-        Cmd::Bench { smoke, parts } => {
+        Cmd::Bench {
+            parts,
+            minutes,
+            flood_seconds,
+            ..
+        } if parts.iter().any(|p| p == "soak" || p == "flood") => {
+            peers::ensure(peers::Suite::Test)?;
+            peers::ensure(peers::Suite::Bench)?;
+            let agent = build(true)?;
+            let mut c = cargo();
+            c.args([
+                "bench",
+                "-p",
+                "trident-ports-tests",
+                "--bench",
+                "soak",
+                "--",
+            ])
+            .args(&parts)
+            .args(["--minutes", &minutes.to_string()])
+            .args(["--flood-seconds", &flood_seconds.to_string()])
+            .env("TRIDENT_PORTS_AGENT", agent);
+            run_checked(&mut c)
+        }
+        Cmd::Bench { smoke, parts, .. } => {
             peers::ensure(peers::Suite::Bench)?;
             let agent = build(true)?;
             let mut c = cargo();
