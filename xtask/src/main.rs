@@ -188,6 +188,13 @@ fn validate_manifests() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo bench` of one of the tests crate's benchmarks, ready for its arguments.
+fn bench_command(bench: &str) -> Command {
+    let mut c = cargo();
+    c.args(["bench", "-p", "trident-ports-tests", "--bench", bench, "--"]);
+    c
+}
+
 fn lint() -> anyhow::Result<()> {
     setup::ensure()?;
     // The nightly's rustfmt: rustfmt.toml's import layout options are not stable yet.
@@ -287,33 +294,17 @@ fn main() -> anyhow::Result<()> {
             peers::ensure(peers::Suite::Test)?;
             peers::ensure(peers::Suite::Bench)?;
             let agent = build(true)?;
-            let mut c = cargo();
-            c.args([
-                "bench",
-                "-p",
-                "trident-ports-tests",
-                "--bench",
-                "soak",
-                "--",
-            ])
-            .args(&parts)
-            .args(["--minutes", &minutes.to_string()])
-            .args(["--flood-seconds", &flood_seconds.to_string()])
-            .env("TRIDENT_PORTS_AGENT", agent);
+            let mut c = bench_command("soak");
+            c.args(&parts)
+                .args(["--minutes", &minutes.to_string()])
+                .args(["--flood-seconds", &flood_seconds.to_string()])
+                .env("TRIDENT_PORTS_AGENT", agent);
             run_checked(&mut c)
         }
         Cmd::Bench { smoke, parts, .. } => {
             peers::ensure(peers::Suite::Bench)?;
             let agent = build(true)?;
-            let mut c = cargo();
-            c.args([
-                "bench",
-                "-p",
-                "trident-ports-tests",
-                "--bench",
-                "datapath",
-                "--",
-            ]);
+            let mut c = bench_command("datapath");
             if smoke {
                 c.arg("--smoke");
             }

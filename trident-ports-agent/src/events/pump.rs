@@ -42,18 +42,7 @@ impl Pump {
             let mut guard = tokio::select! {
                 guard = ring.readable_mut() => guard?,
                 Some(rec) = notices.recv() => {
-                    let json = serde_json::to_string(&rec)?;
-                    let mut out = stdout.lock();
-                    match self.output {
-                        Output::Json => writeln!(out, "{json}")?,
-                        Output::Text => writeln!(out, "{}", rec.text())?,
-                    }
-                    if let Some(f) = file.as_mut() {
-                        if let Err(e) = f.write_line(&json) {
-                            warn!("writing the events file: {e}");
-                        }
-                    }
-                    self.hub.publish(rec);
+                    emit(&mut stdout.lock(), file.as_mut(), self.output, &self.hub, rec)?;
                     continue;
                 }
             };
@@ -71,21 +60,33 @@ impl Pump {
                 };
                 let mut rec = Record::from_event(&ev, &clock, &mut names);
                 explainer.explain(&ev, &mut rec);
-                let json = serde_json::to_string(&rec)?;
-                match self.output {
-                    Output::Json => writeln!(out, "{json}")?,
-                    Output::Text => writeln!(out, "{}", rec.text())?,
-                }
-                if let Some(f) = file.as_mut() {
-                    if let Err(e) = f.write_line(&json) {
-                        warn!("writing the events file: {e}");
-                    }
-                }
-                self.hub.publish(rec);
+                emit(&mut out, file.as_mut(), self.output, &self.hub, rec)?;
             }
             out.flush()?;
             drop(explainer);
             guard.clear_ready();
         }
     }
+}
+
+/// One record to stdout (in `output`'s form), the events file and the hub.
+fn emit(
+    out: &mut impl Write,
+    file: Option<&mut RotatingFile>,
+    output: Output,
+    hub: &Hub,
+    rec: Record,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string(&rec)?;
+    match output {
+        Output::Json => writeln!(out, "{json}")?,
+        Output::Text => writeln!(out, "{}", rec.text())?,
+    }
+    if let Some(f) = file {
+        if let Err(e) = f.write_line(&json) {
+            warn!("writing the events file: {e}");
+        }
+    }
+    hub.publish(rec);
+    Ok(())
 }
