@@ -526,3 +526,54 @@ fn a_live_nfsv3_mount_keeps_its_ports_until_it_is_unmounted() {
     .expect_err("a new NFSv3 mount under the SAN-only policy");
     a.stop(libc::SIGTERM);
 }
+
+/// The same for iSCSI: a logged-in session keeps its portal when the node's backends stop
+/// naming it, and its allowance goes when it logs out.
+#[test]
+fn a_live_iscsi_session_keeps_its_portal_until_it_logs_out() {
+    if !in_test_vm("a_live_iscsi_session_keeps_its_portal_until_it_logs_out") {
+        return;
+    }
+    let lab = start_lab();
+    let san = "version: 1\nstorageDriverName: ontap-san\nbackendName: san\nmanagementLIF: 192.0.2.3\nuseCHAP: true\n";
+    let mut a = agent_with(&lab, "live-iscsi", san, &["--watch-interval", "300ms"]);
+    let iscsid = Iscsid::start();
+    let disk = iscsi_login("192.0.2.2:3260").expect("iSCSI login with CHAP");
+    assert_eq!(read_head(&disk, LUN_LABEL.len()), LUN_LABEL);
+    // The node's backends change: 192.0.2.2 now only serves NFSv4.1.
+    std::fs::write(
+        lab.dir.join("agent-live-iscsi/backends/backends.yaml"),
+        "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: 192.0.2.3\n\
+         dataLIF: 192.0.2.2\nnfsMountOptions: nfsvers=4.1\n",
+    )
+    .unwrap();
+    a.wait_for_log("live session iSCSI", Duration::from_secs(10));
+    assert!(
+        a.log().lines().any(|l| l.contains("live session iSCSI")
+            && l.contains("192.0.2.2:3260")
+            && l.contains("allowed for as long as it exists")),
+        "{}",
+        a.log()
+    );
+    // Reads go to the target again, not the page cache: the session still works.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert_eq!(read_head(&disk, LUN_LABEL.len()), LUN_LABEL);
+    // Logged out: forgotten, and a new discovery on 3260 is denied.
+    iscsiadm(&["-m", "node", "--logoutall=all"]).expect("iSCSI logout");
+    a.wait_for_log("live storage sessions changed", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    iscsiadm_within(
+        &[
+            "-m",
+            "discovery",
+            "-t",
+            "sendtargets",
+            "-p",
+            "192.0.2.2:3260",
+        ],
+        Duration::from_secs(20),
+    )
+    .expect_err("discovery under the NFS-only policy");
+    drop(iscsid);
+    a.stop(libc::SIGTERM);
+}
