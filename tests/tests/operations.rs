@@ -37,6 +37,11 @@ struct Traffic {
 
 impl Traffic {
     fn start(pair: &Pair) -> Self {
+        Self::start_with(pair, T)
+    }
+
+    /// `allowed_timeout` bounds one allowed exchange: past it the exchange counts as failed.
+    fn start_with(pair: &Pair, allowed_timeout: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed, passed) = (
             Arc::new(AtomicU64::new(0)),
@@ -47,7 +52,7 @@ impl Traffic {
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
         let allowed = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                match tcp_echo(&node, sa("192.0.2.2:2049"), T) {
+                match tcp_echo(&node, sa("192.0.2.2:2049"), allowed_timeout) {
                     Ok(()) => o.fetch_add(1, Ordering::Relaxed),
                     Err(_) => f.fetch_add(1, Ordering::Relaxed),
                 };
@@ -147,7 +152,11 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     let cfg = dir.path("node.yaml");
     let args = ["--pin-dir", pin.to_str().unwrap()];
     let a = Agent::run(&pair, &cfg, &args);
-    let traffic = Traffic::start(&pair);
+    // A handshake whose SYN leaves through the old program just before the new one attaches
+    // has its SYN-ACK judged against the new, empty connection table until the second seed:
+    // TCP resends the SYN after 1 s. That stall is known (docs/operations.md); a failure is
+    // an exchange that does not complete within TCP's own retry.
+    let traffic = Traffic::start_with(&pair, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(700));
     // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
