@@ -679,7 +679,7 @@ fn apply_and_events(smoke: bool) {
     // Events: a producer makes one denied packet per flow as fast as test runs go; the consumer
     // drains the ring buffer into JSON lines as the agent does.
     let mut rb = dp.take_events().unwrap();
-    let explainer = Explainer::new(&p);
+    let explainer = Explainer::new(Arc::new(p.clone()));
     let clock = Clock::new();
     let stop = Arc::new(AtomicBool::new(false));
     let duration = Duration::from_secs(if smoke { 1 } else { 3 });
@@ -805,7 +805,7 @@ fn rss(n: usize) {
             .unwrap()
             .to_string();
         println!(
-            "- Agent (release build) with {label}: {} MiB resident, attached {ready:.2?} after start.",
+            "- Agent (release build) with {label}: {:.1} MiB resident, attached {ready:.2?} after start.",
             rss.parse::<f64>().unwrap() / 1024.0
         );
         // SAFETY: kill(2) on a child this test started; no memory is involved.

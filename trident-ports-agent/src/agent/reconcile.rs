@@ -24,8 +24,8 @@ pub enum Trigger {
 
 pub struct Reconciler {
     dp: Mutex<Datapath>,
-    /// The policy in force (with the mode in force).
-    policy: Mutex<Policy>,
+    /// The policy in force (with the mode in force), shared with the explainer.
+    policy: Mutex<Arc<Policy>>,
     /// The configuration's mode, and a per-node override set with `trident-ports-agent mode`.
     config_mode: Mutex<Mode>,
     mode_override: Mutex<Option<Mode>>,
@@ -43,12 +43,13 @@ impl Reconciler {
         notices: tokio::sync::mpsc::UnboundedSender<Record>,
     ) -> Self {
         notify(&notices, &policy, None);
+        let policy = Arc::new(policy);
         Reconciler {
             notices,
             dp: Mutex::new(dp),
             config_mode: Mutex::new(policy.mode),
             mode_override: Mutex::new(None),
-            explainer: Arc::new(RwLock::new(Explainer::new(&policy))),
+            explainer: Arc::new(RwLock::new(Explainer::new(policy.clone()))),
             policy: Mutex::new(policy),
             metrics,
         }
@@ -92,7 +93,7 @@ impl Reconciler {
             policy.mode = m;
         }
         let mut current = self.policy.lock().unwrap();
-        if trigger == Trigger::Periodic && *current == policy {
+        if trigger == Trigger::Periodic && **current == policy {
             return Some(snapshot);
         }
         let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
@@ -106,7 +107,8 @@ impl Reconciler {
                 self.metrics.reload(true, Some(&a.tables));
                 self.metrics.policy(&policy);
                 notify(&self.notices, &policy, Some(&current));
-                *self.explainer.write().unwrap() = Explainer::new(&policy);
+                let policy = Arc::new(policy);
+                *self.explainer.write().unwrap() = Explainer::new(policy.clone());
                 *current = policy;
                 Some(snapshot)
             }
@@ -132,7 +134,13 @@ impl Reconciler {
             .unwrap()
             .set_mode(effective)
             .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
-        policy.mode = effective;
+        if policy.mode != effective {
+            let mut next = (**policy).clone();
+            next.mode = effective;
+            let next = Arc::new(next);
+            *self.explainer.write().unwrap() = Explainer::new(next.clone());
+            *policy = next;
+        }
         info!(mode = ?effective, "mode switched");
         Ok(effective)
     }

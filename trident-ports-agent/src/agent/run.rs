@@ -137,6 +137,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("event ring buffer already taken")?;
     let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
     let reconciler = Arc::new(Reconciler::new(dp, policy, metrics.clone(), notices));
+    give_back_memory();
     let hub = Arc::new(Hub::new(opts.history, 4096));
     let ready = Arc::new(AtomicBool::new(true));
     serve_socket(&opts, &reconciler, &hub)?;
@@ -160,7 +161,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .run(),
     );
     let resolve_interval = snapshot.config.backends.resolve_interval;
-    let sessions_probe = snapshot.clone();
+    let roots = snapshot.session_roots();
     let (requests, worker) = reconcile_worker(&reconciler, &sources, snapshot)?;
 
     // The first look comes one interval from now: the policy was just compiled from these files.
@@ -176,7 +177,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprint = sources.fingerprint();
-    let mut live = snapshot_sessions(&sessions_probe);
+    let mut live = crate::sessions::read(&roots).sessions;
     let stopped = loop {
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
@@ -187,7 +188,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = watch.tick() => {
                 let now = sources.fingerprint();
-                let sessions = snapshot_sessions(&sessions_probe);
+                let sessions = crate::sessions::read(&roots).sessions;
                 if now != fingerprint {
                     info!("configuration or backend files changed: reloading");
                     fingerprint = now;
@@ -228,9 +229,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     stopped
 }
 
-/// The live sessions, as the configuration in `probe` says where to read them.
-fn snapshot_sessions(probe: &Snapshot) -> Vec<crate::sessions::Session> {
-    probe.read_sessions().sessions
+/// Returns the heap that reading and compiling a policy used to the system: a large policy's
+/// YAML, inventory and tables are transient, and glibc keeps freed memory otherwise.
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Loads the datapath, applies `policy`, then attaches: the programs never run without it.
@@ -287,7 +293,8 @@ fn reconcile_worker(
 )> {
     let (requests, queue) = std::sync::mpsc::channel::<Trigger>();
     let (reconciler, sources) = (reconciler.clone(), sources.clone());
-    let mut last = first;
+    // What keeps a definition's last good form: the backends, not the whole snapshot.
+    let mut last = first.inventory.backends;
     let worker = std::thread::Builder::new()
         .name("reconcile".into())
         .spawn(move || {
@@ -298,8 +305,9 @@ fn reconcile_worker(
                     s
                 });
                 if let Some(applied) = reconciler.reconcile(next, trigger) {
-                    last = applied;
+                    last = applied.inventory.backends;
                 }
+                give_back_memory();
             }
         })?;
     Ok((requests, worker))

@@ -50,20 +50,25 @@ impl Snapshot {
     }
 
     pub fn read_sessions(&self) -> Sessions {
-        sessions::read(&sessions::Roots {
+        sessions::read(&self.session_roots())
+    }
+
+    /// Where this node's live sessions are read.
+    pub fn session_roots(&self) -> sessions::Roots {
+        sessions::Roots {
             proc: self.config.node.host_proc.clone(),
             sys: self.config.node.host_sys.clone(),
-        })
+        }
     }
 
     /// A definition that was good in `previous` and is skipped now (a bad edit, a host name
     /// that no longer resolves) keeps its previous form: a bad reload never weakens the running
     /// policy. A definition removed from the sources goes.
-    pub fn keep_last_good(&mut self, previous: &Snapshot) {
+    pub fn keep_last_good(&mut self, previous: &[Backend]) {
         let inv = &mut self.inventory;
         let mut kept: Vec<Backend> = Vec::new();
         for s in &inv.skipped {
-            let before = previous.inventory.backends.iter().find(|b| {
+            let before = previous.iter().find(|b| {
                 s.name
                     .as_ref()
                     .map_or(b.origin == s.origin, |n| &b.name == n)
@@ -296,7 +301,7 @@ mod tests {
         std::fs::remove_file(dir.join("gone.yaml")).unwrap();
         let mut next = s.snapshot().unwrap();
         assert!(next.inventory.backends.is_empty());
-        next.keep_last_good(&first);
+        next.keep_last_good(&first.inventory.backends);
         let names: Vec<&str> = next
             .inventory
             .backends

@@ -1,6 +1,6 @@
 //! Explains a denied packet in Trident's terms: which backend and field the address belongs to,
 //! what the port is for, and what to do about it.
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 use trident_ports_common::{Event, reason};
@@ -11,27 +11,37 @@ use crate::{
     policy::{BackendInfo, Direction, Policy, Proto},
 };
 
+/// Who names an address: an entry or a protected address of the policy, by index. The strings
+/// stay in the policy, which the explainer shares: a 100,000-entry policy is kept once.
+#[derive(Clone, Copy)]
+enum Owner {
+    Entry(u32),
+    Protected(u32),
+}
+
 #[derive(Default)]
 pub struct Explainer {
-    /// Owners of exact addresses: (backend, source of the address).
-    exact: HashMap<IpAddr, (Option<String>, String)>,
-    nets: Vec<(IpNet, (Option<String>, String))>,
+    policy: Arc<Policy>,
+    exact: HashMap<IpAddr, Owner>,
+    nets: Vec<(IpNet, Owner)>,
     backends: HashMap<String, BackendInfo>,
     guarded: HashMap<(Proto, u16), String>,
 }
 
 impl Explainer {
-    pub fn new(policy: &Policy) -> Self {
+    pub fn new(policy: Arc<Policy>) -> Self {
         let mut x = Explainer::default();
         let owners = policy
             .entries
             .iter()
-            .map(|e| (e.peer, (e.backend.clone(), e.source.clone())))
+            .enumerate()
+            .map(|(i, e)| (e.peer, Owner::Entry(i as u32)))
             .chain(
                 policy
                     .protected
                     .iter()
-                    .map(|p| (p.addr, (None, p.why.clone()))),
+                    .enumerate()
+                    .map(|(i, p)| (p.addr, Owner::Protected(i as u32))),
             );
         for (net, owner) in owners {
             if net.prefix_len() == net.max_prefix_len() {
@@ -53,15 +63,24 @@ impl Explainer {
             .iter()
             .map(|g| ((g.proto, g.port), g.purpose.clone()))
             .collect();
+        x.policy = policy;
         x
     }
 
-    fn owner(&self, ip: IpAddr) -> Option<&(Option<String>, String)> {
-        self.exact.get(&ip).or_else(|| {
+    /// (backend, source of the address) of whoever names `ip`.
+    fn owner(&self, ip: IpAddr) -> Option<(Option<&str>, &str)> {
+        let o = self.exact.get(&ip).copied().or_else(|| {
             self.nets
                 .iter()
                 .find(|(n, _)| n.contains(&ip))
-                .map(|(_, o)| o)
+                .map(|(_, o)| *o)
+        })?;
+        Some(match o {
+            Owner::Entry(i) => {
+                let e = &self.policy.entries[i as usize];
+                (e.backend.as_deref(), e.source.as_str())
+            }
+            Owner::Protected(i) => (None, self.policy.protected[i as usize].why.as_str()),
         })
     }
 
@@ -71,7 +90,7 @@ impl Explainer {
         let remote = addr(if egress { ev.dst } else { ev.src });
         let proto = Proto::from_number(ev.proto);
         let owner = self.owner(remote);
-        rec.backend = owner.and_then(|(b, _)| b.clone());
+        rec.backend = owner.and_then(|(b, _)| b.map(str::to_string));
         let backend = rec.backend.as_ref().and_then(|b| self.backends.get(b));
         let port_purpose = proto.and_then(|p| Model::get().purpose_of(ev.dst_port, p));
         rec.purpose = match (ev.reason, proto) {
