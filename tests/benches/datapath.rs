@@ -62,6 +62,10 @@ fn v6_policy(n: usize) -> Policy {
     }
 }
 
+/// Every filter also allows udp/5201 to this address, after the TCP entries: the CPU part's
+/// iperf3 stream.
+const IPERF_UDP: &str = "192.0.2.2";
+
 /// `n` IPv4 (address, port) entries over the documentation ranges (no traffic goes to them),
 /// plus 192.0.2.2 tcp/5201 for iperf3, last.
 fn v4_entries(n: usize) -> Vec<(Ipv4Addr, u16)> {
@@ -354,6 +358,7 @@ fn nft_rules(entries: &[(Ipv4Addr, u16)]) -> String {
     let elems: Vec<String> = entries
         .iter()
         .map(|(a, p)| format!("{a} . tcp . {p}"))
+        .chain(std::iter::once(format!("{IPERF_UDP} . udp . 5201")))
         .collect();
     let mut addrs: Vec<String> = entries.iter().map(|(a, _)| a.to_string()).collect();
     addrs.sort();
@@ -380,6 +385,9 @@ fn iptables_rules(entries: &[(Ipv4Addr, u16)]) -> String {
             "-A OUTPUT -d {a}/32 -p tcp -m tcp --dport {p} -j ACCEPT\n"
         ));
     }
+    s.push_str(&format!(
+        "-A OUTPUT -d {IPERF_UDP}/32 -p udp -m udp --dport 5201 -j ACCEPT\n"
+    ));
     s.push_str("-A OUTPUT -d 192.0.2.2/32 -j DROP\nCOMMIT\n");
     s
 }
@@ -441,6 +449,10 @@ fn trident_ports_on(pair: &Pair, entries: &[(Ipv4Addr, u16)], recent_flows: bool
         entries: entries
             .iter()
             .map(|(a, p)| entry(format!("{a}/32"), *p))
+            .chain(std::iter::once(Entry {
+                proto: Proto::Udp,
+                ..entry(format!("{IPERF_UDP}/32"), 5201)
+            }))
             .collect(),
         ..Default::default()
     };
@@ -456,34 +468,44 @@ fn trident_ports_on(pair: &Pair, entries: &[(Ipv4Addr, u16)], recent_flows: bool
 
 /// One iperf3 run with `filter` installed on the node side for `entries`, removed afterwards.
 fn iperf_with(pair: &Pair, filter: Filter, entries: &[(Ipv4Addr, u16)], seconds: u32) -> f64 {
+    with_filter(pair, filter, entries, || iperf(pair, seconds))
+}
+
+/// Runs `f` with `filter` installed on the node side for `entries`, and removes it afterwards.
+fn with_filter<T>(
+    pair: &Pair,
+    filter: Filter,
+    entries: &[(Ipv4Addr, u16)],
+    f: impl FnOnce() -> T,
+) -> T {
     let node = pair.node.name.clone();
     let tmp =
         |ext: &str| std::env::temp_dir().join(format!("tp-bench-{}.{ext}", std::process::id()));
     match filter {
-        Filter::None => iperf(pair, seconds),
+        Filter::None => f(),
         Filter::TridentPorts => {
             let dp = trident_ports_on(pair, entries, true);
-            let g = iperf(pair, seconds);
+            let out = f();
             drop(dp);
-            g
+            out
         }
         Filter::Nftables => {
             let file = tmp("nft");
             std::fs::write(&file, nft_rules(entries)).unwrap();
             sh(&node, &format!("nft -f {}", file.display()));
-            let g = iperf(pair, seconds);
+            let out = f();
             sh(&node, "nft delete table inet bench");
             let _ = std::fs::remove_file(file);
-            g
+            out
         }
         Filter::Iptables => {
             let file = tmp("ipt");
             std::fs::write(&file, iptables_rules(entries)).unwrap();
             sh(&node, &format!("iptables-restore < {}", file.display()));
-            let g = iperf(pair, seconds);
+            let out = f();
             sh(&node, "iptables -F && iptables -X");
             let _ = std::fs::remove_file(file);
-            g
+            out
         }
     }
 }
@@ -533,6 +555,128 @@ fn throughput(smoke: bool) {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Kernel CPU time of the whole machine so far (system, irq and softirq in /proc/stat), in ns.
+fn kernel_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    // user nice system idle iowait irq softirq ...
+    (f[2] + f[5] + f[6]) * 1_000_000_000 / hz
+}
+
+/// Packets the node's end of `pair` has sent so far.
+fn node_tx_packets(pair: &Pair) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &pair.node.name,
+            "-s",
+            "-j",
+            "link",
+            "show",
+            "dev",
+            &pair.node_if,
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
+}
+
+/// Kernel CPU per packet at a fixed offered load: one iperf3 UDP stream of 1400-byte datagrams
+/// at `rate`, node to storage. Returns (ns of kernel CPU per packet, packets per second).
+fn kernel_cpu_per_packet(pair: &Pair, rate: &str, seconds: u32) -> (f64, f64) {
+    let (cpu0, pk0, t0) = (kernel_cpu_ns(), node_tx_packets(pair), Instant::now());
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.node.name,
+            "iperf3",
+            "-c",
+            IPERF_UDP,
+            "-u",
+            "-b",
+            rate,
+            "-l",
+            "1400",
+            "-t",
+            &seconds.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success(), "iperf3 -u");
+    let (cpu, pk, t) = (
+        kernel_cpu_ns() - cpu0,
+        node_tx_packets(pair) - pk0,
+        t0.elapsed(),
+    );
+    (cpu as f64 / pk.max(1) as f64, pk as f64 / t.as_secs_f64())
+}
+
+/// The kernel's CPU time per packet at a fixed offered load, each filter beside the others in
+/// one run: throughput alone saturates at the veth's limit for all but iptables.
+fn cpu_per_packet(smoke: bool) {
+    println!(
+        "## Kernel CPU per packet at a fixed offered load (iperf3 UDP, 1400 B, {CPU_RATE}bit/s)\n"
+    );
+    let (seconds, rounds) = if smoke { (1, 1) } else { (5, 5) };
+    let sizes: &[usize] = if smoke { &[1_000] } else { &[1_000, 100_000] };
+    let pair = Pair::standard();
+    let mut server = iperf_server(&pair);
+    println!("| entries | no filter | trident-ports | nftables (sets) | iptables (rules) |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &n in sizes {
+        let entries = v4_entries(n);
+        let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); FILTERS.len()];
+        for _ in 0..rounds {
+            for (k, f) in FILTERS.iter().enumerate() {
+                runs[k].push(with_filter(&pair, *f, &entries, || {
+                    kernel_cpu_per_packet(&pair, CPU_RATE, seconds)
+                }));
+            }
+        }
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                let mut ns: Vec<f64> = r.iter().map(|x| x.0).collect();
+                let mut pps: Vec<f64> = r.iter().map(|x| x.1).collect();
+                let (lo, hi) = (
+                    ns.iter().copied().fold(f64::MAX, f64::min),
+                    ns.iter().copied().fold(0.0, f64::max),
+                );
+                format!(
+                    "{:.0} ns ({lo:.0}-{hi:.0}), {:.0}k pkt/s",
+                    median(&mut ns),
+                    median(&mut pps) / 1000.0
+                )
+            })
+            .collect();
+        println!("| {n} | {} |", cells.join(" | "));
+    }
+    println!(
+        "\nKernel CPU (system + irq + softirq of the whole machine, /proc/stat) over the run divided by \
+         the packets the node sent; medians of {rounds} runs of {seconds} s, range in brackets, the \
+         set-ups interleaved round by round. Both ends' stacks are in every column: the difference \
+         from the no-filter column is the filter's cost. pkt/s is the rate delivered: a filter that \
+         cannot keep up with the offered rate shows it there.\n"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Offered load of the CPU part: well under the veth's limit for every filter but iptables.
+const CPU_RATE: &str = "1G";
 
 /// Runs and run time of one attached program so far, as the kernel counts them while
 /// BPF_ENABLE_STATS is on.
@@ -851,5 +995,8 @@ fn main() {
     }
     if want("events") {
         apply_and_events(smoke);
+    }
+    if want("cpu") {
+        cpu_per_packet(smoke);
     }
 }

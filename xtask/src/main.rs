@@ -53,7 +53,7 @@ enum Cmd {
     Bench {
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: packet, throughput, events; or `soak` and `flood`, which run on
+        /// Only these parts: packet, traffic, throughput, events, cpu; or `soak` and `flood`, which run on
         /// their own (the storage lab's clients, iperf3, reloads, mode switches and kill -9
         /// through a pinned agent; a flood of distinct denied flows).
         parts: Vec<String>,
