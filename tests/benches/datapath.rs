@@ -63,8 +63,8 @@ fn v6_policy(n: usize) -> Policy {
 }
 
 /// Every filter also allows udp/5201 to this address, after the TCP entries: the CPU part's
-/// iperf3 stream.
-const IPERF_UDP: &str = "192.0.2.2";
+/// paced datagram stream.
+const UDP_STREAM_DST: &str = "192.0.2.2";
 
 /// `n` IPv4 (address, port) entries over the documentation ranges (no traffic goes to them),
 /// plus 192.0.2.2 tcp/5201 for iperf3, last.
@@ -358,7 +358,7 @@ fn nft_rules(entries: &[(Ipv4Addr, u16)]) -> String {
     let elems: Vec<String> = entries
         .iter()
         .map(|(a, p)| format!("{a} . tcp . {p}"))
-        .chain(std::iter::once(format!("{IPERF_UDP} . udp . 5201")))
+        .chain(std::iter::once(format!("{UDP_STREAM_DST} . udp . 5201")))
         .collect();
     let mut addrs: Vec<String> = entries.iter().map(|(a, _)| a.to_string()).collect();
     addrs.sort();
@@ -386,7 +386,7 @@ fn iptables_rules(entries: &[(Ipv4Addr, u16)]) -> String {
         ));
     }
     s.push_str(&format!(
-        "-A OUTPUT -d {IPERF_UDP}/32 -p udp -m udp --dport 5201 -j ACCEPT\n"
+        "-A OUTPUT -d {UDP_STREAM_DST}/32 -p udp -m udp --dport 5201 -j ACCEPT\n"
     ));
     s.push_str("-A OUTPUT -d 192.0.2.2/32 -j DROP\nCOMMIT\n");
     s
@@ -451,7 +451,7 @@ fn trident_ports_on(pair: &Pair, entries: &[(Ipv4Addr, u16)], recent_flows: bool
             .map(|(a, p)| entry(format!("{a}/32"), *p))
             .chain(std::iter::once(Entry {
                 proto: Proto::Udp,
-                ..entry(format!("{IPERF_UDP}/32"), 5201)
+                ..entry(format!("{UDP_STREAM_DST}/32"), 5201)
             }))
             .collect(),
         ..Default::default()
@@ -571,14 +571,14 @@ fn thread_cpu_ns() -> u64 {
 /// Kernel CPU per packet at a fixed offered load: one thread in the node namespace sends
 /// 1400-byte UDP datagrams to the storage side at `pps`, paced by the millisecond, while a
 /// thread there drains them. Every filter here sits on the sending path (TC egress, the output
-/// hook), which runs in the sender's system calls: the sender's own kernel time per datagram is
-/// the socket send plus the filter. Returns (ns per datagram, datagrams per second sent).
+/// hook), which runs in the sender's system calls: the sender's CPU time per datagram is the
+/// socket send plus the filter. Returns (ns per datagram, datagrams per second sent).
 fn kernel_cpu_per_packet(pair: &Pair, pps: u64, seconds: u32) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let drain = {
         let stop = stop.clone();
         pair.storage.run(move || {
-            let s = UdpSocket::bind((IPERF_UDP, 5201)).unwrap();
+            let s = UdpSocket::bind((UDP_STREAM_DST, 5201)).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             let mut buf = [0u8; 2048];
@@ -590,7 +590,7 @@ fn kernel_cpu_per_packet(pair: &Pair, pps: u64, seconds: u32) -> (f64, f64) {
     std::thread::sleep(Duration::from_millis(100));
     let result = pair.node.within(move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.connect((IPERF_UDP, 5201)).unwrap();
+        s.connect((UDP_STREAM_DST, 5201)).unwrap();
         let payload = [0u8; 1400];
         let per_ms = pps / 1000;
         let (cpu0, t0) = (thread_cpu_ns(), Instant::now());
