@@ -3,8 +3,10 @@
 //!
 //! Every namespace a test creates is removed when its guard drops, also when the test fails.
 pub mod agent;
+pub mod apiserver;
 pub mod bpffs;
 pub mod differential;
+pub mod kube;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

@@ -61,6 +61,59 @@ pub struct NodeConfig {
     /// A live session the policy would cut keeps what it uses for as long as it exists.
     #[serde(default = "yes")]
     pub protect_live_sessions: bool,
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
+}
+
+/// The cluster source: what Trident knows, watched through the Kubernetes API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kubernetes {
+    /// `run --kubernetes` turns it on as well.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Unset: `KUBECONFIG`, `~/.kube/config`, then the pod's service account.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default = "default_trident_namespace")]
+    pub trident_namespace: String,
+    /// This node's name; unset: `NODE_NAME` (the DaemonSet sets it from the downward API).
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Read Secrets in the Trident namespace, for fields that live only there (SolidFire
+    /// `EndPoint`). Their values are never logged or kept.
+    #[serde(default)]
+    pub read_secrets: bool,
+    /// Changes that come this close together are compiled and applied once.
+    #[serde(default = "default_debounce", deserialize_with = "duration")]
+    pub debounce: Duration,
+    /// How long start-up waits for the first complete view of the cluster before it starts
+    /// from the last state this node applied.
+    #[serde(default = "default_start_timeout", deserialize_with = "duration")]
+    pub start_timeout: Duration,
+    /// Where the cluster state of the last applied policy is kept, for a start without the
+    /// API server ("none": not kept).
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("an empty kubernetes section is valid")
+    }
+}
+
+fn default_trident_namespace() -> String {
+    "trident".into()
+}
+fn default_debounce() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_state_file() -> PathBuf {
+    PathBuf::from("/var/lib/trident-ports/cluster-state.json")
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -3,7 +3,12 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trident_ports_agent::{
-    agent::{FileSources, RunOptions, run},
+    agent::{
+        FileSources, RunOptions,
+        cluster::{ClusterArgs, Unreachable, connect},
+        run,
+        sources::Sources,
+    },
     config::Role,
     events::{Output, socket},
     policy::render::{Format, render},
@@ -68,6 +73,8 @@ enum Command {
         /// sessions) and show what covers each, or NOT COVERED.
         #[arg(long)]
         live: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }
 
@@ -123,13 +130,17 @@ async fn real_main() -> anyhow::Result<()> {
             role,
             format,
             live,
+            cluster,
         } => {
-            let sources = FileSources::new(config.as_deref(), &backends, role);
-            let (_, policy) = if live {
-                sources.plan_live()?
-            } else {
-                sources.plan()?
-            };
+            let files = FileSources::new(config.as_deref(), &backends, role);
+            let k = files.snapshot()?.config.kubernetes;
+            let cluster = connect(&k, &cluster, false, Unreachable::Fail).await?;
+            let sources = Sources { files, cluster };
+            let mut snapshot = sources.snapshot()?;
+            if live {
+                snapshot.sessions = Some(snapshot.read_sessions());
+            }
+            let policy = snapshot.compile();
             print!("{}", render(&policy, format));
             Ok(())
         }

@@ -1,4 +1,5 @@
 //! Developer tasks: `cargo xtask setup | build | run | test`.
+mod apiserver;
 mod demo;
 mod fuzz;
 mod peers;
@@ -256,8 +257,10 @@ fn main() -> anyhow::Result<()> {
             peers::ensure(peers::Suite::Test)?;
             build(false)?;
             validate_manifests()?;
+            let apiserver = apiserver::ensure()?;
             let mut c = cargo();
-            c.args(["test", "--workspace", "--no-fail-fast"]);
+            c.args(["test", "--workspace", "--no-fail-fast"])
+                .env("TP_KUBE_APISERVER", apiserver);
             if !args.is_empty() {
                 c.arg("--").args(args);
             }

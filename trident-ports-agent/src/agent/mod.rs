@@ -2,6 +2,7 @@
 //! node should enforce, `reconcile` compiles a snapshot and applies it to the datapath, and the
 //! servers (the flows socket, `metrics`, the event pump) are tasks of their own. `run` only
 //! starts them and turns signals and file changes into reconcile requests.
+pub mod cluster;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

@@ -20,6 +20,8 @@ pub enum Trigger {
     Changed,
     /// The periodic look (host names may resolve differently): apply only a change, quietly.
     Periodic,
+    /// The cluster changed: apply only a change, and report a failure.
+    Cluster,
 }
 
 pub struct Reconciler {
@@ -77,7 +79,7 @@ impl Reconciler {
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
-                if trigger == Trigger::Changed {
+                if trigger != Trigger::Periodic {
                     error!(
                         "reload failed, keeping the running policy: {:#}",
                         anyhow::Error::new(e)
@@ -93,7 +95,7 @@ impl Reconciler {
             policy.mode = m;
         }
         let mut current = self.policy.lock().unwrap();
-        if trigger == Trigger::Periodic && **current == policy {
+        if trigger != Trigger::Changed && **current == policy {
             return Some(snapshot);
         }
         let interval_ns = snapshot.config.events.interval.as_nanos() as u64;

@@ -15,9 +15,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use super::{
+    cluster::{ClusterArgs, Unreachable, connect},
     metrics::Metrics,
     reconcile::{Reconciler, Trigger},
-    sources::{FileSources, Snapshot},
+    sources::{FileSources, Snapshot, Sources},
 };
 use crate::{
     datapath::{Datapath, IngressHook, Persistence, TcAttach},
@@ -84,6 +85,8 @@ pub struct RunOptions {
     /// tests); on a node, enforcement that vanishes with a crash would be a silent gap.
     #[arg(long, default_value = "/sys/fs/bpf/trident-ports")]
     pub pin_dir: PathBuf,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 impl RunOptions {
@@ -91,7 +94,7 @@ impl RunOptions {
         (self.pin_dir.as_os_str() != "none").then_some(self.pin_dir.as_path())
     }
 
-    fn sources(&self) -> FileSources {
+    fn files(&self) -> FileSources {
         FileSources::new(self.config.as_deref(), &self.extra_backends, self.role)
     }
 
@@ -127,7 +130,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let sources = opts.sources();
+    let files = opts.files();
+    let k = files.snapshot()?.config.kubernetes;
+    let cluster = connect(&k, &opts.cluster, true, Unreachable::Restore).await?;
+    let sources = Sources { files, cluster };
     let snapshot = sources.snapshot()?.with_node_state();
     let policy = snapshot.compile();
     let metrics = Arc::new(Metrics::new());
@@ -136,6 +142,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .take_events()
         .context("event ring buffer already taken")?;
     let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(c) = &sources.cluster {
+        c.save();
+    }
     let reconciler = Arc::new(Reconciler::new(dp, policy, metrics.clone(), notices));
     give_back_memory();
     let hub = Arc::new(Hub::new(opts.history, 4096));
@@ -163,6 +172,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let resolve_interval = snapshot.config.backends.resolve_interval;
     let roots = snapshot.session_roots();
     let (requests, worker) = reconcile_worker(&reconciler, &sources, snapshot)?;
+    let debouncer = sources
+        .cluster
+        .as_ref()
+        .map(|c| c.debounce(requests.clone()));
 
     // The first look comes one interval from now: the policy was just compiled from these files.
     let mut watch = tokio::time::interval_at(
@@ -176,7 +189,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         resolve_interval.max(Duration::from_millis(100)),
     );
     resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fingerprint = sources.fingerprint();
+    let mut fingerprint = sources.files.fingerprint();
     let mut live = crate::sessions::read(&roots).sessions;
     let stopped = loop {
         tokio::select! {
@@ -187,7 +200,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 let _ = requests.send(Trigger::Changed);
             }
             _ = watch.tick() => {
-                let now = sources.fingerprint();
+                let now = sources.files.fingerprint();
                 let sessions = crate::sessions::read(&roots).sessions;
                 if now != fingerprint {
                     info!("configuration or backend files changed: reloading");
@@ -210,6 +223,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     // A reconcile under way finishes; the datapath is then dropped (and detached) with the
     // reconciler, after the event pump has let go of the ring buffer.
+    if let Some(d) = debouncer {
+        d.abort();
+        let _ = d.await;
+    }
     drop(requests);
     let _ = worker.join();
     pump.abort();
@@ -285,7 +302,7 @@ fn enforce(
 /// snapshot keeps the last good form of a definition that turned bad.
 fn reconcile_worker(
     reconciler: &Arc<Reconciler>,
-    sources: &FileSources,
+    sources: &Sources,
     first: Snapshot,
 ) -> anyhow::Result<(
     std::sync::mpsc::Sender<Trigger>,
@@ -306,6 +323,9 @@ fn reconcile_worker(
                 });
                 if let Some(applied) = reconciler.reconcile(next, trigger) {
                     last = applied.inventory.backends;
+                    if let Some(c) = &sources.cluster {
+                        c.save();
+                    }
                 }
                 give_back_memory();
             }

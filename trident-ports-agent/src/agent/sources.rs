@@ -2,11 +2,13 @@
 //! cluster comes next). A source produces a [`Snapshot`]; compiling one is `reconcile`'s job.
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
 use ipnet::IpNet;
 
+use super::cluster::{Cluster, ClusterView};
 use crate::{
     backends::{self, Backend, Inventory},
     config::{NodeConfig, Role},
@@ -129,6 +131,20 @@ pub fn local_addresses() -> Vec<IpNet> {
     out
 }
 
+/// Where snapshots come from: the files, and the cluster when it is a source.
+#[derive(Clone)]
+pub struct Sources {
+    pub files: FileSources,
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl Sources {
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let view = self.cluster.as_ref().map(|c| c.view());
+        self.files.snapshot_with(view.as_ref())
+    }
+}
+
 /// The configuration file (or the built-in defaults), the backend sources it names and those
 /// given on the command line, and a role that overrides the configuration's.
 #[derive(Clone, Debug, Default)]
@@ -152,6 +168,46 @@ impl FileSources {
 
     /// Reads the configuration and every backend source.
     pub fn snapshot(&self) -> Result<Snapshot> {
+        self.snapshot_with(None)
+    }
+
+    /// The same, with what the cluster says: its objects are one more backend source, and
+    /// this node's facts fill in what the configuration leaves open (labels), or add to it
+    /// (addresses; the controller pod's, which also makes this a controller node unless the
+    /// command line names the role).
+    pub fn snapshot_with(&self, cluster: Option<&ClusterView>) -> Result<Snapshot> {
+        let Some(view) = cluster else {
+            return self.read(Vec::new());
+        };
+        let mut s = self.read(view.docs.clone())?;
+        let (config, f) = (&mut s.config, &view.facts);
+        if config.node.labels.is_none() {
+            config.node.labels.clone_from(&f.labels);
+        }
+        config.node.addresses.extend(f.addresses.iter().copied());
+        config
+            .trident
+            .controller_addresses
+            .extend(f.controller.iter().copied());
+        if !f.controller.is_empty() && self.role.is_none() {
+            config.role = Role::Controller;
+        }
+        let warnings = &mut s.inventory.warnings;
+        if view.from_disk {
+            warnings.push(
+                "kubernetes: the API server has not answered since start-up: planning from the \
+                 cluster state saved with the last applied policy"
+                    .into(),
+            );
+        } else if !view.complete {
+            warnings.push(
+                "kubernetes: some kinds are not listed yet: planning from what is known".into(),
+            );
+        }
+        Ok(s)
+    }
+
+    fn read(&self, cluster_docs: Vec<(PathBuf, String, serde_yaml::Value)>) -> Result<Snapshot> {
         let mut config = match &self.config {
             Some(p) => NodeConfig::load(p)?,
             None => NodeConfig::default(),
@@ -165,7 +221,7 @@ impl FileSources {
                 *p = base.join(&*p);
             }
         }
-        let inventory = backends::load(&self.backend_paths(&config))?;
+        let inventory = backends::load_with(&self.backend_paths(&config), cluster_docs)?;
         Ok(Snapshot {
             config,
             inventory,

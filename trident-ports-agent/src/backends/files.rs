@@ -111,6 +111,15 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A list of strings (or a single one); other items are left out.
+    pub(super) fn strs(&self, key: &str) -> Vec<String> {
+        match self.get(key) {
+            Some(Value::Sequence(items)) => items.iter().filter_map(Self::scalar).collect(),
+            Some(v) => Self::scalar(v).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
     pub(super) fn obj(&self, key: &str) -> Option<Obj<'a>> {
         self.get(key)?.as_mapping().map(Obj)
     }

@@ -16,6 +16,7 @@ mod endpoint;
 mod files;
 pub mod kube;
 pub mod nfs;
+pub mod published;
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +30,7 @@ pub use files::{discover, documents};
 use ipnet::IpNet;
 pub use kube::{StorageClass, Volume};
 pub use nfs::{Mount, nfs_version};
+pub use published::{Access, Published};
 use serde_yaml::Value;
 
 use crate::error::{Error, Result};
@@ -98,6 +100,60 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// What a published volume's address is planned with when its backend is not in the
+    /// sources: an ONTAP backend of the volume's protocol (the drivers most volumes come from).
+    pub fn stand_in(p: &Published) -> Backend {
+        let (driver, protocols) = match p.access {
+            Access::Nfs => (
+                Driver::OntapNas,
+                Protocols {
+                    nfs: true,
+                    ..Protocols::default()
+                },
+            ),
+            Access::Smb => (
+                Driver::OntapNas,
+                Protocols {
+                    smb: true,
+                    ..Protocols::default()
+                },
+            ),
+            Access::Iscsi => (
+                Driver::OntapSan,
+                Protocols {
+                    iscsi: true,
+                    ..Protocols::default()
+                },
+            ),
+            Access::Nvme => (
+                Driver::OntapSan,
+                Protocols {
+                    nvme: true,
+                    ..Protocols::default()
+                },
+            ),
+        };
+        Backend {
+            name: p.backend_uuid.as_ref().map_or_else(
+                || format!("volume {}", p.volume),
+                |u| format!("backend {u}"),
+            ),
+            driver,
+            origin: p.origin.clone(),
+            uuid: p.backend_uuid.clone(),
+            resolved: false,
+            mgmt_kind: None,
+            mgmt: Vec::new(),
+            data: Vec::new(),
+            protocols,
+            nfs_options: None,
+            kerberos: false,
+            topologies: None,
+            data_discovered: None,
+            notes: Vec::new(),
+        }
+    }
+
     /// The backend's own mount options, parsed (a default that does not parse cannot happen:
     /// they were checked when the backend was read).
     pub fn mount(&self) -> Mount {
@@ -129,6 +185,8 @@ pub struct Inventory {
     pub backends: Vec<Backend>,
     pub classes: Vec<StorageClass>,
     pub volumes: Vec<Volume>,
+    /// Addresses Trident mounts volumes with (TridentVolumes, VolumeAttachments): see `published`.
+    pub published: Vec<Published>,
     pub skipped: Vec<Skipped>,
     /// Facts about the sources as a whole (a source with no backend, a superseded definition).
     pub warnings: Vec<String>,
@@ -143,6 +201,12 @@ fn err(path: &Path, message: impl Into<String>) -> Error {
 
 /// Reads every source (see [`discover`]). Only an unreadable or unparsable file is an error.
 pub fn load(sources: &[PathBuf]) -> Result<Inventory> {
+    load_with(sources, Vec::new())
+}
+
+/// Reads every source as `load` does, and documents from elsewhere (the cluster source's
+/// objects) as one more source named by their first element.
+pub fn load_with(sources: &[PathBuf], extra: Vec<(PathBuf, String, Value)>) -> Result<Inventory> {
     let mut docs = Vec::new();
     let mut per_source = Vec::new();
     for s in sources {
@@ -151,8 +215,17 @@ pub fn load(sources: &[PathBuf]) -> Result<Inventory> {
             let text = std::fs::read_to_string(&f).map_err(Error::io("reading", &f))?;
             docs.extend(documents(&f, &text)?);
         }
-        per_source.push((s.as_path(), before..docs.len()));
+        per_source.push((s.clone(), before..docs.len()));
     }
+    if let Some(name) = extra.first().map(|d| d.0.clone()) {
+        let before = docs.len();
+        docs.extend(extra);
+        per_source.push((name, before..docs.len()));
+    }
+    let per_source = per_source
+        .iter()
+        .map(|(p, r)| (p.as_path(), r.clone()))
+        .collect();
     Ok(inventory(&docs, per_source))
 }
 
@@ -214,6 +287,7 @@ fn is_cluster_only(inv: &Inventory, source: &Path) -> bool {
     let s = source.display().to_string();
     inv.classes.iter().any(|c| c.origin.starts_with(&s))
         || inv.volumes.iter().any(|v| v.origin.starts_with(&s))
+        || inv.published.iter().any(|v| v.origin.starts_with(&s))
 }
 
 /// A `kind: List` (or any `*List`), and `tridentctl get backend` output (`items` without a
@@ -267,6 +341,16 @@ fn read_object(
         }
         Some("PersistentVolume") => {
             inv.volumes.extend(kube::persistent_volume(&top, origin));
+            return;
+        }
+        Some("TridentVolume") => {
+            let found = published::trident_volume(&top, origin, &mut inv.warnings);
+            inv.published.extend(found);
+            return;
+        }
+        Some("VolumeAttachment") => {
+            let found = published::volume_attachment(&top, origin, &mut inv.warnings);
+            inv.published.extend(found);
             return;
         }
         // Secrets are read above; other Kubernetes objects say nothing about storage.
@@ -327,10 +411,16 @@ fn trident_backend_config<'a>(top: &Obj<'a>) -> std::result::Result<Definition<'
     let spec = top
         .obj("spec")
         .ok_or_else(|| (name.clone(), "TridentBackendConfig without spec".into()))?;
+    // The backend Trident made from it (`persistent_store/crd/apis/netapp/v1/types.go`,
+    // TridentBackendConfigBackendInfo): what TridentVolumes name it by.
+    let uuid = top
+        .obj("status")
+        .and_then(|s| s.obj("backendInfo"))
+        .and_then(|b| b.str("backendUUID"));
     Ok(Definition {
         spec,
         name,
-        uuid: None,
+        uuid,
         resolved: false,
     })
 }

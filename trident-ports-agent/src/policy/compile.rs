@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 
 use crate::{
-    backends::{Backend, Dest, Inventory, Mgmt, Mount, Topology},
+    backends::{Access, Backend, Dest, Inventory, Mgmt, Mount, Topology},
     config::{NfsPorts, NodeConfig, Role},
     model::{Condition, Model, Peer, Port},
     policy::{BackendInfo, Direction, Entry, Guard, Policy, PortRange, Protected, Proto},
@@ -42,6 +42,7 @@ pub fn compile(config: &NodeConfig, inv: &Inventory, local_addresses: &[IpNet]) 
         compile_backend(model, config, b, &uses, &mut p);
         p.backends.push(backend_info(b, &uses));
     }
+    compile_published(model, config, inv, &mut p);
     for name in config
         .backends
         .data_addresses
@@ -406,6 +407,92 @@ fn compile_backend(
         p.protected.push(Protected {
             addr: d.net,
             why: format!("backend {} {}", b.name, d.field),
+        });
+    }
+}
+
+/// The addresses Trident mounts this node's volumes with (see `backends::published`): each
+/// gets exactly its protocol's data ports, with the versions the volume mounts with for NFS.
+/// A volume published here is used here, so its backend's topology does not leave it out; a
+/// volume whose backend the sources do not show is planned as an ONTAP volume of its protocol.
+fn compile_published(model: &Model, config: &NodeConfig, inv: &Inventory, p: &mut Policy) {
+    for pb in &inv.published {
+        let known = pb
+            .backend_uuid
+            .as_ref()
+            .and_then(|u| inv.backends.iter().find(|b| b.uuid.as_ref() == Some(u)));
+        let stand_in;
+        let b = if let Some(b) = known {
+            b
+        } else {
+            stand_in = Backend::stand_in(pb);
+            p.warnings.push(format!(
+                "{}: volume {} is on backend {}, which the sources do not show: its addresses get \
+                 the {} ports of an ONTAP backend",
+                pb.origin,
+                pb.volume,
+                pb.backend_uuid.as_deref().unwrap_or("(not named)"),
+                pb.access.name()
+            ));
+            &stand_in
+        };
+        let dest = std::slice::from_ref(&pb.dest);
+        let condition = match pb.access {
+            Access::Nfs => {
+                let own = pb
+                    .mount_options
+                    .as_deref()
+                    .and_then(|o| Mount::parse(o).ok());
+                let mounts: Vec<Mount> = match own {
+                    Some(m) => vec![m],
+                    None if known.is_some() => {
+                        nfs_uses(b, inv).into_iter().map(|u| u.mount).collect()
+                    }
+                    None => vec![Mount::default()],
+                };
+                let moved = config
+                    .backends
+                    .nfs_ports
+                    .get(&b.name)
+                    .copied()
+                    .unwrap_or_default();
+                // The entries name the volume's object and field, not the backend's.
+                let from = format!("{}: {}", pb.origin, pb.dest.field);
+                for mount in mounts {
+                    let u = NfsUse {
+                        mount,
+                        from: Some(from.clone()),
+                    };
+                    nfs_entries(model, config, b, dest, &u, moved, p);
+                }
+                None
+            }
+            Access::Smb => Some(Condition::Smb),
+            Access::Iscsi => Some(Condition::Iscsi),
+            Access::Nvme => Some(Condition::Nvme),
+        };
+        if let Some(c) = condition {
+            let solidfire = b.mgmt_kind == Some(Mgmt::Solidfire);
+            for port in model
+                .needed("worker", c)
+                .filter(|e| e.peer == Peer::StorageData)
+                .filter(|e| c != Condition::Iscsi || (e.id == "solidfire-iscsi") == solidfire)
+            {
+                add_port(
+                    p,
+                    port,
+                    dest,
+                    Some(b),
+                    &port.protocols,
+                    &pb.origin,
+                    None,
+                    None,
+                );
+            }
+        }
+        p.protected.push(Protected {
+            addr: pb.dest.net,
+            why: format!("volume {} {}: {}", pb.volume, pb.origin, pb.dest.field),
         });
     }
 }

@@ -1,0 +1,514 @@
+//! The cluster source: what Trident knows, from the Kubernetes API. One kube-rs watcher (plain
+//! list+watch) per kind keeps a trimmed copy of the objects (see `objects`); a change wakes the
+//! debouncer, which asks the reconcile worker for one compile-and-apply. The worker reads a
+//! [`ClusterView`]: the objects as documents for the backend reader (one model, two sources),
+//! and this node's facts.
+//!
+//! Faults never weaken the running policy: while the API server is unreachable the copy stays
+//! as it was (the watchers retry with backoff) and the metrics say for how long; at start
+//! without it, the state of the last applied policy is read back from disk (`saved`).
+mod objects;
+mod saved;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use kube::{
+    Api, Client,
+    config::{KubeConfigOptions, Kubeconfig},
+    core::DynamicObject,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use objects::{Key, Scope};
+pub use objects::{Kind, NodeFacts};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::config::Kubernetes;
+
+/// Where the agent finds the cluster and itself in it, after the command line and the
+/// environment had their say.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub kubeconfig: Option<PathBuf>,
+    pub namespace: String,
+    pub node: Option<String>,
+    pub read_secrets: bool,
+    pub debounce: Duration,
+    pub start_timeout: Duration,
+    pub state_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The configuration's `kubernetes` section, overridden by `--kubeconfig`/`--node-name`;
+    /// the node name falls back to `NODE_NAME` (the downward API).
+    pub fn new(k: &Kubernetes, kubeconfig: Option<&Path>, node: Option<&str>) -> Self {
+        Settings {
+            kubeconfig: kubeconfig
+                .map(Path::to_path_buf)
+                .or_else(|| k.kubeconfig.clone()),
+            namespace: k.trident_namespace.clone(),
+            node: node
+                .map(str::to_string)
+                .or_else(|| k.node_name.clone())
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())),
+            read_secrets: k.read_secrets,
+            debounce: k.debounce,
+            start_timeout: k.start_timeout,
+            state_file: (k.state_file.as_os_str() != "none").then(|| k.state_file.clone()),
+        }
+    }
+}
+
+/// The command line's say about the cluster source (`run` and `plan`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClusterArgs {
+    /// Learn backends, classes, volumes and this node from the Kubernetes API (also
+    /// `kubernetes.enabled`, or implied by --kubeconfig).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The kubeconfig to use; default: KUBECONFIG, ~/.kube/config, then the pod's service
+    /// account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name in the cluster (default: kubernetes.nodeName, then NODE_NAME).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+impl ClusterArgs {
+    pub fn enabled(&self, k: &Kubernetes) -> bool {
+        self.kubernetes || self.kubeconfig.is_some() || k.enabled
+    }
+}
+
+/// How a start-up without the API server goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreachable {
+    /// From the state saved with the last applied policy, or files alone (`run`).
+    Restore,
+    /// An error (`plan`: it prints what the cluster says, or nothing).
+    Fail,
+}
+
+/// Connects, starts the watchers and waits for the first complete view (up to
+/// `kubernetes.startTimeout`). `None` when the cluster is not a source.
+pub async fn connect(
+    k: &Kubernetes,
+    args: &ClusterArgs,
+    need_node: bool,
+    unreachable: Unreachable,
+) -> anyhow::Result<Option<Arc<Cluster>>> {
+    if !args.enabled(k) {
+        return Ok(None);
+    }
+    let settings = Settings::new(k, args.kubeconfig.as_deref(), args.node_name.as_deref());
+    if need_node && settings.node.is_none() {
+        anyhow::bail!(
+            "kubernetes: this node's name is unknown: give --node-name, kubernetes.nodeName or NODE_NAME"
+        );
+    }
+    let client = client(settings.kubeconfig.as_deref()).await?;
+    let timeout = settings.start_timeout;
+    let cluster = Cluster::start(&client, settings);
+    match cluster.wait_synced(timeout).await {
+        Err(refused) => anyhow::bail!(refused),
+        Ok(true) => {
+            let st = cluster.status();
+            info!(objects = ?st.objects, node = ?cluster.settings.node, "kubernetes: watching the cluster");
+        }
+        Ok(false) if unreachable == Unreachable::Fail => {
+            anyhow::bail!("kubernetes: no complete answer from the API server in {timeout:?}")
+        }
+        Ok(false) => match cluster.restore() {
+            Ok(n) => warn!(
+                "kubernetes: no complete answer from the API server in {timeout:?}: starting from \
+                 the cluster state saved with the last applied policy ({n} objects) plus files; \
+                 watching goes on"
+            ),
+            Err(e) => warn!(
+                "kubernetes: no complete answer from the API server in {timeout:?} and no saved \
+                 state ({e}): starting from files and what has been listed; watching goes on"
+            ),
+        },
+    }
+    Ok(Some(Arc::new(cluster)))
+}
+
+/// A client for `kubeconfig`, or (without one) `KUBECONFIG`, `~/.kube/config`, then the pod's
+/// service account.
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(p) => {
+            let kc = Kubeconfig::read_from(p)
+                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", p.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))
+}
+
+/// How the source stands, for the metrics and health endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// Every watcher has its complete list and no error since.
+    pub connected: bool,
+    /// How long some watcher has been failing (zero when connected).
+    pub stale: Duration,
+    /// The state came from disk and the API server has not answered since.
+    pub from_disk: bool,
+    pub objects: BTreeMap<&'static str, usize>,
+    /// RBAC refusals, as `list tridentbackends.trident.netapp.io in namespace trident: ...`.
+    pub refused: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The kinds watched.
+    kinds: BTreeSet<Kind>,
+    objects: BTreeMap<Key, Value>,
+    /// Objects of a kind being listed again (Init..InitDone), swapped in whole at the end.
+    listing: BTreeMap<Kind, BTreeMap<Key, Value>>,
+    synced: BTreeSet<Kind>,
+    failing: BTreeMap<Kind, (Instant, String)>,
+    refused: BTreeMap<Kind, String>,
+    from_disk: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+/// The running source: its watchers stop when it drops.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    settings: Settings,
+    kinds: Vec<Kind>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts one watcher per kind the settings call for.
+    pub fn start(client: &Client, settings: Settings) -> Cluster {
+        let kinds: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::Secret || settings.read_secrets)
+            .collect();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                kinds: kinds.iter().copied().collect(),
+                ..State::default()
+            }),
+            changed: Notify::new(),
+        });
+        let tasks = kinds
+            .iter()
+            .map(|&kind| {
+                let api: Api<DynamicObject> = match kind.scope() {
+                    Scope::Trident => Api::namespaced_with(
+                        client.clone(),
+                        &settings.namespace,
+                        &kind.api_resource(),
+                    ),
+                    Scope::Cluster => Api::all_with(client.clone(), &kind.api_resource()),
+                };
+                let mut config = watcher::Config::default();
+                match (kind, &settings.node) {
+                    (Kind::Node, Some(n)) => config = config.fields(&format!("metadata.name={n}")),
+                    (Kind::Pod, _) => config = config.labels(objects::CONTROLLER_LABEL),
+                    _ => {}
+                }
+                let (shared, ns) = (shared.clone(), settings.namespace.clone());
+                tokio::spawn(watch(kind, api, config, shared, ns))
+            })
+            .collect();
+        Cluster {
+            shared,
+            settings,
+            kinds,
+            tasks,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Waits until every watcher has its first complete list, or `timeout`; true when they do.
+    /// An RBAC refusal ends the wait at once: it is an error, not a delay.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<bool, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            {
+                let s = self.shared.state.lock().unwrap();
+                if let Some((kind, why)) = s.refused.iter().next() {
+                    return Err(refusal(*kind, &self.settings.namespace, why));
+                }
+                if self.kinds.iter().all(|k| s.synced.contains(k)) {
+                    return Ok(true);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// What the worker compiles: the documents and node facts of the objects now known.
+    pub fn view(&self) -> ClusterView {
+        let s = self.shared.state.lock().unwrap();
+        let node = self.settings.node.as_deref();
+        let published = node.map(|n| objects::published_volumes(n, s.objects.iter()));
+        let facts = node
+            .map(|n| objects::node_facts(n, s.objects.iter()))
+            .unwrap_or_default();
+        let mut docs = Vec::new();
+        for (k, v) in &s.objects {
+            let keep = match k.0 {
+                Kind::TridentVolumePublication | Kind::Node | Kind::Pod => false,
+                // Without a node name every volume counts: a plan of the whole cluster.
+                Kind::TridentVolume => published.as_ref().is_none_or(|p| p.contains(&k.2)),
+                Kind::VolumeAttachment => node
+                    .is_none_or(|n| v.pointer("/spec/nodeName").and_then(Value::as_str) == Some(n)),
+                _ => true,
+            };
+            if keep {
+                if let Ok(y) = serde_yaml::to_value(v) {
+                    docs.push((PathBuf::from("kubernetes"), objects::origin(k), y));
+                }
+            }
+        }
+        ClusterView {
+            docs,
+            facts,
+            complete: self.kinds.iter().all(|k| s.synced.contains(k)),
+            from_disk: s.from_disk,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let s = self.shared.state.lock().unwrap();
+        let mut objects = BTreeMap::new();
+        for k in s.objects.keys() {
+            *objects.entry(k.0.name()).or_insert(0) += 1;
+        }
+        let connected = s.failing.is_empty() && self.kinds.iter().all(|k| s.synced.contains(k));
+        Status {
+            connected,
+            stale: s
+                .failing
+                .values()
+                .map(|(since, _)| since.elapsed())
+                .max()
+                .unwrap_or_default(),
+            from_disk: s.from_disk,
+            objects,
+            refused: s
+                .refused
+                .iter()
+                .map(|(k, why)| refusal(*k, &self.settings.namespace, why))
+                .collect(),
+        }
+    }
+
+    /// Starts from the state saved with the last applied policy (the API server did not answer
+    /// in time); watchers that list later replace it kind by kind.
+    pub fn restore(&self) -> Result<usize, String> {
+        let Some(path) = &self.settings.state_file else {
+            return Err("no state file (kubernetes.stateFile: none)".into());
+        };
+        let saved = saved::load(path)?;
+        let mut s = self.shared.state.lock().unwrap();
+        let n = saved.len();
+        for (k, v) in saved {
+            if !s.synced.contains(&k.0) {
+                s.objects.insert(k, v);
+            }
+        }
+        s.from_disk = true;
+        Ok(n)
+    }
+
+    /// Keeps the state the policy just applied was compiled from, for a start without the API
+    /// server. Only complete views are kept, never one restored from disk.
+    pub fn save(&self) {
+        let Some(path) = &self.settings.state_file else {
+            return;
+        };
+        let objects = {
+            let s = self.shared.state.lock().unwrap();
+            if s.from_disk || !self.kinds.iter().all(|k| s.synced.contains(k)) {
+                return;
+            }
+            s.objects.clone()
+        };
+        if let Err(e) = saved::store(path, &objects) {
+            warn!(
+                "kubernetes: keeping the cluster state in {}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    /// Turns changes into reconcile requests: the first change of a burst waits `debounce`, so
+    /// that what arrives meanwhile is compiled with it.
+    pub fn debounce(
+        &self,
+        requests: std::sync::mpsc::Sender<super::reconcile::Trigger>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (shared, wait) = (self.shared.clone(), self.settings.debounce);
+        tokio::spawn(async move {
+            loop {
+                shared.changed.notified().await;
+                tokio::time::sleep(wait).await;
+                if requests.send(super::reconcile::Trigger::Cluster).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// What one compilation reads from the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub docs: Vec<(PathBuf, String, serde_yaml::Value)>,
+    pub facts: NodeFacts,
+    /// Every watcher had its complete list.
+    pub complete: bool,
+    pub from_disk: bool,
+}
+
+fn refusal(kind: Kind, namespace: &str, why: &str) -> String {
+    let scope = match kind.scope() {
+        Scope::Trident => format!(" in namespace {namespace}"),
+        Scope::Cluster => String::new(),
+    };
+    format!(
+        "kubernetes: RBAC refuses `list`/`watch` on {}{scope}: {why}",
+        kind.resource()
+    )
+}
+
+async fn watch(
+    kind: Kind,
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+    shared: Arc<Shared>,
+    namespace: String,
+) {
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    while let Some(ev) = stream.next().await {
+        let changed = {
+            let mut s = shared.state.lock().unwrap();
+            match ev {
+                Ok(ev) => {
+                    if let Some((since, _)) = s.failing.remove(&kind) {
+                        info!(kind = kind.name(), after = ?since.elapsed(), "kubernetes: watching again");
+                    }
+                    s.refused.remove(&kind);
+                    apply(&mut s, kind, ev)
+                }
+                Err(e) => {
+                    fail(&mut s, kind, &e, &namespace);
+                    false
+                }
+            }
+        };
+        if changed {
+            shared.changed.notify_one();
+        }
+    }
+}
+
+/// Records one watch event; true when the kept objects changed.
+fn apply(s: &mut State, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
+    match ev {
+        watcher::Event::Init => {
+            s.listing.insert(kind, BTreeMap::new());
+            false
+        }
+        watcher::Event::InitApply(o) => {
+            if let Some(v) = objects::trim(kind, &o) {
+                s.listing
+                    .entry(kind)
+                    .or_default()
+                    .insert(objects::key(kind, &o), v);
+            }
+            false
+        }
+        watcher::Event::InitDone => {
+            let fresh = s.listing.remove(&kind).unwrap_or_default();
+            let old: BTreeMap<Key, Value> = s
+                .objects
+                .iter()
+                .filter(|(k, _)| k.0 == kind)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            s.objects.retain(|k, _| k.0 != kind);
+            let changed = old != fresh || !s.synced.contains(&kind) || s.from_disk;
+            s.objects.extend(fresh);
+            s.synced.insert(kind);
+            if s.from_disk && s.kinds.iter().all(|k| s.synced.contains(k)) {
+                // Every watcher listed: nothing restored is left.
+                s.from_disk = false;
+            }
+            changed
+        }
+        watcher::Event::Apply(o) => {
+            let k = objects::key(kind, &o);
+            match objects::trim(kind, &o) {
+                Some(v) => s.objects.insert(k, v.clone()) != Some(v),
+                None => s.objects.remove(&k).is_some(),
+            }
+        }
+        watcher::Event::Delete(o) => s.objects.remove(&objects::key(kind, &o)).is_some(),
+    }
+}
+
+fn fail(s: &mut State, kind: Kind, e: &watcher::Error, namespace: &str) {
+    let api_status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(st))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(st))
+        | watcher::Error::WatchFailed(kube::Error::Api(st)) => Some(st.as_ref()),
+        _ => None,
+    };
+    if let Some(st) = api_status.filter(|st| st.is_forbidden()) {
+        if s.refused.insert(kind, st.message.clone()).is_none() {
+            error!("{}", refusal(kind, namespace, &st.message));
+        }
+    }
+    let msg = e.to_string();
+    match s.failing.get_mut(&kind) {
+        Some((_, last)) if *last == msg => {}
+        Some((_, last)) => *last = msg,
+        None => {
+            warn!(
+                kind = kind.name(),
+                "kubernetes: {msg}; the running policy stays, retrying"
+            );
+            s.failing.insert(kind, (Instant::now(), msg));
+        }
+    }
+}
