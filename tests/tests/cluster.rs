@@ -1,11 +1,18 @@
 //! The cluster source against a real kube-apiserver (built from Debian's sources; see
 //! `tests/src/apiserver.rs`): plans from the cluster's objects, enforcement that follows them,
 //! and the faults (the API server gone, RBAC).
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use trident_ports_tests::{
-    agent,
-    apiserver::ApiServer,
+    agent::{self, Agent},
+    apiserver::{self, ApiServer},
     kube::{Kubectl, install_crds},
+    metrics,
+    netns::{NetNs, Pair},
+    node::NodeDir,
+    require_root,
+    traffic::{Echo, sa, tcp_echo},
 };
 
 fn fixture(name: &str) -> String {
@@ -157,5 +164,225 @@ fn plan_reads_what_trident_knows_from_the_api_server() {
     assert!(
         !entries_to(&p, "192.0.2.50/").is_empty(),
         "node-2 has no Node object: labels unknown"
+    );
+}
+
+const T: Duration = Duration::from_millis(400);
+
+/// A volume published to node-1 whose access information is `access` (YAML flow mapping).
+fn volume(access: &str) -> String {
+    format!(
+        "apiVersion: trident.netapp.io/v1\nkind: TridentVolume\nmetadata: {{name: pvc-9, namespace: trident}}\n\
+         backendUUID: uuid-nas\nconfig:\n  name: pvc-9\n  accessInformation: {access}\n"
+    )
+}
+
+const PUBLICATION: &str = "apiVersion: trident.netapp.io/v1\nkind: TridentVolumePublication\n\
+     metadata: {name: pvc-9.node-1, namespace: trident}\nvolumeID: pvc-9\nnodeID: node-1\nreadOnly: false\n";
+
+/// Polls until `cond` holds; the time it took, or a panic naming `what` after `limit`.
+fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The deploy/ manifests the agent's identity comes from (namespace, ServiceAccount, RBAC,
+/// the DaemonSets and their ConfigMaps), applied to the API server: a real RBAC check.
+fn apply_deploy(k: &Kubectl<'_>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for f in [
+        "namespace.yaml",
+        "serviceaccount.yaml",
+        "rbac.yaml",
+        "configmap.yaml",
+        "daemonset-worker.yaml",
+        "daemonset-controller.yaml",
+    ] {
+        k.apply(&std::fs::read_to_string(dir.join(f)).unwrap());
+    }
+}
+
+#[test]
+fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
+    let test = "enforcement_follows_the_cluster_and_outlives_the_api_server";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = apiserver::binary(test) else {
+        return;
+    };
+    let pair = Pair::standard();
+    let _echo = Echo::start(&pair.storage, &[sa("192.0.2.4:2049"), sa("192.0.2.4:3260")]);
+    // The API server on the node namespace's loopback, where the agent reaches it.
+    let mut api = ApiServer::start_in(test, Some(&pair.node.name)).unwrap();
+    let k = Kubectl::admin(&api);
+    install_crds(&k);
+    k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: trident}\n");
+    apply_deploy(&k);
+    // The agent runs as the DaemonSets' ServiceAccount: every list and watch goes through RBAC.
+    let kc = api.kubeconfig("trident-ports", &k.token("trident-ports", "trident-ports"));
+    let node = NodeDir::new("cluster-enforce").config(&format!(
+        "kubernetes: {{stateFile: {}, startTimeout: 3s}}\n",
+        api.dir.join("state.json").display()
+    ));
+    let args = [
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "node-1",
+    ];
+    let mut agent = Agent::run(&pair, &node.config_path(), &args);
+    let ok = |port: u16| tcp_echo(&pair.node, sa(&format!("192.0.2.4:{port}")), T).is_ok();
+    // Nothing names 192.0.2.4 yet: it is not storage, and not policed.
+    assert!(ok(3260) && ok(2049));
+
+    // A volume published to this node over NFSv4.1: its address is protected and allowed on
+    // 2049 only, within 2 s of the objects' creation.
+    k.apply(&volume(
+        "{nfsServerIp: 192.0.2.4, mountOptions: nfsvers=4.1}",
+    ));
+    k.apply(PUBLICATION);
+    let took = until("NFS volume enforced", Duration::from_secs(2), || {
+        !ok(3260) && ok(2049)
+    });
+    eprintln!("object created -> enforced: {took:?}");
+
+    // The API server goes away: enforcement stays exactly as it was.
+    api.stop_apiserver();
+    agent.wait_for_log(
+        "the running policy stays, retrying",
+        Duration::from_secs(15),
+    );
+    for _ in 0..3 {
+        assert!(
+            ok(2049) && !ok(3260),
+            "enforcement changed without the API server"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let health = NetNs::within(&pair.node, || {
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9964").unwrap();
+        std::io::Write::write_all(&mut c, b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut c, &mut s).unwrap();
+        s
+    });
+    assert!(health.contains("kubernetes: not answering for"), "{health}");
+    let m = metrics::scrape(&pair.node);
+    assert_eq!(
+        metrics::metric(&m, "trident_ports_kubernetes_connected"),
+        Some(0),
+        "{m}"
+    );
+
+    // Back again: a change made meanwhile is picked up (the volume moves to iSCSI).
+    api.start_apiserver(&bin);
+    let k = Kubectl::admin(&api);
+    k.apply(&volume("{iscsiTargetPortal: '192.0.2.4:3260'}"));
+    let took = until("change after the outage", Duration::from_secs(30), || {
+        ok(3260) && !ok(2049)
+    });
+    eprintln!("API server back -> change enforced: {took:?}");
+    // Every watcher lists again (each on its own backoff), and the source says so.
+    until("connected again", Duration::from_secs(60), || {
+        metrics::metric(
+            &metrics::scrape(&pair.node),
+            "trident_ports_kubernetes_connected",
+        ) == Some(1)
+    });
+    let m = metrics::scrape(&pair.node);
+    assert_eq!(
+        metrics::metric(&m, "trident_ports_kubernetes_stale_seconds"),
+        Some(0),
+        "{m}"
+    );
+    assert!(
+        m.contains("trident_ports_policy_entry_changes_total{backend=\"nas\",change=\"added\"}")
+            || m.contains("trident_ports_policy_entry_changes_total{backend=\"backend uuid-nas\",change=\"added\"}"),
+        "{m}"
+    );
+    agent.stop(libc::SIGTERM);
+
+    // A start while the API server is down begins from the state saved with the last applied
+    // policy, and says so.
+    api.stop_apiserver();
+    let mut agent = Agent::run(&pair, &node.config_path(), &args);
+    assert!(
+        agent
+            .log()
+            .contains("starting from the cluster state saved"),
+        "{}",
+        agent.log()
+    );
+    assert!(ok(3260) && !ok(2049), "the saved state is enforced");
+
+    // The publication goes (the volume left the node) once the API server answers.
+    api.start_apiserver(&bin);
+    Kubectl::admin(&api).delete(PUBLICATION);
+    until("publication removed", Duration::from_secs(30), || {
+        ok(3260) && ok(2049)
+    });
+    agent.stop(libc::SIGTERM);
+}
+
+#[test]
+fn rbac_refusal_names_the_verb_and_resource() {
+    let test = "rbac_refusal_names_the_verb_and_resource";
+    let Some(api) = ApiServer::start(test) else {
+        return;
+    };
+    let k = Kubectl::admin(&api);
+    install_crds(&k);
+    k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: trident}\n");
+    apply_deploy(&k);
+    // The deploy/ identity may do all the agent does.
+    let kc = api.kubeconfig("trident-ports", &k.token("trident-ports", "trident-ports"));
+    plan(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "node-1",
+    ]);
+    // An identity without the bindings is refused, with the verb and resource named.
+    k.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: nobody, namespace: trident-ports}\n");
+    let kc = api.kubeconfig("nobody", &k.token("trident-ports", "nobody"));
+    let out = std::process::Command::new(agent::binary())
+        .args([
+            "plan",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--node-name",
+            "node-1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("RBAC refuses `list`/`watch` on "), "{err}");
+    assert!(
+        [
+            "tridentbackendconfigs.trident.netapp.io in namespace trident",
+            "storageclasses.storage.k8s.io",
+            "persistentvolumes",
+            "nodes",
+            "volumeattachments.storage.k8s.io",
+            "pods in namespace trident",
+            "tridentbackends.trident.netapp.io",
+            "tridentvolumes.trident.netapp.io",
+            "tridentvolumepublications.trident.netapp.io"
+        ]
+        .iter()
+        .any(|r| err.contains(r)),
+        "{err}"
+    );
+    assert!(
+        err.contains("system:serviceaccount:trident-ports:nobody"),
+        "{err}"
     );
 }

@@ -39,6 +39,12 @@ pub struct Metrics {
     skipped: Gauge,
     live: Family<Labels, Gauge>,
     last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
+    changes: Family<Labels, Counter>,
+    kube_up: Gauge,
+    kube_stale: Gauge<f64, std::sync::atomic::AtomicU64>,
+    kube_objects: Family<Labels, Gauge>,
+    /// What /healthz adds about the cluster source.
+    health: Mutex<String>,
     /// Kernel totals at the last scrape, to turn them into counter increments.
     last: Mutex<Counters>,
 }
@@ -102,6 +108,31 @@ impl Metrics {
             "Time of the last successful policy load",
             last_reload.clone(),
         );
+        let changes = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_entry_changes",
+            "Policy entries added or removed by reloads, by backend (`-` for entries of no backend)",
+            changes.clone(),
+        );
+        let kube_up = Gauge::default();
+        registry.register(
+            "kubernetes_connected",
+            "1 when every watcher of the cluster source has its complete list and no error since",
+            kube_up.clone(),
+        );
+        let kube_stale = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "kubernetes_stale_seconds",
+            "How long the cluster source has been failing to watch (0 when connected): the running \
+             policy is this old at most",
+            kube_stale.clone(),
+        );
+        let kube_objects = Family::<Labels, Gauge>::default();
+        registry.register(
+            "kubernetes_objects",
+            "Objects the cluster source keeps, by kind",
+            kube_objects.clone(),
+        );
         let build = Family::<Labels, Gauge>::default();
         registry.register("build_info", "Build information", build.clone());
         build
@@ -117,6 +148,11 @@ impl Metrics {
             skipped,
             live,
             last_reload,
+            changes,
+            kube_up,
+            kube_stale,
+            kube_objects,
+            health: Mutex::new(String::new()),
             last: Mutex::new(Counters::default()),
         }
     }
@@ -161,6 +197,50 @@ impl Metrics {
                     .set(n as i64);
             }
         }
+    }
+
+    /// Entries a reload added and removed, by backend.
+    pub fn changed(&self, by_backend: &[(String, usize, usize)]) {
+        for (backend, added, removed) in by_backend {
+            for (change, n) in [("added", added), ("removed", removed)] {
+                if *n > 0 {
+                    self.changes
+                        .get_or_create(&labels(&[("backend", backend), ("change", change)]))
+                        .inc_by(*n as u64);
+                }
+            }
+        }
+    }
+
+    /// How the cluster source stands.
+    pub fn cluster(&self, st: &crate::agent::cluster::Status) {
+        self.kube_up.set(i64::from(st.connected));
+        self.kube_stale.set(st.stale.as_secs_f64());
+        self.kube_objects.clear();
+        for (kind, n) in &st.objects {
+            self.kube_objects
+                .get_or_create(&labels(&[("kind", kind)]))
+                .set(*n as i64);
+        }
+        let note = if st.connected {
+            "kubernetes: connected\n".to_string()
+        } else if st.from_disk {
+            format!(
+                "kubernetes: not answering since start-up ({}s): enforcing the saved cluster state\n",
+                st.stale.as_secs()
+            )
+        } else {
+            format!(
+                "kubernetes: not answering for {}s: enforcing the last applied policy\n",
+                st.stale.as_secs()
+            )
+        };
+        let mut note = note;
+        for r in &st.refused {
+            note.push_str(r);
+            note.push('\n');
+        }
+        *self.health.lock().unwrap() = note;
     }
 
     /// Brings the counters up to the kernel's totals.
@@ -259,7 +339,12 @@ pub async fn serve(
                         metrics.encode(),
                     )
                 }
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                // Always 200: restarting the agent would not bring the API server back.
+                "/healthz" => {
+                    scrape();
+                    let note = metrics.health.lock().unwrap().clone();
+                    ("200 OK", "text/plain", format!("ok\n{note}"))
+                }
                 "/readyz" if ready.load(Ordering::Relaxed) => {
                     ("200 OK", "text/plain", "ready\n".to_string())
                 }

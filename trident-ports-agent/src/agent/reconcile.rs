@@ -108,6 +108,11 @@ impl Reconciler {
                 }
                 self.metrics.reload(true, Some(&a.tables));
                 self.metrics.policy(&policy);
+                let changes = changes(&current, &policy);
+                for (backend, added, removed) in &changes {
+                    info!(backend, added, removed, "policy entries changed");
+                }
+                self.metrics.changed(&changes);
                 notify(&self.notices, &policy, Some(&current));
                 let policy = Arc::new(policy);
                 *self.explainer.write().unwrap() = Explainer::new(policy.clone());
@@ -146,6 +151,30 @@ impl Reconciler {
         info!(mode = ?effective, "mode switched");
         Ok(effective)
     }
+}
+
+/// Entries added and removed between `before` and `after`, by backend (`-` for entries of
+/// none: the configuration's, the node ports'), in backend order.
+fn changes(before: &Policy, after: &Policy) -> Vec<(String, usize, usize)> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let key = |e: &crate::policy::Entry| {
+        (
+            e.backend.clone().unwrap_or_else(|| "-".into()),
+            format!("{e:?}"),
+        )
+    };
+    let (old, new): (BTreeSet<_>, BTreeSet<_>) = (
+        before.entries.iter().map(key).collect(),
+        after.entries.iter().map(key).collect(),
+    );
+    let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (b, _) in new.difference(&old) {
+        by.entry(b.clone()).or_default().0 += 1;
+    }
+    for (b, _) in old.difference(&new) {
+        by.entry(b.clone()).or_default().1 += 1;
+    }
+    by.into_iter().map(|(b, (a, r))| (b, a, r)).collect()
 }
 
 /// One notice per definition the policy leaves out, and per live session it lacks something

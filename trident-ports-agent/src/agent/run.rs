@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use super::{
-    cluster::{ClusterArgs, Unreachable, connect},
+    cluster::{Cluster, ClusterArgs, Unreachable, connect},
     metrics::Metrics,
     reconcile::{Reconciler, Trigger},
     sources::{FileSources, Snapshot, Sources},
@@ -150,7 +150,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(opts.history, 4096));
     let ready = Arc::new(AtomicBool::new(true));
     serve_socket(&opts, &reconciler, &hub)?;
-    serve_metrics(&opts, &reconciler, &metrics, &ready)?;
+    serve_metrics(
+        &opts,
+        &reconciler,
+        &metrics,
+        &ready,
+        sources.cluster.clone(),
+    )?;
     let file = match &opts.events_file {
         Some(p) => Some(
             RotatingFile::open(p.clone(), opts.events_file_max_bytes, opts.events_file_keep)
@@ -354,12 +360,18 @@ fn serve_metrics(
     reconciler: &Arc<Reconciler>,
     metrics: &Arc<Metrics>,
     ready: &Arc<AtomicBool>,
+    cluster: Option<Arc<Cluster>>,
 ) -> anyhow::Result<()> {
     let Some(addr) = opts.metrics_addr()? else {
         return Ok(());
     };
-    let r = reconciler.clone();
-    let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || r.scrape());
+    let (r, m) = (reconciler.clone(), metrics.clone());
+    let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        r.scrape();
+        if let Some(c) = &cluster {
+            m.cluster(&c.status());
+        }
+    });
     let (m, ready) = (metrics.clone(), ready.clone());
     // Bind now, so that a taken address is a startup error rather than a silent gap.
     let probe = std::net::TcpListener::bind(addr)
