@@ -228,7 +228,7 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
     // The agent runs as the DaemonSets' ServiceAccount: every list and watch goes through RBAC.
     let kc = api.kubeconfig("trident-ports", &k.token("trident-ports", "trident-ports"));
     let node = NodeDir::new("cluster-enforce").config(&format!(
-        "kubernetes: {{stateFile: {}, startTimeout: 3s}}\n",
+        "kubernetes: {{stateFile: {}, startTimeout: 3s, nodeEventInterval: 1s}}\n",
         api.dir.join("state.json").display()
     ));
     let args = [
@@ -252,6 +252,44 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
         !ok(3260) && ok(2049)
     });
     eprintln!("object created -> enforced: {took:?}");
+
+    // The denials are Events on the Node, one per flow, counted up as they repeat.
+    let events = |k: &Kubectl<'_>| -> Vec<Value> {
+        let (code, body) = k.request(
+            "GET",
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dnode-1,reason%3DStorageFlowDenied",
+            "application/json",
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let mut first = Value::Null;
+    until("a Node event", Duration::from_secs(10), || {
+        first = events(&k).into_iter().next().unwrap_or(Value::Null);
+        !first.is_null()
+    });
+    let msg = first["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("egress 192.0.2.1 -> 192.0.2.4:3260/tcp denied (no-rule)"),
+        "{first}"
+    );
+    assert_eq!(first["involvedObject"]["kind"], "Node");
+    assert_eq!(first["type"], "Warning");
+    let count = first["count"].as_i64().unwrap();
+    for _ in 0..3 {
+        assert!(!ok(3260));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    until("the Node event counted up", Duration::from_secs(10), || {
+        let now = events(&k);
+        now.len() == 1
+            && now[0]["metadata"]["name"] == first["metadata"]["name"]
+            && now[0]["count"].as_i64().unwrap() > count
+    });
 
     // The API server goes away: enforcement stays exactly as it was.
     api.stop_apiserver();

@@ -95,6 +95,12 @@ pub struct Kubernetes {
     /// API server ("none": not kept).
     #[serde(default = "default_state_file")]
     pub state_file: PathBuf,
+    /// Post denied flows that involve storage as Events on this node's Node object.
+    #[serde(default = "yes")]
+    pub node_events: bool,
+    /// How often those Events are written (aggregated per flow and reason in between).
+    #[serde(default = "default_node_event_interval", deserialize_with = "duration")]
+    pub node_event_interval: Duration,
 }
 
 impl Default for Kubernetes {
@@ -111,6 +117,9 @@ fn default_debounce() -> Duration {
 }
 fn default_start_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_node_event_interval() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_state_file() -> PathBuf {
     PathBuf::from("/var/lib/trident-ports/cluster-state.json")

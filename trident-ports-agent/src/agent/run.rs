@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use super::{
-    cluster::{Cluster, ClusterArgs, Unreachable, connect},
+    cluster::{Cluster, ClusterArgs, Unreachable, connect, node_events::NodeEvents},
     metrics::Metrics,
     reconcile::{Reconciler, Trigger},
     sources::{FileSources, Snapshot, Sources},
@@ -150,6 +150,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(opts.history, 4096));
     let ready = Arc::new(AtomicBool::new(true));
     serve_socket(&opts, &reconciler, &hub)?;
+    let node_events = sources.cluster.as_ref().and_then(|c| {
+        let s = c.settings();
+        let (interval, node) = (s.node_events?, s.node.clone()?);
+        info!(
+            ?interval,
+            node, "posting denied storage flows as Events on the Node"
+        );
+        let poster = NodeEvents {
+            client: c.client().clone(),
+            node,
+            interval,
+            budget: 10,
+        };
+        Some(tokio::spawn(poster.run(hub.clone())))
+    });
     serve_metrics(
         &opts,
         &reconciler,
@@ -229,6 +244,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     // A reconcile under way finishes; the datapath is then dropped (and detached) with the
     // reconciler, after the event pump has let go of the ring buffer.
+    if let Some(t) = node_events {
+        t.abort();
+    }
     if let Some(d) = debouncer {
         d.abort();
         let _ = d.await;

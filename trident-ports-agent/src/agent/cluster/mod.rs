@@ -7,6 +7,7 @@
 //! Faults never weaken the running policy: while the API server is unreachable the copy stays
 //! as it was (the watchers retry with backoff) and the metrics say for how long; at start
 //! without it, the state of the last applied policy is read back from disk (`saved`).
+pub mod node_events;
 mod objects;
 mod saved;
 
@@ -43,6 +44,8 @@ pub struct Settings {
     pub debounce: Duration,
     pub start_timeout: Duration,
     pub state_file: Option<PathBuf>,
+    /// Post denied storage flows as Events on the Node, at most every this often (`None`: off).
+    pub node_events: Option<Duration>,
 }
 
 impl Settings {
@@ -62,6 +65,7 @@ impl Settings {
             debounce: k.debounce,
             start_timeout: k.start_timeout,
             state_file: (k.state_file.as_os_str() != "none").then(|| k.state_file.clone()),
+            node_events: k.node_events.then_some(k.node_event_interval),
         }
     }
 }
@@ -193,6 +197,7 @@ struct Shared {
 
 /// The running source: its watchers stop when it drops.
 pub struct Cluster {
+    client: Client,
     shared: Arc<Shared>,
     settings: Settings,
     kinds: Vec<Kind>,
@@ -243,11 +248,16 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            client: client.clone(),
             shared,
             settings,
             kinds,
             tasks,
         }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn settings(&self) -> &Settings {
