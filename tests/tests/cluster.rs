@@ -136,6 +136,41 @@ fn plan_reads_what_trident_knows_from_the_api_server() {
     assert!(entries_to(&p2, "192.0.2.4/").is_empty());
     assert!(entries_to(&p2, "198.51.100.30/").is_empty());
 
+    // A malformed definition is a warning naming its object; everything else is planned. The
+    // Trident controller pod on node-1 makes it a controller node with its address guarded.
+    k.apply(
+        "apiVersion: trident.netapp.io/v1\nkind: TridentBackendConfig\nmetadata: {name: tbc-bad, namespace: trident}\n\
+         spec: {version: 1, storageDriverName: ontap-nass, backendName: bad, managementLIF: 192.0.2.60}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: trident-controller-1, namespace: trident, labels: {app: controller.csi.trident.netapp.io}}\n\
+         spec: {nodeName: node-1, containers: [{name: trident-main, image: netapp/trident}]}\n\
+         status: {phase: Running, podIP: 198.51.100.77, podIPs: [{ip: 198.51.100.77}]}\n",
+    );
+    let p = plan(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "node-1",
+    ]);
+    let warnings = p["warnings"].to_string();
+    assert!(
+        warnings.contains("backend bad (tridentbackendconfig/trident/tbc-bad) skipped: storageDriverName: unknown driver"),
+        "{warnings}"
+    );
+    assert!(
+        !entries_to(&p, "192.0.2.4/").is_empty(),
+        "the rest is planned"
+    );
+    assert_eq!(p["role"], "controller", "the controller pod runs here");
+    let guards = p.to_string();
+    assert!(guards.contains("198.51.100.77"), "{guards}");
+    let p2 = plan(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "node-2",
+    ]);
+    assert_eq!(p2["role"], "worker");
+
     // Topology: a backend whose supportedTopologies exclude zone-a is left out on node-1 (its
     // Node object's labels), and its definition says why.
     k.apply(

@@ -22,6 +22,8 @@ struct Json<'a> {
     mode: crate::policy::Mode,
     entries: &'a [Entry],
     guarded: &'a [crate::policy::Guard],
+    /// Where the guards apply: the node's and the controller's addresses.
+    guard_addresses: &'a [IpNet],
     warnings: &'a [String],
     /// Only with `plan --live`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,6 +38,7 @@ pub fn render(policy: &Policy, format: Format) -> String {
                 mode: policy.mode,
                 entries: &policy.entries,
                 guarded: &policy.guarded,
+                guard_addresses: &policy.guard_addresses,
                 warnings: &policy.warnings,
                 live: policy.live.as_deref(),
             };
@@ -91,6 +94,14 @@ fn table(policy: &Policy) -> String {
             "guarded node ports (only the ingress sources above): {}",
             g.join(", ")
         );
+        if !policy.guard_addresses.is_empty() {
+            let a: Vec<String> = policy
+                .guard_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let _ = writeln!(out, "guarded on: {}", a.join(", "));
+        }
     }
     for w in &policy.warnings {
         let _ = writeln!(out, "warning: {w}");
@@ -348,7 +359,17 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&render(&policy(Mode::Audit), Format::Json)).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["entries", "guarded", "mode", "role", "warnings"]);
+        assert_eq!(
+            keys,
+            [
+                "entries",
+                "guard_addresses",
+                "guarded",
+                "mode",
+                "role",
+                "warnings"
+            ]
+        );
         assert_eq!(v["mode"], "audit");
         assert_eq!(v["entries"][2]["src"], "198.51.100.0/24");
         assert_eq!(v["entries"][2]["dst"], serde_json::Value::Null);
