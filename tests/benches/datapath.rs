@@ -7,6 +7,9 @@
 //!    plain iptables rules, at 10, 1,000 and 10,000 entries, in one run.
 //! 3. Time to apply a 100,000-entry policy; events per second from the ring buffer to the JSON
 //!    writer, with losses; the agent's resident memory.
+//! 4. CPU time per packet of the sending thread (`cpu`).
+//! 5. The cluster source (`cluster`): from an object change to enforcement, with N backends
+//!    and M PersistentVolumes in a real API server; the agent's memory with them cached.
 use std::{
     net::{Ipv4Addr, Ipv6Addr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd},
@@ -17,6 +20,9 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+#[path = "parts/cluster.rs"]
+mod cluster;
 
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use trident_ports_agent::{
@@ -994,5 +1000,8 @@ fn main() {
     }
     if want("cpu") {
         cpu_per_packet(smoke);
+    }
+    if want("cluster") {
+        cluster::cluster(smoke);
     }
 }

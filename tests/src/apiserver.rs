@@ -21,7 +21,12 @@ pub struct ApiServer {
     etcd: Option<Child>,
     apiserver: Option<Child>,
     etcd_port: u16,
+    /// One API server at a time per test process: the tests time what the agent does, and
+    /// three servers starting at once on two cores would time the machine instead.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -70,6 +75,9 @@ impl ApiServer {
     /// Starts them in the network namespace `netns` (by name).
     pub fn start_in(test: &str, netns: Option<&str>) -> Option<ApiServer> {
         let bin = binary(test)?;
+        let turn = TURN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = std::env::temp_dir().join(format!(
             "tp-apiserver-{}-{}",
             std::process::id(),
@@ -90,6 +98,7 @@ impl ApiServer {
             netns: netns.map(str::to_string),
             etcd: None,
             apiserver: None,
+            _turn: turn,
         };
         s.start_etcd();
         s.start_apiserver(&bin);

@@ -311,6 +311,9 @@ fn main() -> anyhow::Result<()> {
             if smoke {
                 c.arg("--smoke");
             }
+            if parts.is_empty() || parts.iter().any(|p| p == "cluster") {
+                c.env("TP_KUBE_APISERVER", apiserver::ensure()?);
+            }
             c.args(parts).env("TRIDENT_PORTS_AGENT", agent);
             run_checked(&mut c)
         }

@@ -1,12 +1,12 @@
 //! The policy compiler: the port model, the node configuration and what the sources say
 //! (backends, StorageClasses, PVs) to a [`Policy`]. What `plan` prints is exactly what `run`
 //! enforces. The rules and the Trident code they follow are listed in docs/plan.md.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use ipnet::IpNet;
 
 use crate::{
-    backends::{Access, Backend, Dest, Inventory, Mgmt, Mount, Topology},
+    backends::{Access, Backend, Dest, Inventory, Mgmt, Mount, StorageClass, Topology, Volume},
     config::{NfsPorts, NodeConfig, Role},
     model::{Condition, Model, Peer, Port},
     policy::{BackendInfo, Direction, Entry, Guard, Policy, PortRange, Protected, Proto},
@@ -29,6 +29,7 @@ pub fn compile(config: &NodeConfig, inv: &Inventory, local_addresses: &[IpNet]) 
     }
     p.warnings.extend(inv.warnings.iter().cloned());
     check_classes(inv, &mut p);
+    let index = VolumeIndex::new(inv);
     for b in &inv.backends {
         if let Some(why) = not_on_this_node(config, b) {
             p.warnings.push(format!(
@@ -38,11 +39,11 @@ pub fn compile(config: &NodeConfig, inv: &Inventory, local_addresses: &[IpNet]) 
             ));
             continue;
         }
-        let uses = nfs_uses(b, inv);
+        let uses = nfs_uses(b, &index);
         compile_backend(model, config, b, &uses, &mut p);
         p.backends.push(backend_info(b, &uses));
     }
-    compile_published(model, config, inv, &mut p);
+    compile_published(model, config, inv, &index, &mut p);
     for name in config
         .backends
         .data_addresses
@@ -130,9 +131,53 @@ struct NfsUse {
     from: Option<String>,
 }
 
+/// Which volumes can land on which backend, built once per compilation (a cluster holds
+/// thousands of PVs and hundreds of backends): a volume goes to the backend of its
+/// `backendUUID` when a backend has it, else to its class's backends, else to any NAS backend.
+struct VolumeIndex<'a> {
+    by_uuid: HashMap<&'a str, Vec<&'a Volume>>,
+    by_class: Vec<(&'a StorageClass, Vec<&'a Volume>)>,
+    anywhere: Vec<&'a Volume>,
+}
+
+impl<'a> VolumeIndex<'a> {
+    fn new(inv: &'a Inventory) -> Self {
+        let uuids: HashSet<&str> = inv
+            .backends
+            .iter()
+            .filter_map(|b| b.uuid.as_deref())
+            .collect();
+        let classes: HashMap<&str, usize> = inv
+            .classes
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect();
+        let mut ix = VolumeIndex {
+            by_uuid: HashMap::new(),
+            by_class: inv.classes.iter().map(|c| (c, Vec::new())).collect(),
+            anywhere: Vec::new(),
+        };
+        for v in inv.volumes.iter().filter(|v| v.mount_options.is_some()) {
+            match (&v.backend_uuid, &v.class) {
+                (Some(u), _) if uuids.contains(u.as_str()) => {
+                    ix.by_uuid.entry(u.as_str()).or_default().push(v);
+                }
+                (_, Some(c)) if classes.contains_key(c.as_str()) => {
+                    ix.by_class[classes[c.as_str()]].1.push(v);
+                }
+                _ => ix.anywhere.push(v),
+            }
+        }
+        ix
+    }
+}
+
 /// The mounts a NAS backend's volumes can see: its own options, and those of every class and
-/// volume that can land on it, since a class's `mountOptions` replace the backend's.
-fn nfs_uses(b: &Backend, inv: &Inventory) -> Vec<NfsUse> {
+/// volume that can land on it, since a class's `mountOptions` replace the backend's. Each
+/// distinct set of options once, named by the first object that has it.
+fn nfs_uses(b: &Backend, index: &VolumeIndex<'_>) -> Vec<NfsUse> {
     if !b.protocols.nfs {
         return Vec::new();
     }
@@ -140,45 +185,39 @@ fn nfs_uses(b: &Backend, inv: &Inventory) -> Vec<NfsUse> {
         mount: b.mount(),
         from: None,
     }];
-    let classes = inv.classes.iter().filter(|c| c.selection.selects(b));
-    for c in classes {
-        if let Some(m) = c
-            .mount_options
-            .as_deref()
-            .and_then(|o| Mount::parse(o).ok())
-        {
-            uses.push(NfsUse {
-                mount: m,
-                from: Some(format!("storageclass/{}: mountOptions", c.name)),
-            });
-        }
-    }
-    for v in &inv.volumes {
-        let on_this_backend = match &v.backend_uuid {
-            Some(u) if inv.backends.iter().any(|x| x.uuid.as_ref() == Some(u)) => {
-                b.uuid.as_ref() == Some(u)
+    let mut add = |mount: Option<Mount>, from: String| {
+        if let Some(m) = mount {
+            if !uses.iter().any(|u| u.mount == m) {
+                uses.push(NfsUse {
+                    mount: m,
+                    from: Some(from),
+                });
             }
-            _ => match v
-                .class
-                .as_ref()
-                .and_then(|c| inv.classes.iter().find(|x| &x.name == c))
-            {
-                Some(class) => class.selection.selects(b),
-                // Where the mapping is unknown, the volume may be on any NAS backend.
-                None => true,
-            },
-        };
-        if let (true, Some(m)) = (
-            on_this_backend,
-            v.mount_options
-                .as_deref()
-                .and_then(|o| Mount::parse(o).ok()),
-        ) {
-            uses.push(NfsUse {
-                mount: m,
-                from: Some(format!("persistentvolume/{}: mountOptions", v.name)),
-            });
         }
+    };
+    let parse = |o: &Option<String>| o.as_deref().and_then(|o| Mount::parse(o).ok());
+    let selected: Vec<&(&StorageClass, Vec<&Volume>)> = index
+        .by_class
+        .iter()
+        .filter(|(c, _)| c.selection.selects(b))
+        .collect();
+    for (c, _) in &selected {
+        add(
+            parse(&c.mount_options),
+            format!("storageclass/{}: mountOptions", c.name),
+        );
+    }
+    let own = b.uuid.as_deref().and_then(|u| index.by_uuid.get(u));
+    let volumes = own
+        .into_iter()
+        .flatten()
+        .chain(selected.iter().flat_map(|(_, vs)| vs.iter()))
+        .chain(index.anywhere.iter());
+    for v in volumes {
+        add(
+            parse(&v.mount_options),
+            format!("persistentvolume/{}: mountOptions", v.name),
+        );
     }
     uses
 }
@@ -415,7 +454,13 @@ fn compile_backend(
 /// gets exactly its protocol's data ports, with the versions the volume mounts with for NFS.
 /// A volume published here is used here, so its backend's topology does not leave it out; a
 /// volume whose backend the sources do not show is planned as an ONTAP volume of its protocol.
-fn compile_published(model: &Model, config: &NodeConfig, inv: &Inventory, p: &mut Policy) {
+fn compile_published(
+    model: &Model,
+    config: &NodeConfig,
+    inv: &Inventory,
+    index: &VolumeIndex<'_>,
+    p: &mut Policy,
+) {
     for pb in &inv.published {
         let known = pb
             .backend_uuid
@@ -446,7 +491,7 @@ fn compile_published(model: &Model, config: &NodeConfig, inv: &Inventory, p: &mu
                 let mounts: Vec<Mount> = match own {
                     Some(m) => vec![m],
                     None if known.is_some() => {
-                        nfs_uses(b, inv).into_iter().map(|u| u.mount).collect()
+                        nfs_uses(b, index).into_iter().map(|u| u.mount).collect()
                     }
                     None => vec![Mount::default()],
                 };

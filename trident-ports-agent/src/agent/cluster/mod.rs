@@ -181,9 +181,9 @@ pub struct Status {
 struct State {
     /// The kinds watched.
     kinds: BTreeSet<Kind>,
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Kept>,
     /// Objects of a kind being listed again (Init..InitDone), swapped in whole at the end.
-    listing: BTreeMap<Kind, BTreeMap<Key, Value>>,
+    listing: BTreeMap<Kind, BTreeMap<Key, Kept>>,
     synced: BTreeSet<Kind>,
     failing: BTreeMap<Kind, (Instant, String)>,
     refused: BTreeMap<Kind, String>,
@@ -289,9 +289,17 @@ impl Cluster {
     pub fn view(&self) -> ClusterView {
         let s = self.shared.state.lock().unwrap();
         let node = self.settings.node.as_deref();
-        let published = node.map(|n| objects::published_volumes(n, s.objects.iter()));
+        // The few objects the node's facts and its volumes come from, parsed once.
+        let about_node: Vec<(&Key, Value)> = s
+            .objects
+            .iter()
+            .filter(|(k, _)| matches!(k.0, Kind::Node | Kind::Pod | Kind::TridentVolumePublication))
+            .map(|(k, v)| (k, v.value()))
+            .collect();
+        let published =
+            node.map(|n| objects::published_volumes(n, about_node.iter().map(|(k, v)| (*k, v))));
         let facts = node
-            .map(|n| objects::node_facts(n, s.objects.iter()))
+            .map(|n| objects::node_facts(n, about_node.iter().map(|(k, v)| (*k, v))))
             .unwrap_or_default();
         let mut docs = Vec::new();
         for (k, v) in &s.objects {
@@ -299,12 +307,13 @@ impl Cluster {
                 Kind::TridentVolumePublication | Kind::Node | Kind::Pod => false,
                 // Without a node name every volume counts: a plan of the whole cluster.
                 Kind::TridentVolume => published.as_ref().is_none_or(|p| p.contains(&k.2)),
-                Kind::VolumeAttachment => node
-                    .is_none_or(|n| v.pointer("/spec/nodeName").and_then(Value::as_str) == Some(n)),
+                Kind::VolumeAttachment => node.is_none_or(|n| {
+                    v.value().pointer("/spec/nodeName").and_then(Value::as_str) == Some(n)
+                }),
                 _ => true,
             };
             if keep {
-                if let Ok(y) = serde_yaml::to_value(v) {
+                if let Some(y) = v.yaml() {
                     docs.push((PathBuf::from("kubernetes"), objects::origin(k), y));
                 }
             }
@@ -353,7 +362,7 @@ impl Cluster {
         let n = saved.len();
         for (k, v) in saved {
             if !s.synced.contains(&k.0) {
-                s.objects.insert(k, v);
+                s.objects.insert(k, Kept::new(&v));
             }
         }
         s.from_disk = true;
@@ -371,7 +380,10 @@ impl Cluster {
             if s.from_disk || !self.kinds.iter().all(|k| s.synced.contains(k)) {
                 return;
             }
-            s.objects.clone()
+            s.objects
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value()))
+                .collect()
         };
         if let Err(e) = saved::store(path, &objects) {
             warn!(
@@ -452,6 +464,26 @@ async fn watch(
     }
 }
 
+/// A kept object as compact JSON: ten thousand PVs as trees of maps cost several times the
+/// memory of their text, and they are read only when a snapshot is taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept(Box<str>);
+
+impl Kept {
+    fn new(v: &Value) -> Kept {
+        Kept(v.to_string().into_boxed_str())
+    }
+
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// The document the backend reader takes (JSON is YAML).
+    fn yaml(&self) -> Option<serde_yaml::Value> {
+        serde_json::from_str(&self.0).ok()
+    }
+}
+
 /// Records one watch event; true when the kept objects changed.
 fn apply(s: &mut State, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
     match ev {
@@ -464,13 +496,13 @@ fn apply(s: &mut State, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
                 s.listing
                     .entry(kind)
                     .or_default()
-                    .insert(objects::key(kind, &o), v);
+                    .insert(objects::key(kind, &o), Kept::new(&v));
             }
             false
         }
         watcher::Event::InitDone => {
             let fresh = s.listing.remove(&kind).unwrap_or_default();
-            let old: BTreeMap<Key, Value> = s
+            let old: BTreeMap<Key, Kept> = s
                 .objects
                 .iter()
                 .filter(|(k, _)| k.0 == kind)
@@ -488,7 +520,7 @@ fn apply(s: &mut State, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
         }
         watcher::Event::Apply(o) => {
             let k = objects::key(kind, &o);
-            match objects::trim(kind, &o) {
+            match objects::trim(kind, &o).map(|v| Kept::new(&v)) {
                 Some(v) => s.objects.insert(k, v.clone()) != Some(v),
                 None => s.objects.remove(&k).is_some(),
             }
