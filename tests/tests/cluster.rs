@@ -200,6 +200,38 @@ fn plan_reads_what_trident_knows_from_the_api_server() {
         !entries_to(&p, "192.0.2.50/").is_empty(),
         "node-2 has no Node object: labels unknown"
     );
+
+    // SolidFire's MVIP lives only in a Secret: read with kubernetes.readSecrets, never shown.
+    k.apply(
+        &fixture("../../trident-ports-agent/tests/fixtures/backends/solidfire.yaml").replace(
+            "metadata:\n  name: ",
+            "metadata:\n  namespace: trident\n  name: ",
+        ),
+    );
+    let dir = api.dir.join("secrets");
+    std::fs::create_dir_all(&dir).unwrap();
+    let with = dir.join("with.yaml");
+    std::fs::write(&with, "kubernetes: {readSecrets: true}\n").unwrap();
+    let args = [
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "node-1",
+    ];
+    let p = plan(&[&["--config", with.to_str().unwrap()], &args[..]].concat());
+    let text = p.to_string();
+    assert!(!entries_to(&p, "198.51.100.70/").is_empty(), "{text}");
+    assert!(
+        !text.contains("fixture-password") && !text.contains("fixture-user"),
+        "{text}"
+    );
+    let p = plan(&args);
+    assert!(entries_to(&p, "198.51.100.70/").is_empty());
+    assert!(
+        p["warnings"].to_string().contains("solidfire-tbc"),
+        "without readSecrets the SolidFire backend is named as not planned: {}",
+        p["warnings"]
+    );
 }
 
 const T: Duration = Duration::from_millis(400);
@@ -324,6 +356,26 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
         now.len() == 1
             && now[0]["metadata"]["name"] == first["metadata"]["name"]
             && now[0]["count"].as_i64().unwrap() > count
+    });
+
+    // Changed (the volume moves to iSCSI), deleted (it leaves the node) and back: each within
+    // 2 s.
+    k.apply(&volume("{iscsiTargetPortal: '192.0.2.4:3260'}"));
+    let took = until("volume changed", Duration::from_secs(2), || {
+        ok(3260) && !ok(2049)
+    });
+    eprintln!("object changed -> enforced: {took:?}");
+    k.delete(PUBLICATION);
+    let took = until("publication deleted", Duration::from_secs(2), || {
+        ok(3260) && ok(2049)
+    });
+    eprintln!("object deleted -> enforced: {took:?}");
+    k.apply(&volume(
+        "{nfsServerIp: 192.0.2.4, mountOptions: nfsvers=4.1}",
+    ));
+    k.apply(PUBLICATION);
+    until("published again", Duration::from_secs(2), || {
+        !ok(3260) && ok(2049)
     });
 
     // The API server goes away: enforcement stays exactly as it was.

@@ -1133,3 +1133,90 @@ fn judged_again_after_a_switch(cache: bool) {
         None,
     );
 }
+
+/// A switch removes the previous generation by the keys it wrote (batch deletes), or, on the
+/// first switch of a process that adopted pinned maps, by walking them. Either way the idle
+/// generation is left empty: an entry left there would allow, after the next switch, what the
+/// new policy does not.
+#[test]
+fn switches_leave_only_the_running_generation() {
+    if !require_root("switches_leave_only_the_running_generation") {
+        return;
+    }
+    use trident_ports_agent::datapath::GenerationCounts;
+    let sized = |n: u16| {
+        let mut p = policy();
+        for i in 0..n {
+            let a = format!("2001:db8:7::{i:x}/128");
+            p.entries
+                .push(entry(Direction::Egress, &a, 2000 + i, 2000 + i, Proto::Tcp));
+            p.entries
+                .push(entry(Direction::Egress, &a, 9000, 9100, Proto::Udp));
+        }
+        p
+    };
+    let check = |dp: &Datapath, a: &trident_ports_agent::datapath::Applied, what: &str| {
+        let t = &a.tables;
+        let g = usize::from(a.config.generation);
+        let want =
+            t.peers.len() + t.prefixes.len() + t.rules.len() + t.ranges.len() + t.guard_addrs.len();
+        let c: GenerationCounts = dp.entries_by_generation().unwrap();
+        assert_eq!(c.entries[g], want, "{what}: running generation {c:?}");
+        assert_eq!(c.entries[1 - g], 0, "{what}: idle generation {c:?}");
+        assert_eq!(c.guard_words[1 - g], 0, "{what}: idle guard words {c:?}");
+        assert!(c.guard_words[g] > 0, "{what}: {c:?}");
+    };
+    let fs = trident_ports_tests::bpffs::BpfFs::mount();
+    let pin = fs.0.join("switches");
+    {
+        let mut dp = Datapath::load_pinned(Some(&pin)).unwrap();
+        for n in [3000, 10, 2000, 0, 500] {
+            let a = dp.apply(&sized(n), 0).unwrap();
+            check(&dp, &a, &format!("{n} addresses"));
+        }
+    }
+    // An interrupted switch leaves entries in the idle generation; a new process adopting the
+    // pinned maps must find and remove them before it writes there.
+    let running = {
+        let dp = Datapath::load_pinned(Some(&pin)).unwrap();
+        dp.config().unwrap().generation
+    };
+    let idle = running ^ 1;
+    let stale = trident_ports_common::PeerKey {
+        generation: idle,
+        dir: DIR_EGRESS,
+        _pad: [0; 2],
+        addr: "2001:db8:9::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    };
+    {
+        let data =
+            aya::maps::MapData::from_pin(pin.join("maps").join(trident_ports_common::maps::PEERS))
+                .unwrap();
+        let mut peers: aya::maps::HashMap<
+            _,
+            trident_ports_common::PeerKey,
+            trident_ports_common::PeerInfo,
+        > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+        peers
+            .insert(
+                stale,
+                trident_ports_common::PeerInfo { class: 1, flags: 1 },
+                0,
+            )
+            .unwrap();
+    }
+    let mut dp = Datapath::load_pinned(Some(&pin)).unwrap();
+    assert_eq!(
+        dp.entries_by_generation().unwrap().entries[usize::from(idle)],
+        1
+    );
+    let a = dp.apply(&sized(100), 0).unwrap();
+    check(&dp, &a, "after adopting maps with a stale entry");
+    let a = dp.apply(&sized(7), 0).unwrap();
+    check(&dp, &a, "and the switch after");
+    drop(dp);
+    trident_ports_agent::datapath::pins::uninstall(&pin).unwrap();
+}

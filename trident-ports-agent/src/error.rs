@@ -55,6 +55,12 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("map {map}: batch operation")]
+    Batch {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the policy has {entries} kernel entries, more than map {map} holds ({limit})")]
     TooLarge {
         map: &'static str,

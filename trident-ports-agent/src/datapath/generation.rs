@@ -2,13 +2,13 @@
 //! to the configuration entry switches, then the old generation is removed.
 use std::collections::BTreeMap;
 
-use aya::maps::lpm_trie::Key;
+use aya::maps::{IterableMap, lpm_trie::Key};
 use trident_ports_common::{
-    Config, GUARD_WORDS_PER_SET, GuardKey, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, PeerKey,
-    RangeKey, RuleKey, limits, maps,
+    Config, GUARD_WORDS_PER_SET, GuardKey, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP,
+    PeerInfo, PeerKey, RangeKey, RuleKey, limits, maps,
 };
 
-use super::{Datapath, Tables, compile, map_err};
+use super::{Datapath, Tables, batch, compile, map_err};
 use crate::{
     error::{Error, Result},
     policy::{Mode, Policy},
@@ -18,19 +18,89 @@ use crate::{
 pub struct Applied {
     pub config: Config,
     pub tables: Tables,
+    /// From the start of `apply` to the switch: the new policy is in force from then on (the
+    /// rest of `apply` removes the previous generation).
+    pub in_force: std::time::Duration,
+}
+
+/// The keys one generation holds, as this process wrote them: removing that generation then
+/// deletes exactly these, instead of walking every map key by key.
+pub(super) struct GenerationKeys {
+    generation: u8,
+    peers: Vec<PeerKey>,
+    prefixes: Vec<Key<PeerKey>>,
+    rules: Vec<RuleKey>,
+    ranges: Vec<Key<RangeKey>>,
+    guard_addrs: Vec<PeerKey>,
+    /// The guard bitmap's words that have bits set.
+    guard_words: Vec<u32>,
+}
+
+impl GenerationKeys {
+    /// A generation with nothing in it.
+    pub(super) fn empty(generation: u8) -> Self {
+        GenerationKeys {
+            generation,
+            peers: Vec::new(),
+            prefixes: Vec::new(),
+            rules: Vec::new(),
+            ranges: Vec::new(),
+            guard_addrs: Vec::new(),
+            guard_words: Vec::new(),
+        }
+    }
+
+    fn of(t: &Tables, generation: u8) -> Self {
+        GenerationKeys {
+            generation,
+            peers: t.peers.iter().map(|(k, _)| *k).collect(),
+            prefixes: t
+                .prefixes
+                .iter()
+                .map(|(b, k, _)| Key::new(*b, *k))
+                .collect(),
+            rules: t.rules.clone(),
+            ranges: t.ranges.iter().map(|(b, k)| Key::new(*b, *k)).collect(),
+            guard_addrs: t.guard_addrs.clone(),
+            guard_words: guard_words(t).into_keys().collect(),
+        }
+    }
+}
+
+/// What [`Datapath::entries_by_generation`] finds, indexed by generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenerationCounts {
+    pub entries: [usize; 2],
+    pub guard_words: [usize; 2],
+}
+
+/// The guard bitmap's words of `t`, with their bits.
+fn guard_words(t: &Tables) -> BTreeMap<u32, u64> {
+    let mut words: BTreeMap<u32, u64> = BTreeMap::new();
+    for (word, bit) in t.guards.iter().filter_map(GuardKey::slot) {
+        *words.entry(word).or_default() |= bit;
+    }
+    words
 }
 
 impl Datapath {
     /// Writes `policy` as the inactive generation, then switches to it with one store to the
     /// configuration entry, then removes the previous generation. A packet sees either the old
     /// policy or the new one, never a mixture.
+    ///
+    /// The inactive generation must be empty before it is written: a stale entry there would
+    /// allow what the new policy does not. It is known empty when this process removed it in a
+    /// switch that completed; otherwise (the first switch after loading or adopting pinned
+    /// maps, or after a failed switch) it is found by walking the maps.
     pub fn apply(&mut self, policy: &Policy, event_interval_ns: u64) -> Result<Applied> {
         let current = self.config()?;
         let next_gen = current.generation ^ 1;
+        let started = std::time::Instant::now();
         let tables = compile(policy, next_gen);
         Self::check_limits(&tables)?;
-        // Leftovers of an interrupted earlier switch.
-        self.remove_generation(next_gen)?;
+        if !std::mem::take(&mut self.idle_clean) {
+            self.walk_remove_generation(next_gen)?;
+        }
         self.write(&tables)?;
         let next = Config {
             // 0 marks seeded flows as unchecked, so the sequence skips it.
@@ -45,11 +115,64 @@ impl Datapath {
             event_interval_ns,
         };
         self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
-        self.remove_generation(current.generation)?;
+        let in_force = started.elapsed();
+        match self.running.take() {
+            Some(keys) if keys.generation == current.generation => self.remove_keys(&keys)?,
+            _ => self.walk_remove_generation(current.generation)?,
+        }
+        self.running = Some(GenerationKeys::of(&tables, next_gen));
+        self.idle_clean = true;
         Ok(Applied {
             config: next,
             tables,
+            in_force,
         })
+    }
+
+    /// Entries per generation in the policy maps (peers, prefixes, rules, ranges, guard
+    /// addresses), and guard bitmap words with bits set, found by walking every map: what a
+    /// switch leaves behind, for tests and diagnostics.
+    pub fn entries_by_generation(&self) -> Result<GenerationCounts> {
+        let mut c = GenerationCounts::default();
+        let mut count = |g: u8| c.entries[usize::from(g & 1)] += 1;
+        self.peers
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .for_each(|k| count(k.generation));
+        self.prefixes
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .for_each(|k| count(k.data().generation));
+        self.rules
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .for_each(|k| count(k.generation));
+        self.ranges
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .for_each(|k| count(k.data().generation));
+        self.guard_addrs
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .for_each(|k| count(k.generation));
+        for generation in [0u8, 1] {
+            for proto in [PROTO_TCP, PROTO_UDP] {
+                let first = GuardKey {
+                    generation,
+                    proto,
+                    port: 0,
+                };
+                let Some((start, _)) = first.slot() else {
+                    continue;
+                };
+                for word in start..start + GUARD_WORDS_PER_SET {
+                    if self.guards.get(&word, 0).map_err(map_err(maps::GUARDS))? != 0 {
+                        c.guard_words[usize::from(generation)] += 1;
+                    }
+                }
+            }
+        }
+        Ok(c)
     }
 
     fn check_limits(t: &Tables) -> Result<()> {
@@ -82,33 +205,28 @@ impl Datapath {
     }
 
     fn write(&mut self, t: &Tables) -> Result<()> {
-        for (k, v) in &t.peers {
-            self.peers.insert(k, v, 0).map_err(map_err(maps::PEERS))?;
-        }
+        let (keys, values): (Vec<PeerKey>, Vec<PeerInfo>) = t.peers.iter().copied().unzip();
+        batch::update(fd(&self.peers), &keys, &values).map_err(batch_err(maps::PEERS))?;
         for (bits, k, v) in &t.prefixes {
             self.prefixes
                 .insert(&Key::new(*bits, *k), v, 0)
                 .map_err(map_err(maps::PEER_PREFIXES))?;
         }
-        for k in &t.rules {
-            self.rules.insert(k, 1, 0).map_err(map_err(maps::RULES))?;
-        }
+        batch::update(fd(&self.rules), &t.rules, &vec![1u32; t.rules.len()])
+            .map_err(batch_err(maps::RULES))?;
         for (bits, k) in &t.ranges {
             self.ranges
                 .insert(&Key::new(*bits, *k), 1, 0)
                 .map_err(map_err(maps::RANGES))?;
         }
-        for k in &t.guard_addrs {
-            self.guard_addrs
-                .insert(k, 1, 0)
-                .map_err(map_err(maps::GUARD_ADDRS))?;
-        }
-        // The generation's words were cleared by `remove_generation`: only set bits are written.
-        let mut words: BTreeMap<u32, u64> = BTreeMap::new();
-        for (word, bit) in t.guards.iter().filter_map(GuardKey::slot) {
-            *words.entry(word).or_default() |= bit;
-        }
-        for (word, bits) in words {
+        batch::update(
+            fd(&self.guard_addrs),
+            &t.guard_addrs,
+            &vec![1u8; t.guard_addrs.len()],
+        )
+        .map_err(batch_err(maps::GUARD_ADDRS))?;
+        // The generation's words were cleared when it was removed: only set bits are written.
+        for (word, bits) in guard_words(t) {
             self.guards
                 .set(word, bits, 0)
                 .map_err(map_err(maps::GUARDS))?;
@@ -116,16 +234,33 @@ impl Datapath {
         Ok(())
     }
 
-    fn remove_generation(&mut self, generation: u8) -> Result<()> {
+    /// Removes a generation this process wrote, by its keys.
+    fn remove_keys(&mut self, g: &GenerationKeys) -> Result<()> {
+        batch::delete(fd(&self.peers), &g.peers).map_err(batch_err(maps::PEERS))?;
+        for k in &g.prefixes {
+            let _ = self.prefixes.remove(k);
+        }
+        batch::delete(fd(&self.rules), &g.rules).map_err(batch_err(maps::RULES))?;
+        for k in &g.ranges {
+            let _ = self.ranges.remove(k);
+        }
+        batch::delete(fd(&self.guard_addrs), &g.guard_addrs)
+            .map_err(batch_err(maps::GUARD_ADDRS))?;
+        for &word in &g.guard_words {
+            self.guards.set(word, 0, 0).map_err(map_err(maps::GUARDS))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of `generation`, found by walking each map (one system call per key).
+    fn walk_remove_generation(&mut self, generation: u8) -> Result<()> {
         let peers: Vec<PeerKey> = self
             .peers
             .keys()
             .filter_map(std::result::Result::ok)
             .filter(|k| k.generation == generation)
             .collect();
-        for k in peers {
-            let _ = self.peers.remove(&k);
-        }
+        batch::delete(fd(&self.peers), &peers).map_err(batch_err(maps::PEERS))?;
         let prefixes: Vec<Key<PeerKey>> = self
             .prefixes
             .keys()
@@ -141,18 +276,14 @@ impl Datapath {
             .filter_map(std::result::Result::ok)
             .filter(|k| k.generation == generation)
             .collect();
-        for k in addrs {
-            let _ = self.guard_addrs.remove(&k);
-        }
+        batch::delete(fd(&self.guard_addrs), &addrs).map_err(batch_err(maps::GUARD_ADDRS))?;
         let rules: Vec<RuleKey> = self
             .rules
             .keys()
             .filter_map(std::result::Result::ok)
             .filter(|k| k.generation == generation)
             .collect();
-        for k in rules {
-            let _ = self.rules.remove(&k);
-        }
+        batch::delete(fd(&self.rules), &rules).map_err(batch_err(maps::RULES))?;
         let ranges: Vec<Key<RangeKey>> = self
             .ranges
             .keys()
@@ -178,4 +309,14 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// A hash map's file descriptor, for the batch commands.
+fn fd<M: IterableMap<K, V>, K: aya::Pod, V>(map: &M) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd as _;
+    map.map().fd().as_fd()
+}
+
+fn batch_err(map: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::Batch { map, source: e }
 }

@@ -1,6 +1,7 @@
 //! The kernel side as the agent sees it: load the programs and maps (here), attach them
 //! (`attach`), switch policies (`generation`), read counters and events (here).
 mod attach;
+mod batch;
 mod generation;
 pub mod pins;
 pub mod privileges;
@@ -15,7 +16,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::SchedClassifier,
 };
-pub use generation::Applied;
+pub use generation::{Applied, GenerationCounts};
 pub use tables::{Tables, compile};
 use trident_ports_common::{
     COUNTER_SLOTS, Config, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE, OPTION_NO_RECENT_FLOWS,
@@ -50,6 +51,10 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowState>,
     events: Option<RingBuf<MapData>>,
+    /// The keys of the generation in force, when this process wrote it.
+    running: Option<generation::GenerationKeys>,
+    /// The idle generation is known to be empty (this process removed it).
+    idle_clean: bool,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -153,7 +158,8 @@ impl Datapath {
                     })?
             };
         }
-        Ok(Datapath {
+        let fresh = pins.is_none();
+        let mut dp = Datapath {
             config: typed!(maps::CONFIG),
             peers: typed!(maps::PEERS),
             prefixes: typed!(maps::PEER_PREFIXES),
@@ -166,7 +172,15 @@ impl Datapath {
             events: Some(typed!(maps::EVENTS)),
             ebpf,
             pins,
-        })
+            running: None,
+            idle_clean: false,
+        };
+        if fresh {
+            // Maps this process just created are empty: neither generation needs a walk.
+            dp.running = Some(generation::GenerationKeys::empty(dp.config()?.generation));
+            dp.idle_clean = true;
+        }
+        Ok(dp)
     }
 
     /// True when maps and attachments outlive this process.
