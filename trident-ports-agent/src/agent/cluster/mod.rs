@@ -173,7 +173,8 @@ pub struct Status {
     /// The state came from disk and the API server has not answered since.
     pub from_disk: bool,
     pub objects: BTreeMap<&'static str, usize>,
-    /// RBAC refusals, as `list tridentbackends.trident.netapp.io in namespace trident: ...`.
+    /// RBAC refusals, as ``kubernetes: RBAC refuses `list` on tridentbackends.trident.netapp.io
+    /// in namespace trident: ...``.
     pub refused: Vec<String>,
 }
 
@@ -186,7 +187,8 @@ struct State {
     listing: BTreeMap<Kind, BTreeMap<Key, Kept>>,
     synced: BTreeSet<Kind>,
     failing: BTreeMap<Kind, (Instant, String)>,
-    refused: BTreeMap<Kind, String>,
+    /// RBAC refusals: the verb refused and the server's message.
+    refused: BTreeMap<Kind, (&'static str, String)>,
     from_disk: bool,
 }
 
@@ -272,8 +274,8 @@ impl Cluster {
             let notified = self.shared.changed.notified();
             {
                 let s = self.shared.state.lock().unwrap();
-                if let Some((kind, why)) = s.refused.iter().next() {
-                    return Err(refusal(*kind, &self.settings.namespace, why));
+                if let Some((kind, (verb, why))) = s.refused.iter().next() {
+                    return Err(refusal(*kind, verb, &self.settings.namespace, why));
                 }
                 if self.kinds.iter().all(|k| s.synced.contains(k)) {
                     return Ok(true);
@@ -346,7 +348,7 @@ impl Cluster {
             refused: s
                 .refused
                 .iter()
-                .map(|(k, why)| refusal(*k, &self.settings.namespace, why))
+                .map(|(k, (verb, why))| refusal(*k, verb, &self.settings.namespace, why))
                 .collect(),
         }
     }
@@ -422,13 +424,13 @@ pub struct ClusterView {
     pub from_disk: bool,
 }
 
-fn refusal(kind: Kind, namespace: &str, why: &str) -> String {
+fn refusal(kind: Kind, verb: &str, namespace: &str, why: &str) -> String {
     let scope = match kind.scope() {
         Scope::Trident => format!(" in namespace {namespace}"),
         Scope::Cluster => String::new(),
     };
     format!(
-        "kubernetes: RBAC refuses `list`/`watch` on {}{scope}: {why}",
+        "kubernetes: RBAC refuses `{verb}` on {}{scope}: {why}",
         kind.resource()
     )
 }
@@ -530,15 +532,16 @@ fn apply(s: &mut State, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
 }
 
 fn fail(s: &mut State, kind: Kind, e: &watcher::Error, namespace: &str) {
+    // The watcher lists first, then watches: which call failed names the verb.
     let api_status = match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(st))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(st))
-        | watcher::Error::WatchFailed(kube::Error::Api(st)) => Some(st.as_ref()),
+        watcher::Error::InitialListFailed(kube::Error::Api(st)) => Some(("list", st.as_ref())),
+        watcher::Error::WatchStartFailed(kube::Error::Api(st))
+        | watcher::Error::WatchFailed(kube::Error::Api(st)) => Some(("watch", st.as_ref())),
         _ => None,
     };
-    if let Some(st) = api_status.filter(|st| st.is_forbidden()) {
-        if s.refused.insert(kind, st.message.clone()).is_none() {
-            error!("{}", refusal(kind, namespace, &st.message));
+    if let Some((verb, st)) = api_status.filter(|(_, st)| st.is_forbidden()) {
+        if s.refused.insert(kind, (verb, st.message.clone())).is_none() {
+            error!("{}", refusal(kind, verb, namespace, &st.message));
         }
     }
     let msg = e.to_string();
