@@ -135,12 +135,18 @@ fn build(bin: &Path) -> anyhow::Result<()> {
     run_checked(Command::new("make").arg("gen_openapi").current_dir(&tree))?;
     // `make` set up the GOPATH view of the tree upstream builds from.
     let gopath = tree.join("_output/local/go");
+    // That view is a symlink to the tree: Go in GOPATH mode applies `vendor/` only to packages
+    // inside GOPATH, and it takes the working directory from PWD, which `current_dir` does not
+    // set (without it Go sees the tree's real path, outside GOPATH, and finds no vendored
+    // package).
+    let pkg = gopath.join("src/k8s.io/kubernetes");
     run_checked(
         Command::new("go")
             .args(["build", "-o"])
             .arg(bin)
             .arg("./cmd/kube-apiserver")
-            .current_dir(gopath.join("src/k8s.io/kubernetes"))
+            .current_dir(&pkg)
+            .env("PWD", &pkg)
             .env("GOPATH", &gopath)
             .env("GO111MODULE", "off")
             .env("GOFLAGS", "")
