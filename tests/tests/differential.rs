@@ -35,3 +35,27 @@ fn the_kernel_judges_every_generated_packet_as_the_model_does() {
         }
     }
 }
+
+/// Small policy changes are written into the running generation entry by entry. After every
+/// write, each probe packet must get the old policy's verdict or the new one's: a half-applied
+/// change never allows what neither allows, nor drops what both allow.
+#[test]
+fn in_place_updates_never_mix_the_policies() {
+    if !require_root("in_place_updates_never_mix_the_policies") {
+        return;
+    }
+    let _cpu = OnCpu0::pin();
+    for seed in [3, 4] {
+        let r = differential::incremental(seed, 150);
+        assert!(
+            r.disagreements.is_empty(),
+            "{}",
+            r.disagreements.join("\n\n")
+        );
+        assert_eq!(r.rounds, 150);
+        // Most rounds were small changes written in place, with many states judged.
+        assert!(r.in_place > 100, "{r:?}");
+        assert!(r.states > 500 && r.probes > 10_000, "{r:?}");
+        eprintln!("seed {seed}: {r:?}");
+    }
+}

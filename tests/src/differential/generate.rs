@@ -151,6 +151,74 @@ pub fn policy(rng: &mut Rng) -> Policy {
     p
 }
 
+/// A small change of `p` that keeps its guards (so that the datapath updates the running
+/// generation in place): entries added, removed, re-ported, or moved to a wider or narrower
+/// prefix of the same address; protected addresses added or removed; now and then the mode.
+pub fn mutate(p: &Policy, rng: &mut Rng) -> Policy {
+    let mut q = p.clone();
+    for _ in 0..=rng.below(3) {
+        match rng.below(7) {
+            0 if !q.entries.is_empty() => {
+                let i = rng.below(q.entries.len() as u64) as usize;
+                q.entries.remove(i);
+            }
+            1 => {
+                let dir = if rng.chance(70) {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                };
+                let proto = if rng.chance(70) {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                };
+                q.entries
+                    .push(entry(dir, net(rng, false), ports(rng), proto));
+            }
+            2 if !q.entries.is_empty() => {
+                let i = rng.below(q.entries.len() as u64) as usize;
+                q.entries[i].ports = ports(rng);
+            }
+            3 | 4 if !q.entries.is_empty() => {
+                // The same address under a wider or narrower prefix: longest-match order.
+                let i = rng.below(q.entries.len() as u64) as usize;
+                let e = q.entries[i].clone();
+                let len = match e.peer {
+                    IpNet::V4(_) => rng.pick(&[32u8, 30, 28, 24, 16]),
+                    IpNet::V6(_) => rng.pick(&[128u8, 126, 120, 112, 64]),
+                };
+                let peer = IpNet::new(e.peer.addr(), len).unwrap().trunc();
+                if rng.chance(50) {
+                    q.entries[i].peer = peer;
+                } else {
+                    q.entries.push(Entry { peer, ..e });
+                }
+            }
+            5 => {
+                if !q.protected.is_empty() && rng.chance(50) {
+                    let i = rng.below(q.protected.len() as u64) as usize;
+                    q.protected.remove(i);
+                } else {
+                    q.protected.push(Protected {
+                        addr: net(rng, false),
+                        why: "fuzz".into(),
+                    });
+                }
+            }
+            _ => {
+                if rng.chance(30) {
+                    q.mode = match q.mode {
+                        Mode::Enforce => Mode::Audit,
+                        Mode::Audit => Mode::Enforce,
+                    };
+                }
+            }
+        }
+    }
+    q
+}
+
 /// The interesting addresses of a policy: each net's first and last address and their
 /// neighbours inside and outside, of `v6`'s family.
 fn edges(p: &Policy, v6: bool) -> Vec<IpAddr> {

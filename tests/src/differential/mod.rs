@@ -57,6 +57,21 @@ impl Kernel {
     }
 
     fn run(&mut self, prog: Prog, frame: &[u8]) -> u32 {
+        run_on(&mut self.dp, prog, frame)
+    }
+
+    fn reasons(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            out.push(decode(&item).expect("an event").reason);
+        }
+        out
+    }
+}
+
+/// One test run of `prog` on `dp`; its return code.
+fn run_on(dp: &mut Datapath, prog: Prog, frame: &[u8]) -> u32 {
+    {
         let name = match prog {
             Prog::TcEgress => programs::TC_EGRESS,
             Prog::TcIngress => programs::TC_INGRESS,
@@ -66,7 +81,7 @@ impl Kernel {
             data_in: Some(frame),
             ..Default::default()
         };
-        match self.dp.program_mut(name).expect("program") {
+        match dp.program_mut(name).expect("program") {
             Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
             Program::Xdp(p) => Xdp::test_run(p, opts),
             _ => unreachable!("the object has TC and XDP programs only"),
@@ -79,14 +94,6 @@ impl Kernel {
             )
         })
         .return_value
-    }
-
-    fn reasons(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            out.push(decode(&item).expect("an event").reason);
-        }
-        out
     }
 }
 
@@ -114,10 +121,12 @@ pub fn run(seed: u64, cases: u64, xdp: bool) -> Report {
             history.clear();
         }
         if g.rng.below(1000) < SWITCH_PER_MILLE {
-            policy = if g.rng.chance(80) {
-                generate::policy(&mut g.rng)
-            } else {
-                policy.clone()
+            // A new policy (a generation switch), a small change (written in place), or the
+            // same policy again.
+            policy = match g.rng.below(10) {
+                0..=3 => generate::policy(&mut g.rng),
+                4..=7 => generate::mutate(&policy, &mut g.rng),
+                _ => policy.clone(),
             };
             let applied = kernel.dp.apply(&policy, 0).expect("apply");
             model.switch(policy.clone(), applied.config.seq);
@@ -202,6 +211,103 @@ fn one(
         frame.len(),
         hex(&frame)
     ))
+}
+
+/// What [`incremental`] covered.
+#[derive(Debug, Default)]
+pub struct IncrementalReport {
+    pub rounds: u64,
+    /// Rounds the datapath wrote into the running generation (the rest switched generations).
+    pub in_place: u64,
+    /// Intermediate states judged, and packets judged in them.
+    pub states: u64,
+    pub probes: u64,
+    pub disagreements: Vec<String>,
+}
+
+/// Small policy changes (`generate::mutate`) applied to a running datapath: after every write
+/// of an in-place update, each probe packet (drawn from both policies) must get the old
+/// policy's verdict or the new one's, and once the update is done, exactly the new one's.
+/// Stops at the first packet that neither policy would give its verdict.
+pub fn incremental(seed: u64, rounds: u64) -> IncrementalReport {
+    let mut report = IncrementalReport::default();
+    let mut g = Generator::new(seed, false);
+    let mut policy = generate::policy(&mut g.rng);
+    for round in 0..rounds {
+        // A fresh datapath each round: its connection table then holds only what this round's
+        // packets made, as the two models' tables do.
+        let mut kernel = Kernel::load(false);
+        let seq = kernel.dp.apply(&policy, 0).expect("apply").config.seq;
+        let next = if g.rng.chance(10) {
+            generate::policy(&mut g.rng)
+        } else {
+            generate::mutate(&policy, &mut g.rng)
+        };
+        let probes: Vec<Spec> = (0..24)
+            .map(|i| g.packet(if i % 2 == 0 { &policy } else { &next }))
+            .collect();
+        // Both policies' models see every probe, so each keeps its own connection table.
+        let mut old = Model::new(policy.clone(), seq);
+        let mut new = Model::new(next.clone(), seq.wrapping_add(1).max(1));
+        let mut failure: Option<String> = None;
+        let mut states = 0u64;
+        // State 0 is before the update: the kernel must agree with one of the two there too,
+        // so that a failure later is the update's.
+        let mut check = |dp: &mut Datapath| {
+            if failure.is_some() {
+                return;
+            }
+            let state = states;
+            states += 1;
+            let mut trace: Vec<String> = Vec::new();
+            for spec in &probes {
+                let (frame, layout) = build(spec);
+                let (a, b) = (old.judge(spec, &layout).pass, new.judge(spec, &layout).pass);
+                let code = run_on(dp, spec.prog, &frame);
+                let passed = match spec.prog {
+                    Prog::XdpIngress => code == XDP_PASS,
+                    Prog::TcEgress | Prog::TcIngress => code == TC_PASS,
+                };
+                report.probes += 1;
+                trace.push(format!("{spec:?} old={a} new={b} kernel={passed}"));
+                if passed != a && passed != b {
+                    failure = Some(
+                        format!(
+                            "{}: in state {state} of an in-place update (0: before it) the kernel {} what both policies {}\nspec: {spec:?}\nframe: {}",
+                            if passed { "FAIL-OPEN" } else { "WRONG DROP" },
+                            if passed { "passed" } else { "dropped" },
+                            if passed { "drop" } else { "pass" },
+                            hex(&frame)
+                        ) + "\nprobes so far in this state:\n"
+                            + &trace.join("\n"),
+                    );
+                    return;
+                }
+            }
+        };
+        check(&mut kernel.dp);
+        let applied = kernel
+            .dp
+            .apply_observed(&next, 0, &mut check)
+            .expect("apply");
+        report.rounds += 1;
+        report.states += states;
+        if applied.steps.is_some() {
+            report.in_place += 1;
+        }
+        if let Some(f) = failure {
+            report.disagreements.push(format!(
+                "{f}\nseed {seed}, round {round}\nold policy: {}\nnew policy: {}",
+                serde_json::to_string(&policy).unwrap(),
+                serde_json::to_string(&next).unwrap()
+            ));
+            return report;
+        }
+        // That the finished update is exactly the new policy is `run`'s to check: its switches
+        // include the same small changes, judged by a model that saw every packet before.
+        policy = next;
+    }
+    report
 }
 
 /// The policy of a disagreement, for a regression test.

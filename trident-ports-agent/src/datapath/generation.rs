@@ -8,7 +8,7 @@ use trident_ports_common::{
     PeerInfo, PeerKey, RangeKey, RuleKey, limits, maps,
 };
 
-use super::{Datapath, Tables, batch, compile, map_err};
+use super::{Datapath, Tables, batch, compile, incremental, map_err};
 use crate::{
     error::{Error, Result},
     policy::{Mode, Policy},
@@ -21,50 +21,8 @@ pub struct Applied {
     /// From the start of `apply` to the switch: the new policy is in force from then on (the
     /// rest of `apply` removes the previous generation).
     pub in_force: std::time::Duration,
-}
-
-/// The keys one generation holds, as this process wrote them: removing that generation then
-/// deletes exactly these, instead of walking every map key by key.
-pub(super) struct GenerationKeys {
-    generation: u8,
-    peers: Vec<PeerKey>,
-    prefixes: Vec<Key<PeerKey>>,
-    rules: Vec<RuleKey>,
-    ranges: Vec<Key<RangeKey>>,
-    guard_addrs: Vec<PeerKey>,
-    /// The guard bitmap's words that have bits set.
-    guard_words: Vec<u32>,
-}
-
-impl GenerationKeys {
-    /// A generation with nothing in it.
-    pub(super) fn empty(generation: u8) -> Self {
-        GenerationKeys {
-            generation,
-            peers: Vec::new(),
-            prefixes: Vec::new(),
-            rules: Vec::new(),
-            ranges: Vec::new(),
-            guard_addrs: Vec::new(),
-            guard_words: Vec::new(),
-        }
-    }
-
-    fn of(t: &Tables, generation: u8) -> Self {
-        GenerationKeys {
-            generation,
-            peers: t.peers.iter().map(|(k, _)| *k).collect(),
-            prefixes: t
-                .prefixes
-                .iter()
-                .map(|(b, k, _)| Key::new(*b, *k))
-                .collect(),
-            rules: t.rules.clone(),
-            ranges: t.ranges.iter().map(|(b, k)| Key::new(*b, *k)).collect(),
-            guard_addrs: t.guard_addrs.clone(),
-            guard_words: guard_words(t).into_keys().collect(),
-        }
-    }
+    /// `Some(n)`: written into the running generation in `n` steps; `None`: a generation switch.
+    pub steps: Option<usize>,
 }
 
 /// What [`Datapath::entries_by_generation`] finds, indexed by generation.
@@ -75,7 +33,7 @@ pub struct GenerationCounts {
 }
 
 /// The guard bitmap's words of `t`, with their bits.
-fn guard_words(t: &Tables) -> BTreeMap<u32, u64> {
+pub(super) fn guard_words(t: &Tables) -> BTreeMap<u32, u64> {
     let mut words: BTreeMap<u32, u64> = BTreeMap::new();
     for (word, bit) in t.guards.iter().filter_map(GuardKey::slot) {
         *words.entry(word).or_default() |= bit;
@@ -93,11 +51,55 @@ impl Datapath {
     /// switch that completed; otherwise (the first switch after loading or adopting pinned
     /// maps, or after a failed switch) it is found by walking the maps.
     pub fn apply(&mut self, policy: &Policy, event_interval_ns: u64) -> Result<Applied> {
+        self.apply_observed(policy, event_interval_ns, |_| {})
+    }
+
+    /// `apply`, calling `between` after each write of an incremental update (tests judge
+    /// packets there: every intermediate state must give the old policy's verdict or the new
+    /// one's).
+    pub fn apply_observed(
+        &mut self,
+        policy: &Policy,
+        event_interval_ns: u64,
+        mut between: impl FnMut(&mut Datapath),
+    ) -> Result<Applied> {
         let current = self.config()?;
-        let next_gen = current.generation ^ 1;
         let started = std::time::Instant::now();
-        let tables = compile(policy, next_gen);
+        let mode = match policy.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        };
+        let mut tables = compile(policy, current.generation);
         Self::check_limits(&tables)?;
+        if let Some(running) = self.running.take_if(|r| r.generation == current.generation) {
+            match incremental::plan(&running, tables) {
+                Ok((steps, t)) => {
+                    let next = Config {
+                        seq: current.seq.wrapping_add(1).max(1),
+                        mode,
+                        tables: t.present(),
+                        event_interval_ns,
+                        ..current
+                    };
+                    self.write_steps(current, &steps, next, &mut between)?;
+                    let mut running = running;
+                    running.apply(&steps);
+                    self.running = Some(running);
+                    return Ok(Applied {
+                        config: next,
+                        tables: t,
+                        in_force: started.elapsed(),
+                        steps: Some(steps.len()),
+                    });
+                }
+                Err(t) => {
+                    self.running = Some(running);
+                    tables = *t;
+                }
+            }
+        }
+        let next_gen = current.generation ^ 1;
+        tables.set_generation(next_gen);
         if !std::mem::take(&mut self.idle_clean) {
             self.walk_remove_generation(next_gen)?;
         }
@@ -106,10 +108,7 @@ impl Datapath {
             // 0 marks seeded flows as unchecked, so the sequence skips it.
             seq: current.seq.wrapping_add(1).max(1),
             generation: next_gen,
-            mode: match policy.mode {
-                Mode::Enforce => MODE_ENFORCE,
-                Mode::Audit => MODE_AUDIT,
-            },
+            mode,
             tables: tables.present(),
             options: current.options,
             event_interval_ns,
@@ -117,16 +116,99 @@ impl Datapath {
         self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
         let in_force = started.elapsed();
         match self.running.take() {
-            Some(keys) if keys.generation == current.generation => self.remove_keys(&keys)?,
+            Some(r) if r.generation == current.generation => self.remove_running(&r)?,
             _ => self.walk_remove_generation(current.generation)?,
         }
-        self.running = Some(GenerationKeys::of(&tables, next_gen));
+        self.running = Some(incremental::Running::of(&tables, next_gen));
         self.idle_clean = true;
         Ok(Applied {
             config: next,
             tables,
             in_force,
+            steps: None,
         })
+    }
+
+    /// Writes an incremental update's steps into the running generation (see `incremental`),
+    /// between a configuration that widens the optional tables looked up and `next`. A failure
+    /// leaves the generation's contents unknown to this process: the next apply switches
+    /// generations and walks the maps.
+    fn write_steps(
+        &mut self,
+        current: Config,
+        steps: &[incremental::Step],
+        next: Config,
+        between: &mut impl FnMut(&mut Datapath),
+    ) -> Result<()> {
+        use incremental::Step;
+        self.idle_clean = false;
+        // Audit passes every packet: going to audit it is in force from the start (every
+        // intermediate state then passes, as the new policy does); leaving it, at the end.
+        let widened = Config {
+            tables: current.tables | next.tables,
+            mode: if next.mode == MODE_AUDIT {
+                MODE_AUDIT
+            } else {
+                current.mode
+            },
+            ..current
+        };
+        if widened != current {
+            self.config
+                .set(0, widened, 0)
+                .map_err(map_err(maps::CONFIG))?;
+        }
+        for step in steps {
+            match step {
+                Step::AddClass { rules, ranges } => {
+                    batch::update(fd(&self.rules), rules, &vec![1u32; rules.len()])
+                        .map_err(batch_err(maps::RULES))?;
+                    for (bits, k) in ranges {
+                        self.ranges
+                            .insert(&Key::new(*bits, *k), 1, 0)
+                            .map_err(map_err(maps::RANGES))?;
+                    }
+                }
+                Step::Put {
+                    bits: None,
+                    key,
+                    info,
+                } => {
+                    self.peers
+                        .insert(key, info, 0)
+                        .map_err(map_err(maps::PEERS))?;
+                }
+                Step::Put {
+                    bits: Some(b),
+                    key,
+                    info,
+                } => {
+                    self.prefixes
+                        .insert(&Key::new(*b, *key), info, 0)
+                        .map_err(map_err(maps::PEER_PREFIXES))?;
+                }
+                Step::Delete { bits: None, key } => {
+                    self.peers.remove(key).map_err(map_err(maps::PEERS))?;
+                }
+                Step::Delete { bits: Some(b), key } => {
+                    self.prefixes
+                        .remove(&Key::new(*b, *key))
+                        .map_err(map_err(maps::PEER_PREFIXES))?;
+                }
+                Step::DropClass { rules, ranges } => {
+                    batch::delete(fd(&self.rules), rules).map_err(batch_err(maps::RULES))?;
+                    for (bits, k) in ranges {
+                        self.ranges
+                            .remove(&Key::new(*bits, *k))
+                            .map_err(map_err(maps::RANGES))?;
+                    }
+                }
+            }
+            between(self);
+        }
+        self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
+        self.idle_clean = true;
+        Ok(())
     }
 
     /// Entries per generation in the policy maps (peers, prefixes, rules, ranges, guard
@@ -235,17 +317,19 @@ impl Datapath {
     }
 
     /// Removes a generation this process wrote, by its keys.
-    fn remove_keys(&mut self, g: &GenerationKeys) -> Result<()> {
-        batch::delete(fd(&self.peers), &g.peers).map_err(batch_err(maps::PEERS))?;
-        for k in &g.prefixes {
-            let _ = self.prefixes.remove(k);
+    fn remove_running(&mut self, g: &incremental::Running) -> Result<()> {
+        let peers: Vec<PeerKey> = g.peers.keys().copied().collect();
+        batch::delete(fd(&self.peers), &peers).map_err(batch_err(maps::PEERS))?;
+        for (bits, k) in g.prefixes.keys() {
+            let _ = self.prefixes.remove(&Key::new(*bits, *k));
         }
-        batch::delete(fd(&self.rules), &g.rules).map_err(batch_err(maps::RULES))?;
-        for k in &g.ranges {
-            let _ = self.ranges.remove(k);
+        let rules: Vec<RuleKey> = g.rules.iter().copied().collect();
+        batch::delete(fd(&self.rules), &rules).map_err(batch_err(maps::RULES))?;
+        for (bits, k) in &g.ranges {
+            let _ = self.ranges.remove(&Key::new(*bits, *k));
         }
-        batch::delete(fd(&self.guard_addrs), &g.guard_addrs)
-            .map_err(batch_err(maps::GUARD_ADDRS))?;
+        let addrs: Vec<PeerKey> = g.guard_addrs.iter().copied().collect();
+        batch::delete(fd(&self.guard_addrs), &addrs).map_err(batch_err(maps::GUARD_ADDRS))?;
         for &word in &g.guard_words {
             self.guards.set(word, 0, 0).map_err(map_err(maps::GUARDS))?;
         }

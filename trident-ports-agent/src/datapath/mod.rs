@@ -3,6 +3,7 @@
 mod attach;
 mod batch;
 mod generation;
+mod incremental;
 pub mod pins;
 pub mod privileges;
 pub mod seed;
@@ -52,7 +53,7 @@ pub struct Datapath {
     flows: HashMap<MapData, FlowKey, FlowState>,
     events: Option<RingBuf<MapData>>,
     /// The keys of the generation in force, when this process wrote it.
-    running: Option<generation::GenerationKeys>,
+    running: Option<incremental::Running>,
     /// The idle generation is known to be empty (this process removed it).
     idle_clean: bool,
 }
@@ -177,7 +178,7 @@ impl Datapath {
         };
         if fresh {
             // Maps this process just created are empty: neither generation needs a walk.
-            dp.running = Some(generation::GenerationKeys::empty(dp.config()?.generation));
+            dp.running = Some(incremental::Running::empty(dp.config()?.generation));
             dp.idle_clean = true;
         }
         Ok(dp)

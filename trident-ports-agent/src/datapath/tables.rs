@@ -91,6 +91,28 @@ impl Tables {
             + self.guard_addrs.len()
     }
 
+    /// The same tables for the other generation.
+    pub fn set_generation(&mut self, generation: u8) {
+        for (k, _) in &mut self.peers {
+            k.generation = generation;
+        }
+        for (_, k, _) in &mut self.prefixes {
+            k.generation = generation;
+        }
+        for k in &mut self.rules {
+            k.generation = generation;
+        }
+        for (_, k) in &mut self.ranges {
+            k.generation = generation;
+        }
+        for k in &mut self.guards {
+            k.generation = generation;
+        }
+        for k in &mut self.guard_addrs {
+            k.generation = generation;
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
