@@ -238,19 +238,9 @@ impl Datapath {
             .filter_map(std::result::Result::ok)
             .for_each(|k| count(k.generation));
         for generation in [0u8, 1] {
-            for proto in [PROTO_TCP, PROTO_UDP] {
-                let first = GuardKey {
-                    generation,
-                    proto,
-                    port: 0,
-                };
-                let Some((start, _)) = first.slot() else {
-                    continue;
-                };
-                for word in start..start + GUARD_WORDS_PER_SET {
-                    if self.guards.get(&word, 0).map_err(map_err(maps::GUARDS))? != 0 {
-                        c.guard_words[usize::from(generation)] += 1;
-                    }
+            for word in guard_word_range(generation) {
+                if self.guards.get(&word, 0).map_err(map_err(maps::GUARDS))? != 0 {
+                    c.guard_words[usize::from(generation)] += 1;
                 }
             }
         }
@@ -377,22 +367,28 @@ impl Datapath {
         for k in ranges {
             let _ = self.ranges.remove(&k);
         }
-        // Every word of the generation's bitmap, TCP and UDP: an array has no keys to find.
-        for proto in [PROTO_TCP, PROTO_UDP] {
-            let first = GuardKey {
-                generation,
-                proto,
-                port: 0,
-            };
-            let Some((start, _)) = first.slot() else {
-                continue;
-            };
-            for word in start..start + GUARD_WORDS_PER_SET {
-                self.guards.set(word, 0, 0).map_err(map_err(maps::GUARDS))?;
-            }
+        // Every word of the generation's bitmap: an array has no keys to find.
+        for word in guard_word_range(generation) {
+            self.guards.set(word, 0, 0).map_err(map_err(maps::GUARDS))?;
         }
         Ok(())
     }
+}
+
+/// The guard bitmap's words of `generation`, TCP and UDP.
+fn guard_word_range(generation: u8) -> impl Iterator<Item = u32> {
+    [PROTO_TCP, PROTO_UDP].into_iter().flat_map(move |proto| {
+        let first = GuardKey {
+            generation,
+            proto,
+            port: 0,
+        };
+        first
+            .slot()
+            .map(|(start, _)| start..start + GUARD_WORDS_PER_SET)
+            .into_iter()
+            .flatten()
+    })
 }
 
 /// A hash map's file descriptor, for the batch commands.

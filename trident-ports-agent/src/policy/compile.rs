@@ -424,12 +424,7 @@ fn compile_backend(
             add_port(p, port, &data, Some(b), &port.protocols, origin, None, None);
         }
     }
-    let moved = config
-        .backends
-        .nfs_ports
-        .get(&b.name)
-        .copied()
-        .unwrap_or_default();
+    let moved = moved_ports(config, b);
     for u in uses {
         nfs_entries(model, config, b, &data, u, moved, p);
     }
@@ -495,12 +490,7 @@ fn compile_published(
                     }
                     None => vec![Mount::default()],
                 };
-                let moved = config
-                    .backends
-                    .nfs_ports
-                    .get(&b.name)
-                    .copied()
-                    .unwrap_or_default();
+                let moved = moved_ports(config, b);
                 // The entries name the volume's object and field, not the backend's.
                 let from = format!("{}: {}", pb.origin, pb.dest.field);
                 for mount in mounts {
@@ -540,6 +530,16 @@ fn compile_published(
             why: format!("volume {} {}: {}", pb.volume, pb.origin, pb.dest.field),
         });
     }
+}
+
+/// The ports `b`'s SVM moved its NFSv3 services to (`backends.nfsPorts`).
+fn moved_ports(config: &NodeConfig, b: &Backend) -> NfsPorts {
+    config
+        .backends
+        .nfs_ports
+        .get(&b.name)
+        .copied()
+        .unwrap_or_default()
 }
 
 /// What one way of mounting needs towards the backend's data addresses.
