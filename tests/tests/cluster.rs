@@ -467,13 +467,47 @@ fn rbac_refusal_names_the_verb_and_resource() {
     k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: trident}\n");
     apply_deploy(&k);
     // The deploy/ identity may do all the agent does.
-    let kc = api.kubeconfig("trident-ports", &k.token("trident-ports", "trident-ports"));
+    let token = k.token("trident-ports", "trident-ports");
+    let kc = api.kubeconfig("trident-ports", &token);
     plan(&[
         "--kubeconfig",
         kc.to_str().unwrap(),
         "--node-name",
         "node-1",
     ]);
+    // As in its pod: no kubeconfig, the service account's token and CA where the kubelet
+    // mounts them, the API server from KUBERNETES_SERVICE_HOST/PORT, the node from NODE_NAME.
+    // A mount namespace of its own holds /run/secrets (/var/run is /run).
+    if require_root(test) {
+        let sa = api.dir.join("serviceaccount");
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(sa.join("token"), &token).unwrap();
+        std::fs::copy(api.dir.join("ca.crt"), sa.join("ca.crt")).unwrap();
+        std::fs::write(sa.join("namespace"), "trident-ports").unwrap();
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io && \
+             ln -s {} /run/secrets/kubernetes.io/serviceaccount && \
+             exec {} plan --kubernetes --format json",
+            sa.display(),
+            agent::binary().display()
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", api.port.to_string())
+            .env("NODE_NAME", "node-1")
+            .env_remove("KUBECONFIG")
+            .env("HOME", &api.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "in-cluster plan: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(p["entries"].is_array());
+    }
     // An identity without the bindings is refused, with the verb and resource named.
     k.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: nobody, namespace: trident-ports}\n");
     let kc = api.kubeconfig("nobody", &k.token("trident-ports", "nobody"));
