@@ -46,6 +46,7 @@ fn shipped_configmaps_parse_and_compile() {
 /// deploy/'s RBAC grants exactly what the agent does: `list` and `watch` on each kind it watches
 /// (Secrets in rbac-secrets.yaml, for readSecrets), `create` and `patch` on Events, nothing else.
 /// That the grants suffice is checked by a real API server (tests/tests/cluster.rs).
+#[cfg(feature = "kubernetes")]
 #[test]
 fn rbac_grants_exactly_what_the_agent_uses() {
     use std::collections::BTreeSet;

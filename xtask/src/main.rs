@@ -205,6 +205,17 @@ fn lint() -> anyhow::Result<()> {
             .args(["+nightly", "fmt", "--all", "--", "--check"]),
     )?;
     run_checked(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The agent as the fuzz targets build it: without the cluster source.
+    run_checked(cargo().args([
+        "clippy",
+        "-p",
+        "trident-ports-agent",
+        "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The kernel crate means something only for the bpf target; its own target directory keeps
     // the host build's cache intact.
     run_checked(

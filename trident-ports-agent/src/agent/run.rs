@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use super::{
-    cluster::{Cluster, ClusterArgs, Unreachable, connect, node_events::NodeEvents},
+    cluster::{Cluster, ClusterArgs, Unreachable, connect},
     metrics::Metrics,
     reconcile::{Reconciler, Trigger},
     sources::{FileSources, Snapshot, Sources},
@@ -150,21 +150,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(opts.history, 4096));
     let ready = Arc::new(AtomicBool::new(true));
     serve_socket(&opts, &reconciler, &hub)?;
-    let node_events = sources.cluster.as_ref().and_then(|c| {
-        let s = c.settings();
-        let (interval, node) = (s.node_events?, s.node.clone()?);
-        info!(
-            ?interval,
-            node, "posting denied storage flows as Events on the Node"
-        );
-        let poster = NodeEvents {
-            client: c.client().clone(),
-            node,
-            interval,
-            budget: 10,
-        };
-        Some(tokio::spawn(poster.run(hub.clone())))
-    });
+    let node_events = sources
+        .cluster
+        .as_ref()
+        .and_then(|c| c.post_node_events(&hub));
     serve_metrics(
         &opts,
         &reconciler,

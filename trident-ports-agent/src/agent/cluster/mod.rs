@@ -25,12 +25,13 @@ use kube::{
     core::DynamicObject,
     runtime::{WatchStreamExt as _, watcher},
 };
+pub use objects::Kind;
 use objects::{Key, Scope};
-pub use objects::{Kind, NodeFacts};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
+pub use super::cluster_types::{ClusterArgs, ClusterView, NodeFacts, Status, Unreachable};
 use crate::config::Kubernetes;
 
 /// Where the agent finds the cluster and itself in it, after the command line and the
@@ -68,37 +69,6 @@ impl Settings {
             node_events: k.node_events.then_some(k.node_event_interval),
         }
     }
-}
-
-/// The command line's say about the cluster source (`run` and `plan`).
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct ClusterArgs {
-    /// Learn backends, classes, volumes and this node from the Kubernetes API (also
-    /// `kubernetes.enabled`, or implied by --kubeconfig).
-    #[arg(long)]
-    pub kubernetes: bool,
-    /// The kubeconfig to use; default: KUBECONFIG, ~/.kube/config, then the pod's service
-    /// account.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// This node's name in the cluster (default: kubernetes.nodeName, then NODE_NAME).
-    #[arg(long)]
-    pub node_name: Option<String>,
-}
-
-impl ClusterArgs {
-    pub fn enabled(&self, k: &Kubernetes) -> bool {
-        self.kubernetes || self.kubeconfig.is_some() || k.enabled
-    }
-}
-
-/// How a start-up without the API server goes on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unreachable {
-    /// From the state saved with the last applied policy, or files alone (`run`).
-    Restore,
-    /// An error (`plan`: it prints what the cluster says, or nothing).
-    Fail,
 }
 
 /// Connects, starts the watchers and waits for the first complete view (up to
@@ -161,21 +131,6 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
             .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
     };
     Client::try_from(config).map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))
-}
-
-/// How the source stands, for the metrics and health endpoints.
-#[derive(Clone, Debug, Default)]
-pub struct Status {
-    /// Every watcher has its complete list and no error since.
-    pub connected: bool,
-    /// How long some watcher has been failing (zero when connected).
-    pub stale: Duration,
-    /// The state came from disk and the API server has not answered since.
-    pub from_disk: bool,
-    pub objects: BTreeMap<&'static str, usize>,
-    /// RBAC refusals, as ``kubernetes: RBAC refuses `list` on tridentbackends.trident.netapp.io
-    /// in namespace trident: ...``.
-    pub refused: Vec<String>,
 }
 
 #[derive(Default)]
@@ -258,8 +213,23 @@ impl Cluster {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// Starts posting denied storage flows as Events on this Node, when configured to.
+    pub fn post_node_events(
+        &self,
+        hub: &Arc<crate::events::hub::Hub>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (interval, node) = (self.settings.node_events?, self.settings.node.clone()?);
+        info!(
+            ?interval,
+            node, "posting denied storage flows as Events on the Node"
+        );
+        let poster = node_events::NodeEvents {
+            client: self.client.clone(),
+            node,
+            interval,
+            budget: 10,
+        };
+        Some(tokio::spawn(poster.run(hub.clone())))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -412,16 +382,6 @@ impl Cluster {
             }
         })
     }
-}
-
-/// What one compilation reads from the cluster.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterView {
-    pub docs: Vec<(PathBuf, String, serde_yaml::Value)>,
-    pub facts: NodeFacts,
-    /// Every watcher had its complete list.
-    pub complete: bool,
-    pub from_disk: bool,
 }
 
 fn refusal(kind: Kind, verb: &str, namespace: &str, why: &str) -> String {

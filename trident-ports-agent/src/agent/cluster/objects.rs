@@ -10,6 +10,8 @@ use kube::{
 };
 use serde_json::{Map, Value, json};
 
+use super::NodeFacts;
+
 /// Trident's CSI driver and the label of its controller pod
 /// (`operator/controllers/orchestrator/installer/config.go`, TridentCSILabelValue).
 pub(super) const TRIDENT_CSI: &str = "csi.trident.netapp.io";
@@ -325,17 +327,6 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// What the cluster says about this node, besides the storage objects.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeFacts {
-    /// The Node object's labels (`None` when the Node is not seen).
-    pub labels: Option<BTreeMap<String, String>>,
-    /// Its InternalIP and ExternalIP addresses.
-    pub addresses: Vec<IpNet>,
-    /// The Trident controller pod's addresses when it runs on this node.
-    pub controller: Vec<IpNet>,
 }
 
 /// The node's facts from the kept objects of `node`.
