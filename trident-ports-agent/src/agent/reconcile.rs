@@ -102,7 +102,7 @@ impl Reconciler {
         let applied = self.dp.lock().unwrap().apply(&policy, interval_ns);
         match applied {
             Ok(a) => {
-                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, mode = ?policy.mode, "policy reloaded");
+                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, mode = ?policy.mode, "policy reloaded");
                 for w in &policy.warnings {
                     warn!("{w}");
                 }
