@@ -546,3 +546,58 @@ mod tests {
         assert!(order.last().is_some_and(|o| o == "drop"), "{order:?}");
     }
 }
+
+#[cfg(test)]
+mod scale_tests {
+    use super::*;
+    use crate::{
+        datapath::compile,
+        policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
+    };
+
+    fn big(n: usize, changed: Option<usize>) -> Policy {
+        let base = u128::from("2001:db8:100::".parse::<std::net::Ipv6Addr>().unwrap());
+        Policy {
+            role: "worker".into(),
+            mode: Mode::Enforce,
+            entries: (0..n)
+                .map(|i| Entry {
+                    direction: Direction::Egress,
+                    peer: format!("{}/128", std::net::Ipv6Addr::from(base + i as u128))
+                        .parse()
+                        .unwrap(),
+                    ports: PortRange::single(if Some(i) == changed {
+                        9
+                    } else {
+                        1024 + (i % 12_000) as u16
+                    }),
+                    proto: Proto::Tcp,
+                    purpose: String::new(),
+                    backend: None,
+                    source: String::new(),
+                })
+                .collect(),
+            ..Policy::default()
+        }
+    }
+
+    /// Classes shared by several peers (ports repeat), and a policy too large to write in
+    /// place from nothing: the switch's generation then takes one peer's change in place.
+    #[test]
+    fn after_a_full_switch_a_small_change_is_in_place() {
+        let n = 20_000;
+        let empty = Running::empty(0);
+        let Err(t) = plan(&empty, compile(&big(n, None), 0)) else {
+            panic!("20,000 entries from nothing take a switch");
+        };
+        let mut t = *t;
+        t.set_generation(1);
+        let running = Running::of(&t, 1);
+        let r = plan(&running, compile(&big(n, Some(10_000)), 1));
+        let Ok((steps, _)) = r else {
+            panic!("one peer's change takes a switch");
+        };
+        // A class for port 9, the peer moved to it, and its old class (no other peer has it).
+        assert_eq!(steps.len(), 3, "{steps:?}");
+    }
+}
