@@ -71,30 +71,28 @@ impl Kernel {
 
 /// One test run of `prog` on `dp`; its return code.
 fn run_on(dp: &mut Datapath, prog: Prog, frame: &[u8]) -> u32 {
-    {
-        let name = match prog {
-            Prog::TcEgress => programs::TC_EGRESS,
-            Prog::TcIngress => programs::TC_INGRESS,
-            Prog::XdpIngress => programs::XDP_INGRESS,
-        };
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        match dp.program_mut(name).expect("program") {
-            Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
-            Program::Xdp(p) => Xdp::test_run(p, opts),
-            _ => unreachable!("the object has TC and XDP programs only"),
-        }
-        .unwrap_or_else(|e| {
-            panic!(
-                "test run of {name} with {} bytes ({}): {e:?}",
-                frame.len(),
-                hex(frame)
-            )
-        })
-        .return_value
+    let name = match prog {
+        Prog::TcEgress => programs::TC_EGRESS,
+        Prog::TcIngress => programs::TC_INGRESS,
+        Prog::XdpIngress => programs::XDP_INGRESS,
+    };
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..Default::default()
+    };
+    match dp.program_mut(name).expect("program") {
+        Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
+        Program::Xdp(p) => Xdp::test_run(p, opts),
+        _ => unreachable!("the object has TC and XDP programs only"),
     }
+    .unwrap_or_else(|e| {
+        panic!(
+            "test run of {name} with {} bytes ({}): {e:?}",
+            frame.len(),
+            hex(frame)
+        )
+    })
+    .return_value
 }
 
 fn hex(frame: &[u8]) -> String {

@@ -473,27 +473,48 @@ mod tests {
         policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
     };
 
-    fn policy(entries: &[(&str, u16, u16)]) -> Policy {
+    fn entry(peer: &str, from: u16, to: u16) -> Entry {
+        Entry {
+            direction: Direction::Egress,
+            peer: peer.parse().unwrap(),
+            ports: PortRange { from, to },
+            proto: Proto::Tcp,
+            purpose: String::new(),
+            backend: None,
+            source: String::new(),
+        }
+    }
+
+    fn with(entries: Vec<Entry>) -> Policy {
         Policy {
             role: "worker".into(),
             mode: Mode::Enforce,
-            entries: entries
-                .iter()
-                .map(|(peer, from, to)| Entry {
-                    direction: Direction::Egress,
-                    peer: peer.parse().unwrap(),
-                    ports: PortRange {
-                        from: *from,
-                        to: *to,
-                    },
-                    proto: Proto::Tcp,
-                    purpose: String::new(),
-                    backend: None,
-                    source: String::new(),
-                })
-                .collect(),
+            entries,
             ..Policy::default()
         }
+    }
+
+    fn policy(entries: &[(&str, u16, u16)]) -> Policy {
+        with(entries.iter().map(|(p, f, t)| entry(p, *f, *t)).collect())
+    }
+
+    /// `n` peers whose ports repeat every 12,000 (so that peers share classes); `changed`
+    /// moves one to port 9.
+    fn big(n: usize, changed: Option<usize>) -> Policy {
+        let base = u128::from("2001:db8:100::".parse::<std::net::Ipv6Addr>().unwrap());
+        with(
+            (0..n)
+                .map(|i| {
+                    let port = if Some(i) == changed {
+                        9
+                    } else {
+                        1024 + (i % 12_000) as u16
+                    };
+                    let peer = format!("{}/128", std::net::Ipv6Addr::from(base + i as u128));
+                    entry(&peer, port, port)
+                })
+                .collect(),
+        )
     }
 
     #[test]
@@ -544,41 +565,6 @@ mod tests {
         assert!(pos("put 156") < pos("delete 152"), "{order:?}");
         assert!(order.first().is_some_and(|o| o == "add"), "{order:?}");
         assert!(order.last().is_some_and(|o| o == "drop"), "{order:?}");
-    }
-}
-
-#[cfg(test)]
-mod scale_tests {
-    use super::*;
-    use crate::{
-        datapath::compile,
-        policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
-    };
-
-    fn big(n: usize, changed: Option<usize>) -> Policy {
-        let base = u128::from("2001:db8:100::".parse::<std::net::Ipv6Addr>().unwrap());
-        Policy {
-            role: "worker".into(),
-            mode: Mode::Enforce,
-            entries: (0..n)
-                .map(|i| Entry {
-                    direction: Direction::Egress,
-                    peer: format!("{}/128", std::net::Ipv6Addr::from(base + i as u128))
-                        .parse()
-                        .unwrap(),
-                    ports: PortRange::single(if Some(i) == changed {
-                        9
-                    } else {
-                        1024 + (i % 12_000) as u16
-                    }),
-                    proto: Proto::Tcp,
-                    purpose: String::new(),
-                    backend: None,
-                    source: String::new(),
-                })
-                .collect(),
-            ..Policy::default()
-        }
     }
 
     /// Classes shared by several peers (ports repeat), and a policy too large to write in

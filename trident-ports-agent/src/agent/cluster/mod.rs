@@ -232,10 +232,6 @@ impl Cluster {
         Some(tokio::spawn(poster.run(hub.clone())))
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Waits until every watcher has its first complete list, or `timeout`; true when they do.
     /// An RBAC refusal ends the wait at once: it is an error, not a delay.
     pub async fn wait_synced(&self, timeout: Duration) -> Result<bool, String> {
