@@ -18,6 +18,13 @@ fn the_kernel_judges_every_generated_packet_as_the_model_does() {
             report.disagreements.join("\n\n")
         );
         assert_eq!(report.cases, 15_000);
+        // Repeated denials under gated events went through the recent-denial cache, and the
+        // model, which has no such cache, agreed with every one.
+        assert!(
+            report.recent_denials > 20,
+            "seed {seed}: {} denials from the cache",
+            report.recent_denials
+        );
         // The run covered every way a packet can go.
         for (c, what) in [
             (0, "allowed"),

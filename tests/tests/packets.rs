@@ -76,7 +76,13 @@ struct Lab {
 }
 
 impl Lab {
+    /// Every denial reports an event (no per-flow gate, so no recent-denial cache).
     fn new(mode: Mode) -> Self {
+        Lab::gated(mode, 0)
+    }
+
+    /// At most one event per flow and `interval_ns`.
+    fn gated(mode: Mode, interval_ns: u64) -> Self {
         let cpu = OnCpu0::pin();
         let mut dp = Datapath::load().expect("load");
         if kernel() >= XDP_KERNEL {
@@ -84,7 +90,7 @@ impl Lab {
         }
         let mut p = policy();
         p.mode = mode;
-        dp.apply(&p, 0).expect("apply");
+        dp.apply(&p, interval_ns).expect("apply");
         let events = dp.take_events().unwrap();
         Lab {
             dp,
@@ -108,9 +114,13 @@ impl Lab {
     }
 
     fn reasons(&mut self) -> Vec<u8> {
+        self.events().iter().map(|e| e.reason).collect()
+    }
+
+    fn events(&mut self) -> Vec<trident_ports_common::Event> {
         let mut out = Vec::new();
         while let Some(item) = self.events.next() {
-            out.push(decode(&item).expect("event").reason);
+            out.push(decode(&item).expect("event"));
         }
         out
     }
@@ -917,6 +927,122 @@ fn audit_mode_passes_and_reports() {
         counter::DENIED,
         Some(reason::NO_RULE),
     );
+}
+
+/// Repeats of a denied flow within its event interval are answered by the per-CPU recent-denial
+/// cache with the same verdict; the next event counts them; a mode switch, and a connection the
+/// node opens to the same flow, send it back to the full path at once.
+#[test]
+fn recent_denials_repeat_the_verdict_until_anything_changes() {
+    if !require_root("recent_denials_repeat_the_verdict_until_anything_changes") {
+        return;
+    }
+    let interval = std::time::Duration::from_millis(300);
+    let mut lab = Lab::gated(Mode::Enforce, interval.as_nanos() as u64);
+    let mut ingress = vec![(programs::TC_INGRESS, TC_DROP, TC_PASS)];
+    if kernel() >= XDP_KERNEL {
+        ingress.push((programs::XDP_INGRESS, XDP_DROP, XDP_PASS));
+    }
+    for (i, (prog, drop, pass)) in ingress.into_iter().enumerate() {
+        let port = 40_100 + i as u16;
+        // The storage address answering a connection the node never opened.
+        let reply = v4(ipv4(
+            "192.0.2.2",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(2049, port, SYN | ACK),
+        ));
+        let what = |s: &str| format!("{prog}: {s}");
+        lab.check(
+            &what("unsolicited"),
+            prog,
+            &reply,
+            drop,
+            counter::DENIED,
+            Some(reason::UNSOLICITED),
+        );
+        for _ in 0..20 {
+            lab.check(
+                &what("repeated"),
+                prog,
+                &reply,
+                drop,
+                counter::RECENT_DENIAL,
+                None,
+            );
+        }
+        // Audit passes it at once; the audited verdict is cached the same way.
+        lab.dp.set_mode(Mode::Audit).unwrap();
+        lab.check(&what("audit"), prog, &reply, pass, counter::AUDITED, None);
+        lab.check(
+            &what("audit, repeated"),
+            prog,
+            &reply,
+            pass,
+            counter::RECENT_DENIAL,
+            None,
+        );
+        lab.dp.set_mode(Mode::Enforce).unwrap();
+        lab.check(
+            &what("enforce again"),
+            prog,
+            &reply,
+            drop,
+            counter::DENIED,
+            None,
+        );
+        // After the gate opens, the event stands for every packet since the last one: the 20
+        // the cache answered, the audited pair and the one just before.
+        std::thread::sleep(interval);
+        let before = lab.dp.counter(DIR_INGRESS, counter::DENIED).unwrap();
+        assert_eq!(lab.run(prog, &reply), drop, "{}", what("gate open"));
+        assert_eq!(
+            lab.dp.counter(DIR_INGRESS, counter::DENIED).unwrap(),
+            before + 1
+        );
+        let events = lab.events();
+        assert_eq!(events.len(), 1, "{}: {events:?}", what("gate open"));
+        assert_eq!(events[0].reason, reason::UNSOLICITED);
+        assert_eq!(
+            events[0].suppressed,
+            23,
+            "{}: suppressed",
+            what("gate open")
+        );
+        lab.check(
+            &what("gate open, repeated"),
+            prog,
+            &reply,
+            drop,
+            counter::RECENT_DENIAL,
+            None,
+        );
+        // The node opens that very connection: the reply is its flow's from now on.
+        let open = v4(ipv4(
+            "192.0.2.1",
+            "192.0.2.2",
+            TCP,
+            0,
+            &tcp(port, 2049, SYN),
+        ));
+        lab.check(
+            &what("the node connects"),
+            programs::TC_EGRESS,
+            &open,
+            TC_PASS,
+            counter::ALLOWED,
+            None,
+        );
+        lab.check(
+            &what("its reply"),
+            prog,
+            &reply,
+            pass,
+            counter::CONNTRACK_HIT,
+            None,
+        );
+    }
 }
 
 /// Guarded ports live in a per-generation bitmap: a switch must clear what the previous policy

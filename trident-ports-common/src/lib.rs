@@ -59,8 +59,12 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 8;
     /// Allowed as a flow this CPU allowed recently, before any parsing or lookup.
     pub const RECENT_HIT: u32 = 9;
+    /// Denied or audited packets (counted under `DENIED` or `AUDITED` too) of a flow this CPU
+    /// denied and reported less than an event interval ago, answered before any parsing or
+    /// lookup.
+    pub const RECENT_DENIAL: u32 = 10;
     /// Denied or audited packets by reason: `REASON_BASE + reason::*`.
-    pub const REASON_BASE: u32 = 10;
+    pub const REASON_BASE: u32 = 11;
     pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
 }
 
@@ -218,6 +222,10 @@ pub struct Config {
 /// flow goes to the connection table. For measuring the table, and for ruling the cache out.
 pub const OPTION_NO_RECENT_FLOWS: u8 = 1;
 
+/// `Config::options`: do not use the per-CPU recent-denial cache; every denied packet takes the
+/// full path (parse, lookups, event gate). For measuring that path, and for ruling the cache out.
+pub const OPTION_NO_RECENT_DENIALS: u8 = 2;
+
 /// The `Config::tables` bit that says the generation has subnet peers (`PEER_PREFIXES`) for
 /// direction `dir`.
 pub const fn table_peer_prefixes(dir: u8) -> u8 {
@@ -268,6 +276,10 @@ pub mod maps {
     /// keyed by `PeerKey` with `dir` = `DIR_INGRESS`; the value is 1.
     pub const GUARD_ADDRS: &str = "TP_GUARD_ADDRS";
     pub const FLOWS: &str = "TP_FLOWS";
+    /// One u64 bumped after every insert into `FLOWS` (by the datapath or the agent): a flow
+    /// denied before the insert may be allowed after it, so cached denials (`TP_DENIED`) made
+    /// under an older value are not trusted.
+    pub const FLOW_EPOCH: &str = "TP_FLOW_EPOCH";
     pub const GATES: &str = "TP_GATES";
     pub const EVENTS: &str = "TP_EVENTS";
     pub const COUNTERS: &str = "TP_COUNTERS";

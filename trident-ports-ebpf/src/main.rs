@@ -4,7 +4,11 @@
 //! only differs in how it reads packet bytes (`packet`) and what it returns to the kernel.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// BPF inline assembly, for the one atomic add (`denied::flow_added`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+#[cfg(target_arch = "bpf")]
+mod denied;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]

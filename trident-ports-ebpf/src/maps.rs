@@ -47,6 +47,10 @@ pub(crate) static GUARD_ADDRS: HashMap<PeerKey, u8> =
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(limits::FLOWS, 0);
 
+/// See `trident_ports_common::maps::FLOW_EPOCH`.
+#[map(name = "TP_FLOW_EPOCH")]
+pub(crate) static FLOW_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map(name = "TP_GATES")]
 pub(crate) static GATES: LruHashMap<GateKey, EventGate> =
     LruHashMap::with_max_entries(limits::GATES, 0);

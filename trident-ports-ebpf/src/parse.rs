@@ -103,21 +103,13 @@ pub(crate) struct Parsed {
 pub(crate) fn common<P: Packet>(pkt: &P, words: &[u64; 5], out: &mut Parsed) {
     let meta = words[4];
     out.proto = flow_word::proto(meta);
-    let ports = flow_word::raw_ports(meta);
-    out.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    out.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    (out.sport, out.dport) = ports(meta);
+    (out.src, out.dst) = addresses(words);
     let l4 = if flow_word::family(meta) == 4 {
-        let a = words[0].to_ne_bytes();
         out.family = 4;
-        out.src = v4_mapped([a[0], a[1], a[2], a[3]]);
-        out.dst = v4_mapped([a[4], a[5], a[6], a[7]]);
         ETH_HLEN + IPV4_MIN_HLEN
     } else {
         out.family = 6;
-        // SAFETY: two u64s and sixteen bytes have the same size and no invalid values.
-        out.src = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[0], words[1]]) };
-        // SAFETY: as above.
-        out.dst = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[2], words[3]]) };
         ETH_HLEN + IPV6_HLEN
     };
     out.tcp_flags = 0;
@@ -129,6 +121,34 @@ pub(crate) fn common<P: Packet>(pkt: &P, words: &[u64; 5], out: &mut Parsed) {
         }
     }
     out.kind = kind::PORTS;
+}
+
+/// The source and destination that `flow_words` packed, an IPv4 pair mapped into IPv6.
+#[inline(always)]
+pub(crate) fn addresses(words: &[u64; 5]) -> ([u8; 16], [u8; 16]) {
+    if flow_word::family(words[4]) == 4 {
+        let a = words[0].to_ne_bytes();
+        (
+            v4_mapped([a[0], a[1], a[2], a[3]]),
+            v4_mapped([a[4], a[5], a[6], a[7]]),
+        )
+    } else {
+        // SAFETY: two u64s and sixteen bytes have the same size and no invalid values.
+        let src = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[0], words[1]]) };
+        // SAFETY: as above.
+        let dst = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[2], words[3]]) };
+        (src, dst)
+    }
+}
+
+/// The source and destination ports that `flow_words` packed.
+#[inline(always)]
+pub(crate) fn ports(meta: u64) -> (u16, u16) {
+    let p = flow_word::raw_ports(meta);
+    (
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    )
 }
 
 /// The shapes nearly all storage traffic has, read straight from the packet at fixed offsets

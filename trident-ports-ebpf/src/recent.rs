@@ -36,16 +36,18 @@ pub(crate) struct RecentSet {
 /// This CPU's set for a flow: its direction's half, at a hash of its words.
 #[inline(always)]
 pub(crate) fn set_for(dir: u8, words: &[u64; 5]) -> Option<*mut RecentSet> {
-    RECENT.get_ptr_mut(index(dir, words))
+    RECENT.get_ptr_mut(index(dir, words, RECENT_SETS))
 }
 
+/// A flow's slot in a per-CPU array of `slots` (a power of two) per direction, directions after
+/// one another.
 #[inline(always)]
-fn index(dir: u8, w: &[u64; 5]) -> u32 {
+pub(crate) fn index(dir: u8, w: &[u64; 5], slots: u32) -> u32 {
     let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
     x ^= x >> 32;
     x ^= x >> 16;
     x ^= x >> 8;
-    (dir as u32 & 1) * RECENT_SETS + (x as u32 & (RECENT_SETS - 1))
+    (dir as u32 & 1) * slots + (x as u32 & (slots - 1))
 }
 
 /// True when `set` holds this flow, allowed under the running policy `seq`: the connection
@@ -64,20 +66,30 @@ pub(crate) fn remember(set: *mut RecentSet, seq: u32, words: [u64; 5]) {
     // SAFETY: as in `holds`.
     unsafe {
         (*set).ways[1] = (*set).ways[0];
-        (*set).ways[0] = LastFlow {
-            words,
-            seq,
-            _pad: 0,
-        };
+        let way = &mut (*set).ways[0];
+        copy_words(&mut way.words, &words);
+        way.seq = seq;
     }
 }
 
 #[inline(always)]
 fn same_flow(entry: &LastFlow, seq: u32, w: &[u64; 5]) -> bool {
-    entry.seq == seq
-        && entry.words[0] == w[0]
-        && entry.words[1] == w[1]
-        && entry.words[2] == w[2]
-        && entry.words[3] == w[3]
-        && entry.words[4] == w[4]
+    entry.seq == seq && same_words(&entry.words, w)
+}
+
+/// Word by word: comparing or copying the arrays whole makes LLVM call `memcmp` or `memmove`,
+/// byte loops in BPF, and keeps the words in stack memory on every path.
+#[inline(always)]
+pub(crate) fn same_words(a: &[u64; 5], b: &[u64; 5]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+}
+
+/// See `same_words`.
+#[inline(always)]
+pub(crate) fn copy_words(to: &mut [u64; 5], from: &[u64; 5]) {
+    to[0] = from[0];
+    to[1] = from[1];
+    to[2] = from[2];
+    to[3] = from[3];
+    to[4] = from[4];
 }

@@ -2,13 +2,13 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use trident_ports_common::{
     Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
-    OPTION_NO_RECENT_FLOWS, PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey,
-    RANGE_KEY_HEADER_BITS, RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason,
-    table_peer_prefixes, table_ranges,
+    OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, PEER_KEY_HEADER_BITS, PEER_PROTECTED,
+    PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED,
+    counter, reason, table_peer_prefixes, table_ranges,
 };
 
 use crate::{
-    events,
+    denied, events,
     maps::{
         CONFIG, FLOWS, GUARD_ADDRS, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count,
     },
@@ -60,6 +60,26 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         count(dir, counter::RECENT_HIT);
         return Action::Pass;
     }
+    // A packet of a flow this CPU denied and reported moments ago: the same verdict, no lookup.
+    let denied_slot = if common_shape
+        && cfg.event_interval_ns != 0
+        && cfg.options & OPTION_NO_RECENT_DENIALS == 0
+    {
+        denied::slot_for(dir, &words)
+    } else {
+        None
+    };
+    // Read before any lookup (see `denied::epoch`), only when a denial can be remembered.
+    let epoch = if denied_slot.is_some() {
+        denied::epoch()
+    } else {
+        0
+    };
+    if let Some(slot) = denied_slot
+        && let Some(action) = denied::answer(slot, &cfg, epoch, dir, &words)
+    {
+        return action;
+    }
     parsed.kind = kind::TRUNCATED;
     parsed.tcp_flags = 0;
     parsed.sport = 0;
@@ -110,7 +130,16 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
                 verdict,
                 reason: why,
             };
-            events::report(&denial);
+            let carried = match denied_slot {
+                Some(slot) => denied::take(slot, dir, &words),
+                None => 0,
+            };
+            let until = events::report(&denial, carried);
+            // Only common shapes have a slot, and their verdict rests on nothing but the flow's
+            // words, the policy, the mode and the connection table.
+            if let Some(slot) = denied_slot {
+                denied::remember(slot, &cfg, epoch, &words, until, why);
+            }
             action
         }
     }
@@ -195,6 +224,7 @@ fn judge_ports(
                 // A full table evicts its least recently used flow; a failed insert only means
                 // this flow is judged by the rules again on its next packet.
                 let _ = FLOWS.insert(flow, state, 0);
+                denied::flow_added();
                 return Judgement::Allowed(counter::ALLOWED);
             }
             return Judgement::Denied(if dir == DIR_EGRESS {

@@ -35,11 +35,13 @@ fn main() {
     let report = differential::run(seed, cases, xdp);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "fuzz datapath: {} cases, {} policy switches in {secs:.1} s ({:.0} cases/s); by counter: {:?}",
+        "fuzz datapath: {} cases, {} policy switches in {secs:.1} s ({:.0} cases/s); by counter: {:?}; \
+         answered by the recent-denial cache: {}",
         report.cases,
         report.switches,
         report.cases as f64 / secs,
-        report.by_counter
+        report.by_counter,
+        report.recent_denials
     );
     if let Some(d) = report.disagreements.first() {
         eprintln!("{d}");

@@ -291,6 +291,9 @@ struct Sent {
 pub struct Generator {
     pub rng: Rng,
     recent: Vec<Sent>,
+    /// The packet generated last, sent again now and then: a retransmission, or the next
+    /// datagram of a flood.
+    last: Option<Spec>,
     xdp: bool,
 }
 
@@ -299,6 +302,7 @@ impl Generator {
         Generator {
             rng: Rng::new(seed),
             recent: Vec::new(),
+            last: None,
             xdp,
         }
     }
@@ -374,6 +378,17 @@ impl Generator {
 
     /// The next packet to judge under `p`.
     pub fn packet(&mut self, p: &Policy) -> Spec {
+        if let Some(last) = &self.last
+            && self.rng.chance(10)
+        {
+            return last.clone();
+        }
+        let spec = self.new_packet(p);
+        self.last = Some(spec.clone());
+        spec
+    }
+
+    fn new_packet(&mut self, p: &Policy) -> Spec {
         let roll = self.rng.below(100);
         let mut spec = if roll < 30 && !self.recent.is_empty() {
             self.follow_up()

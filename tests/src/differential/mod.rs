@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use trident_ports_agent::{datapath::Datapath, events::decode, policy::Policy};
-use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs};
+use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs, reason};
 
 use self::{
     generate::Generator,
@@ -30,6 +30,10 @@ const XDP_PASS: u32 = 2;
 const CASES_PER_DATAPATH: u64 = 5_000;
 /// Chance, in 1/1000, of a policy switch before a packet.
 const SWITCH_PER_MILLE: u64 = 3;
+/// Every other fresh datapath gates events per flow for longer than a run takes, so that the
+/// recent-denial cache answers repeated denials; the others report every denial, and their
+/// events are checked too.
+const GATED_INTERVAL_NS: u64 = 3_600_000_000_000;
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -38,29 +42,43 @@ pub struct Report {
     pub disagreements: Vec<String>,
     /// How many packets ended on each counter, to show what the run covered.
     pub by_counter: std::collections::BTreeMap<u32, u64>,
+    /// Denials the recent-denial cache answered (with gated events).
+    pub recent_denials: u64,
 }
 
 struct Kernel {
     dp: Datapath,
     events: aya::maps::RingBuf<aya::maps::MapData>,
     xdp: bool,
+    /// The event interval policies are applied with: 0 (an event per denial) or gated.
+    interval_ns: u64,
 }
 
 impl Kernel {
-    fn load(xdp: bool) -> Self {
+    fn load(xdp: bool, interval_ns: u64) -> Self {
         let mut dp = Datapath::load().expect("loading the datapath");
         if xdp {
             dp.load_xdp().expect("loading the XDP program");
         }
         let events = dp.take_events().expect("the event ring buffer");
-        Kernel { dp, events, xdp }
+        Kernel {
+            dp,
+            events,
+            xdp,
+            interval_ns,
+        }
+    }
+
+    fn apply(&mut self, policy: &Policy) -> u32 {
+        let applied = self.dp.apply(policy, self.interval_ns).expect("apply");
+        applied.config.seq
     }
 
     fn run(&mut self, prog: Prog, frame: &[u8]) -> u32 {
         run_on(&mut self.dp, prog, frame)
     }
 
-    fn reasons(&mut self) -> Vec<u8> {
+    fn events(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(item) = self.events.next() {
             out.push(decode(&item).expect("an event").reason);
@@ -106,17 +124,22 @@ fn hex(frame: &[u8]) -> String {
 pub fn run(seed: u64, cases: u64, xdp: bool) -> Report {
     let mut report = Report::default();
     let mut g = Generator::new(seed, xdp);
-    let mut kernel = Kernel::load(xdp);
+    let mut kernel = Kernel::load(xdp, 0);
     let mut policy = generate::policy(&mut g.rng);
-    let applied = kernel.dp.apply(&policy, 0).expect("apply");
-    let mut model = Model::new(policy.clone(), applied.config.seq);
+    let seq = kernel.apply(&policy);
+    let mut model = Model::new(policy.clone(), seq);
     let mut history: Vec<String> = Vec::new();
     for case in 0..cases {
         if case > 0 && case % CASES_PER_DATAPATH == 0 {
-            kernel = Kernel::load(kernel.xdp);
-            let applied = kernel.dp.apply(&policy, 0).expect("apply");
-            model = Model::new(policy.clone(), applied.config.seq);
+            let gated = (case / CASES_PER_DATAPATH) % 2 == 1;
+            kernel = Kernel::load(kernel.xdp, if gated { GATED_INTERVAL_NS } else { 0 });
+            let seq = kernel.apply(&policy);
+            model = Model::new(policy.clone(), seq);
             history.clear();
+            history.push(format!(
+                "-- fresh datapath, event interval {} ns",
+                kernel.interval_ns
+            ));
         }
         if g.rng.below(1000) < SWITCH_PER_MILLE {
             // A new policy (a generation switch), a small change (written in place), or the
@@ -126,10 +149,10 @@ pub fn run(seed: u64, cases: u64, xdp: bool) -> Report {
                 4..=7 => generate::mutate(&policy, &mut g.rng),
                 _ => policy.clone(),
             };
-            let applied = kernel.dp.apply(&policy, 0).expect("apply");
-            model.switch(policy.clone(), applied.config.seq);
+            let seq = kernel.apply(&policy);
+            model.switch(policy.clone(), seq);
             report.switches += 1;
-            history.push(format!("-- policy switch to seq {}", applied.config.seq));
+            history.push(format!("-- policy switch to seq {seq}"));
         }
         let spec = g.packet(&policy);
         if let Err(d) = one(&mut kernel, &mut model, &spec, &mut report) {
@@ -169,18 +192,18 @@ fn one(
         counter::FRAGMENT,
         counter::RECENT_HIT,
     ];
-    let before: Vec<u64> = watched
-        .iter()
-        .map(|c| kernel.dp.counter(dir, *c).unwrap())
-        .collect();
+    let before = kernel.dp.counters().unwrap();
     let code = kernel.run(spec.prog, &frame);
-    let moved: Vec<u32> = watched
-        .iter()
-        .zip(&before)
-        .filter(|(c, b)| kernel.dp.counter(dir, **c).unwrap() != **b)
-        .map(|(c, _)| *c)
+    let after = kernel.dp.counters().unwrap();
+    let delta = |c: u32| after.get(dir, c) - before.get(dir, c);
+    let moved: Vec<u32> = watched.iter().copied().filter(|c| delta(*c) != 0).collect();
+    // The reason counters say why, whether or not the denial's event was gated; with every
+    // denial reported, its event must say the same.
+    let reasons: Vec<u8> = (0..=reason::MAX)
+        .filter(|r| delta(counter::REASON_BASE + u32::from(*r)) != 0)
         .collect();
-    let reasons = kernel.reasons();
+    let events = kernel.events();
+    report.recent_denials += delta(counter::RECENT_DENIAL);
     let passed = match (spec.prog, code) {
         (Prog::XdpIngress, XDP_PASS) | (Prog::TcEgress | Prog::TcIngress, TC_PASS) => true,
         (Prog::XdpIngress, XDP_DROP) | (Prog::TcEgress | Prog::TcIngress, TC_SHOT) => false,
@@ -193,7 +216,8 @@ fn one(
         }
         c => moved == [c],
     };
-    let reason_ok = reasons == want.reason.into_iter().collect::<Vec<_>>();
+    let reason_ok = reasons == want.reason.into_iter().collect::<Vec<_>>()
+        && (kernel.interval_ns != 0 || events == reasons);
     *report.by_counter.entry(want.counter).or_default() += 1;
     if passed == want.pass && counter_ok && reason_ok {
         return Ok(());
@@ -204,7 +228,7 @@ fn one(
         "disagreement"
     };
     Err(format!(
-        "{worst}\nprogram {:?}, frame {} bytes: {}\nspec: {spec:?}\nmodel: {want:?}\nkernel: pass={passed} counters moved {moved:?} reasons {reasons:?}",
+        "{worst}\nprogram {:?}, frame {} bytes: {}\nspec: {spec:?}\nmodel: {want:?}\nkernel: pass={passed} counters moved {moved:?} reasons {reasons:?} events {events:?}",
         spec.prog,
         frame.len(),
         hex(&frame)
@@ -234,8 +258,8 @@ pub fn incremental(seed: u64, rounds: u64) -> IncrementalReport {
     for round in 0..rounds {
         // A fresh datapath each round: its connection table then holds only what this round's
         // packets made, as the two models' tables do.
-        let mut kernel = Kernel::load(false);
-        let seq = kernel.dp.apply(&policy, 0).expect("apply").config.seq;
+        let mut kernel = Kernel::load(false, 0);
+        let seq = kernel.apply(&policy);
         let next = if g.rng.chance(10) {
             generate::policy(&mut g.rng)
         } else {

@@ -20,8 +20,8 @@ use aya::{
 pub use generation::{Applied, GenerationCounts};
 pub use tables::{Tables, compile};
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE, OPTION_NO_RECENT_FLOWS,
-    PeerInfo, PeerKey, RangeKey, RuleKey, counter, maps, programs,
+    COUNTER_SLOTS, Config, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE, OPTION_NO_RECENT_DENIALS,
+    OPTION_NO_RECENT_FLOWS, PeerInfo, PeerKey, RangeKey, RuleKey, counter, maps, programs,
 };
 
 use crate::{
@@ -51,6 +51,7 @@ pub struct Datapath {
     guard_addrs: HashMap<MapData, PeerKey, u8>,
     counters: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowState>,
+    flow_epoch: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     /// The keys of the generation in force, when this process wrote it.
     running: Option<incremental::Running>,
@@ -94,6 +95,7 @@ impl Datapath {
             maps::GUARDS,
             maps::GUARD_ADDRS,
             maps::FLOWS,
+            maps::FLOW_EPOCH,
             maps::GATES,
             maps::EVENTS,
             maps::COUNTERS,
@@ -170,6 +172,7 @@ impl Datapath {
             guard_addrs: typed!(maps::GUARD_ADDRS),
             counters: typed!(maps::COUNTERS),
             flows: typed!(maps::FLOWS),
+            flow_epoch: typed!(maps::FLOW_EPOCH),
             events: Some(typed!(maps::EVENTS)),
             ebpf,
             pins,
@@ -212,16 +215,43 @@ impl Datapath {
                 added += 1;
             }
         }
+        if added > 0 {
+            self.flows_added()?;
+        }
         Ok(added)
+    }
+
+    /// Tells the datapath that the connection table has new entries: denials its CPUs cached
+    /// before them may no longer hold (see `maps::FLOW_EPOCH`). Not atomic with the datapath's
+    /// own bumps, which is harmless: either write changes the value, and the inserts that
+    /// caused both are in the table before it changes.
+    fn flows_added(&mut self) -> Result<()> {
+        let epoch = self
+            .flow_epoch
+            .get(&0, 0)
+            .map_err(map_err(maps::FLOW_EPOCH))?;
+        self.flow_epoch
+            .set(0, epoch.wrapping_add(1), 0)
+            .map_err(map_err(maps::FLOW_EPOCH))
     }
 
     /// Turns the per-CPU recent-flow cache off or on (`OPTION_NO_RECENT_FLOWS`); on by default.
     pub fn set_recent_flows(&mut self, on: bool) -> Result<()> {
+        self.set_option_off(OPTION_NO_RECENT_FLOWS, !on)
+    }
+
+    /// Turns the per-CPU recent-denial cache off or on (`OPTION_NO_RECENT_DENIALS`); on by
+    /// default.
+    pub fn set_recent_denials(&mut self, on: bool) -> Result<()> {
+        self.set_option_off(OPTION_NO_RECENT_DENIALS, !on)
+    }
+
+    fn set_option_off(&mut self, bit: u8, off: bool) -> Result<()> {
         let mut cfg = self.config()?;
-        cfg.options = if on {
-            cfg.options & !OPTION_NO_RECENT_FLOWS
+        cfg.options = if off {
+            cfg.options | bit
         } else {
-            cfg.options | OPTION_NO_RECENT_FLOWS
+            cfg.options & !bit
         };
         self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
     }

@@ -1,0 +1,173 @@
+//! The per-CPU recent-denial cache: flows this CPU denied (or audited) and reported less than an
+//! event interval ago. Until the flow's event gate opens again its packets would only be counted
+//! and suppressed, so they get the same verdict from one array read (and a clock read once per
+//! scheduler tick), with no parsing and no lookup: a flood of a denied flow costs about what an
+//! allowed flow does.
+//!
+//! An entry is trusted only under the policy sequence, mode and flow-table epoch it was made
+//! under: a policy change, a mode switch or any new connection-table entry (which may be this
+//! flow's other direction) sends the flow back to the full path. What the cache suppressed is
+//! handed to the flow's gate, so the next event still says how many packets it stands for.
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    macros::map,
+    maps::PerCpuArray,
+};
+use trident_ports_common::{Config, MODE_AUDIT, counter};
+
+use crate::{
+    events,
+    maps::{FLOW_EPOCH, count},
+    recent::{self, copy_words, same_words},
+    verdict::Action,
+};
+
+#[map(name = "TP_DENIED")]
+pub(crate) static DENIED: PerCpuArray<DeniedFlow> =
+    PerCpuArray::with_max_entries(2 * DENIED_SLOTS, 0);
+
+/// Direct-mapped slots per CPU and direction (a power of two). A flood of one flow needs one; a
+/// flood of many distinct flows gains nothing from any size and pays the full path.
+pub(crate) const DENIED_SLOTS: u32 = 256;
+
+/// A flow as `parse::flow_words` gives it, and the verdict it got. A zeroed entry matches no
+/// packet: the last word of a flow carries its protocol.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct DeniedFlow {
+    pub words: [u64; 5],
+    /// The flow's event gate is closed until then (bpf_ktime_get_ns).
+    pub until_ns: u64,
+    /// The scheduler tick (jiffies) in which `until_ns` was last found to lie ahead.
+    pub tick: u64,
+    pub seq: u32,
+    /// The low half of the flow-table epoch read before the verdict's lookups.
+    pub epoch: u32,
+    /// Packets this entry answered: suppressed events the flow's gate has not counted yet.
+    pub suppressed: u32,
+    pub mode: u8,
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+
+/// This CPU's slot for a flow travelling in `dir`.
+#[inline(always)]
+pub(crate) fn slot_for(dir: u8, words: &[u64; 5]) -> Option<*mut DeniedFlow> {
+    DENIED.get_ptr_mut(recent::index(dir, words, DENIED_SLOTS))
+}
+
+/// The flow-table epoch. Read before any lookup a cached verdict rests on: an insert after this
+/// read bumps the epoch after it, so the entry made from those lookups is never trusted.
+#[inline(always)]
+pub(crate) fn epoch() -> u32 {
+    match FLOW_EPOCH.get_ptr(0) {
+        // SAFETY: an array slot, valid for the program run; a torn read cannot happen for an
+        // aligned u64, and any value read is only compared.
+        Some(p) => unsafe { core::ptr::read_volatile(p) as u32 },
+        None => 0,
+    }
+}
+
+/// Called after every insert into the connection table.
+#[inline(always)]
+pub(crate) fn flow_added() {
+    if let Some(p) = FLOW_EPOCH.get_ptr_mut(0) {
+        // SAFETY: `p` is an aligned u64 in an array map value, valid for the program run. This is
+        // BPF_XADD, the atomic add every BPF kernel accepts (Rust's `fetch_add` is not available
+        // on this target, and the 5.12+ fetch form is not needed); the x86 JIT emits `lock add`,
+        // a full barrier, so the insert is visible before the new epoch is.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) += {one}",
+                p = in(reg) p,
+                one = in(reg) 1u64,
+                options(nostack),
+            );
+        }
+    }
+}
+
+/// The verdict for a packet of a flow this CPU denied moments ago, or `None` for the full path.
+#[inline(always)]
+pub(crate) fn answer(
+    slot: *mut DeniedFlow,
+    cfg: &Config,
+    epoch: u32,
+    dir: u8,
+    words: &[u64; 5],
+) -> Option<Action> {
+    // SAFETY: this CPU's slot, valid for the program run; programs do not nest on one CPU within
+    // one direction, so nothing writes it meanwhile.
+    let e = unsafe { &mut *slot };
+    if !(e.seq == cfg.seq && e.epoch == epoch && e.mode == cfg.mode && same_words(&e.words, words))
+    {
+        return None;
+    }
+    // The clock is read once per tick: jiffies cost a load, the clock 20-40 ns (in a VM). An
+    // entry can outlive its gate by less than a tick, which delays the flow's next event by as
+    // much, never a verdict.
+    // SAFETY: helpers without arguments or preconditions (jiffies: Linux 5.5).
+    let tick = unsafe { bpf_jiffies64() };
+    if tick != e.tick {
+        // SAFETY: as above.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if e.until_ns.wrapping_sub(now) as i64 <= 0 {
+            return None;
+        }
+        e.tick = tick;
+    }
+    e.suppressed = e.suppressed.wrapping_add(1);
+    let (c, action) = if e.mode == MODE_AUDIT {
+        (counter::AUDITED, Action::Pass)
+    } else {
+        (counter::DENIED, Action::Drop)
+    };
+    count(dir, c);
+    count(dir, counter::REASON_BASE + e.reason as u32);
+    count(dir, counter::RECENT_DENIAL);
+    count(dir, counter::EVENTS_SUPPRESSED);
+    Some(action)
+}
+
+/// Empties the slot before the full path reports a denial of `words`: returns the suppressed
+/// count when the slot held this flow, and hands another flow's to that flow's gate.
+#[inline(always)]
+pub(crate) fn take(slot: *mut DeniedFlow, dir: u8, words: &[u64; 5]) -> u32 {
+    // SAFETY: as in `answer`.
+    let e = unsafe { &mut *slot };
+    let n = e.suppressed;
+    if n == 0 {
+        return 0;
+    }
+    e.suppressed = 0;
+    if same_words(&e.words, words) {
+        n
+    } else {
+        events::add_suppressed(dir, &e.words, n);
+        0
+    }
+}
+
+/// Remembers a denial the full path just reported; the gate is closed until `until_ns`.
+#[inline(always)]
+pub(crate) fn remember(
+    slot: *mut DeniedFlow,
+    cfg: &Config,
+    epoch: u32,
+    words: &[u64; 5],
+    until_ns: u64,
+    reason: u8,
+) {
+    // SAFETY: as in `answer`; `take` has handed on the previous entry's count.
+    let e = unsafe { &mut *slot };
+    copy_words(&mut e.words, words);
+    e.until_ns = until_ns;
+    // SAFETY: a helper without arguments or preconditions. The full path has just read the clock
+    // and `until_ns` lies ahead of it.
+    e.tick = unsafe { bpf_jiffies64() };
+    e.seq = cfg.seq;
+    e.epoch = epoch;
+    e.suppressed = 0;
+    e.mode = cfg.mode;
+    e.reason = reason;
+}
