@@ -50,10 +50,10 @@ pub(crate) struct DeniedFlow {
     pub _pad: [u8; 2],
 }
 
-/// This CPU's slot for a flow travelling in `dir`.
+/// This CPU's slot for a flow travelling in `dir`, at its `recent::hash`.
 #[inline(always)]
-pub(crate) fn slot_for(dir: u8, words: &[u64; 5]) -> Option<*mut DeniedFlow> {
-    DENIED.get_ptr_mut(recent::index(dir, words, DENIED_SLOTS))
+pub(crate) fn slot_for(dir: u8, hash: u32) -> Option<*mut DeniedFlow> {
+    DENIED.get_ptr_mut(recent::index(dir, hash, DENIED_SLOTS))
 }
 
 /// The flow-table epoch. Read before any lookup a cached verdict rests on: an insert after this

@@ -33,21 +33,27 @@ pub(crate) struct RecentSet {
     pub ways: [LastFlow; 2],
 }
 
-/// This CPU's set for a flow: its direction's half, at a hash of its words.
+/// This CPU's set for a flow: its direction's half, at the flow's `hash`.
 #[inline(always)]
-pub(crate) fn set_for(dir: u8, words: &[u64; 5]) -> Option<*mut RecentSet> {
-    RECENT.get_ptr_mut(index(dir, words, RECENT_SETS))
+pub(crate) fn set_for(dir: u8, hash: u32) -> Option<*mut RecentSet> {
+    RECENT.get_ptr_mut(index(dir, hash, RECENT_SETS))
+}
+
+/// A hash of a flow's words, for the per-CPU caches (this one and `denied`).
+#[inline(always)]
+pub(crate) fn hash(w: &[u64; 5]) -> u32 {
+    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
+    x ^= x >> 32;
+    x ^= x >> 16;
+    x ^= x >> 8;
+    x as u32
 }
 
 /// A flow's slot in a per-CPU array of `slots` (a power of two) per direction, directions after
 /// one another.
 #[inline(always)]
-pub(crate) fn index(dir: u8, w: &[u64; 5], slots: u32) -> u32 {
-    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
-    x ^= x >> 32;
-    x ^= x >> 16;
-    x ^= x >> 8;
-    (dir as u32 & 1) * slots + (x as u32 & (slots - 1))
+pub(crate) fn index(dir: u8, hash: u32, slots: u32) -> u32 {
+    (dir as u32 & 1) * slots + (hash & (slots - 1))
 }
 
 /// True when `set` holds this flow, allowed under the running policy `seq`: the connection

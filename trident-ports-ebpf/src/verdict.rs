@@ -36,12 +36,6 @@ enum Judgement {
 /// returns the action. The event is emitted after the verdict is fixed and cannot change it.
 #[inline(always)]
 pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
-    let Some(slot) = SCRATCH.get_ptr_mut(dir as u32) else {
-        count(dir, counter::PASSED);
-        return Action::Pass;
-    };
-    // SAFETY: this CPU's slot for this direction, used by this program run only.
-    let parsed = unsafe { &mut *slot };
     let cfg = match CONFIG.get(0) {
         Some(c) => *c,
         None => Config::default(),
@@ -49,8 +43,9 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     // A packet of a flow this CPU allowed recently: no parsing, no lookup.
     let (common_shape, words) = flow_words(pkt);
     // Only the common shapes have flow words; the others are never cached.
+    let hash = recent::hash(&words);
     let recent = if common_shape && cfg.options & OPTION_NO_RECENT_FLOWS == 0 {
-        recent::set_for(dir, &words)
+        recent::set_for(dir, hash)
     } else {
         None
     };
@@ -65,7 +60,7 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         && cfg.event_interval_ns != 0
         && cfg.options & OPTION_NO_RECENT_DENIALS == 0
     {
-        denied::slot_for(dir, &words)
+        denied::slot_for(dir, hash)
     } else {
         None
     };
@@ -80,6 +75,13 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     {
         return action;
     }
+    // Scratch space only now: the caches above answer without it.
+    let Some(slot) = SCRATCH.get_ptr_mut(dir as u32) else {
+        count(dir, counter::PASSED);
+        return Action::Pass;
+    };
+    // SAFETY: this CPU's slot for this direction, used by this program run only.
+    let parsed = unsafe { &mut *slot };
     parsed.kind = kind::TRUNCATED;
     parsed.tcp_flags = 0;
     parsed.sport = 0;
