@@ -1045,6 +1045,50 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
     }
 }
 
+/// Each CPU emits at most its event budget; denials past it are counted and their flow's gate
+/// stays open, so the flow's next event carries them. Verdicts never change.
+#[test]
+fn events_past_the_budget_are_counted_and_carried() {
+    if !require_root("events_past_the_budget_are_counted_and_carried") {
+        return;
+    }
+    let mut lab = Lab::gated(Mode::Enforce, 10_000_000_000);
+    // 10 events per second: a burst of 10, then one per 100 ms.
+    lab.dp.set_event_rate(10).unwrap();
+    let unsolicited = |port: u16| {
+        v4(ipv4(
+            "192.0.2.2",
+            "192.0.2.1",
+            TCP,
+            0,
+            &tcp(2049, port, SYN | ACK),
+        ))
+    };
+    let before = lab.dp.counters().unwrap();
+    for port in 41_000..41_012 {
+        assert_eq!(lab.run(programs::TC_INGRESS, &unsolicited(port)), TC_DROP);
+    }
+    let after = lab.dp.counters().unwrap();
+    let moved = |c| after.get(DIR_INGRESS, c) - before.get(DIR_INGRESS, c);
+    assert_eq!(moved(counter::DENIED), 12, "every packet dropped");
+    assert_eq!(lab.events().len(), 10, "the burst");
+    assert_eq!(moved(counter::EVENTS_EMITTED), 10);
+    assert_eq!(moved(counter::EVENTS_RATE_LIMITED), 2);
+    // A tenth of a second earns one event: the first flow left out reports, counting the packet
+    // that went unreported.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert_eq!(lab.run(programs::TC_INGRESS, &unsolicited(41_010)), TC_DROP);
+    let events = lab.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].dst_port, events[0].suppressed), (41_010, 1));
+    // No limit: every flow reports again at once.
+    lab.dp.set_event_rate(0).unwrap();
+    for port in 42_000..42_050 {
+        assert_eq!(lab.run(programs::TC_INGRESS, &unsolicited(port)), TC_DROP);
+    }
+    assert_eq!(lab.events().len(), 50);
+}
+
 /// Guarded ports live in a per-generation bitmap: a switch must clear what the previous policy
 /// guarded, in both generations, and TCP and UDP ports are separate.
 #[test]

@@ -269,14 +269,24 @@ pub struct Events {
     /// At most one event per flow and direction per interval ("1s", "250ms", "0s" for all).
     #[serde(default = "default_interval", deserialize_with = "duration")]
     pub interval: Duration,
+    /// At most this many events per second from each CPU, in bursts of up to a second's worth
+    /// (0: no limit). Denials past it are counted (`rate_limited`), and each flow's next event
+    /// says how many packets it stands for.
+    #[serde(default = "default_rate_per_cpu")]
+    pub rate_per_cpu: u32,
 }
 
 impl Default for Events {
     fn default() -> Self {
         Events {
             interval: default_interval(),
+            rate_per_cpu: default_rate_per_cpu(),
         }
     }
+}
+
+fn default_rate_per_cpu() -> u32 {
+    10_000
 }
 
 fn default_probe_port() -> u16 {

@@ -63,8 +63,11 @@ pub mod counter {
     /// denied and reported less than an event interval ago, answered before any parsing or
     /// lookup.
     pub const RECENT_DENIAL: u32 = 10;
+    /// Events not emitted because this CPU had used its event budget (`Config::event_cost_ns`);
+    /// the flow's gate stays open and counts the packet, so its next event stands for it.
+    pub const EVENTS_RATE_LIMITED: u32 = 11;
     /// Denied or audited packets by reason: `REASON_BASE + reason::*`.
-    pub const REASON_BASE: u32 = 11;
+    pub const REASON_BASE: u32 = 12;
     pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
 }
 
@@ -216,6 +219,11 @@ pub struct Config {
     pub options: u8,
     /// At most one event per flow and direction per this many nanoseconds (0: every packet).
     pub event_interval_ns: u64,
+    /// Each CPU earns one nanosecond of event budget per nanosecond, up to one second's worth,
+    /// and an event spends this many: at most 1e9 / `event_cost_ns` events per second and CPU
+    /// (0: no limit). Bounds what a flood of distinct denied flows costs the agent.
+    pub event_cost_ns: u32,
+    pub _pad: u32,
 }
 
 /// `Config::options`: do not use the per-CPU recent-flow cache; every packet of an established
@@ -314,7 +322,7 @@ const _: () = {
     assert!(size_of::<FlowState>() == 8);
     assert!(size_of::<EventGate>() == 16);
     assert!(size_of::<GateKey>() == 44);
-    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<Config>() == 24);
     assert!(size_of::<Event>() == 64);
 };
 

@@ -1,5 +1,5 @@
 //! Denied-packet events, with per-flow flood control. Nothing here can change a verdict.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray};
 use trident_ports_common::{
     Config, DIR_EGRESS, Event, EventGate, FlowKey, GateKey, counter, flow_word,
 };
@@ -20,6 +20,47 @@ pub(crate) struct Denial<'a> {
     pub reason: u8,
 }
 
+/// One CPU's event budget (see `Config::event_cost_ns`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Budget {
+    /// Unspent budget, in nanoseconds of earning.
+    credit_ns: u64,
+    /// When it was last brought up to date (bpf_ktime_get_ns).
+    last_ns: u64,
+}
+
+/// The most budget a CPU keeps: a burst of one second's worth of events.
+const BUDGET_CAP_NS: u64 = 1_000_000_000;
+
+#[map(name = "TP_EVENT_BUDGET")]
+static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Spends one event's worth of this CPU's budget, if it has that much.
+#[inline(always)]
+fn spend(cost_ns: u32, now: u64) -> bool {
+    if cost_ns == 0 {
+        return true;
+    }
+    let Some(b) = BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot; programs do not nest on one CPU within one direction, and the
+    // two directions' programs at worst shift one event's budget between them.
+    let b = unsafe { &mut *b };
+    let earned = now.wrapping_sub(b.last_ns);
+    b.last_ns = now;
+    let credit = b.credit_ns.saturating_add(earned).min(BUDGET_CAP_NS);
+    let cost = u64::from(cost_ns);
+    if credit >= cost {
+        b.credit_ns = credit - cost;
+        true
+    } else {
+        b.credit_ns = credit;
+        false
+    }
+}
+
 /// Reports a denial, at most once per flow and direction per interval (`pass_gate`), standing
 /// for `carried` earlier packets the recent-denial cache answered. Called after the verdict is
 /// fixed: whether an event can be written never changes it. Returns when the flow's gate opens
@@ -31,10 +72,17 @@ pub(crate) fn report(d: &Denial, carried: u32) -> u64 {
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = gate_key(d.dir, &parsed.src, &parsed.dst, sport, dport, parsed.proto);
-    let (suppressed, until) = pass_gate(d.cfg.event_interval_ns, &key, now, carried);
-    let Some(suppressed) = suppressed else {
-        count(d.dir, counter::EVENTS_SUPPRESSED);
-        return until;
+    let (gate, until) = pass_gate(d.cfg, &key, now, carried);
+    let suppressed = match gate {
+        Gate::Open(n) => n,
+        Gate::Closed => {
+            count(d.dir, counter::EVENTS_SUPPRESSED);
+            return until;
+        }
+        Gate::NoBudget => {
+            count(d.dir, counter::EVENTS_RATE_LIMITED);
+            return until;
+        }
     };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(d.dir, counter::EVENTS_LOST);
@@ -94,33 +142,63 @@ fn gate_key(dir: u8, src: &[u8; 16], dst: &[u8; 16], sport: u16, dport: u16, pro
     }
 }
 
-/// At most one event per flow and direction per interval. Returns the number of events
-/// suppressed since the last one (`carried` included), or `None` when this one is suppressed
-/// too; and when the gate opens next.
+/// What the gate says about one denial.
+enum Gate {
+    /// Report it, standing for this many suppressed before it.
+    Open(u32),
+    /// The flow had an event less than an interval ago: counted on its gate.
+    Closed,
+    /// The gate would open but this CPU's event budget is spent: counted on the gate, which
+    /// stays open for the flow's next packet.
+    NoBudget,
+}
+
+/// At most one event per flow and direction per interval, and per CPU no more than the budget
+/// allows (`spend`). Also returns until when the verdict may be cached: the gate's deadline, or
+/// (without budget) when one event's worth has been earned again.
 #[inline(always)]
-fn pass_gate(interval: u64, key: &GateKey, now: u64, carried: u32) -> (Option<u32>, u64) {
+fn pass_gate(cfg: &Config, key: &GateKey, now: u64, carried: u32) -> (Gate, u64) {
+    let interval = cfg.event_interval_ns;
     if interval == 0 {
-        return (Some(carried), 0);
+        return if spend(cfg.event_cost_ns, now) {
+            (Gate::Open(carried), 0)
+        } else {
+            (Gate::NoBudget, 0)
+        };
     }
+    let retry = now.wrapping_add(u64::from(cfg.event_cost_ns));
     if let Some(gate) = GATES.get_ptr_mut(key) {
         // SAFETY: valid for this run; CPUs racing on one flow can only shift a suppressed
         // count between two consecutive events of that flow.
         let gate = unsafe { &mut *gate };
         if now.wrapping_sub(gate.last_ns) < interval {
             gate.suppressed = gate.suppressed.wrapping_add(1).wrapping_add(carried);
-            return (None, gate.last_ns.wrapping_add(interval));
+            return (Gate::Closed, gate.last_ns.wrapping_add(interval));
+        }
+        if !spend(cfg.event_cost_ns, now) {
+            gate.suppressed = gate.suppressed.wrapping_add(1).wrapping_add(carried);
+            return (Gate::NoBudget, retry);
         }
         let suppressed = gate.suppressed.wrapping_add(carried);
         gate.suppressed = 0;
         gate.last_ns = now;
-        (Some(suppressed), now.wrapping_add(interval))
-    } else {
+        (Gate::Open(suppressed), now.wrapping_add(interval))
+    } else if spend(cfg.event_cost_ns, now) {
         let fresh = EventGate {
             last_ns: now,
             suppressed: 0,
             _pad: 0,
         };
         let _ = GATES.insert(key, fresh, 0);
-        (Some(carried), now.wrapping_add(interval))
+        (Gate::Open(carried), now.wrapping_add(interval))
+    } else {
+        // An open gate that already counts this packet.
+        let open = EventGate {
+            last_ns: now.wrapping_sub(interval),
+            suppressed: 1u32.wrapping_add(carried),
+            _pad: 0,
+        };
+        let _ = GATES.insert(key, open, 0);
+        (Gate::NoBudget, retry)
     }
 }

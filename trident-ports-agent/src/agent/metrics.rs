@@ -34,6 +34,7 @@ pub struct Metrics {
     packets: Family<Labels, Counter>,
     denied_by_reason: Family<Labels, Counter>,
     events: Family<Labels, Counter>,
+    cache_answers: Family<Labels, Counter>,
     entries: Family<Labels, Gauge>,
     reloads: Family<Labels, Counter>,
     skipped: Gauge,
@@ -78,8 +79,16 @@ impl Metrics {
         let events = Family::<Labels, Counter>::default();
         registry.register(
             "events",
-            "Denied-flow events, by direction and result (emitted, suppressed, lost)",
+            "Denied-flow events, by direction and result (emitted, suppressed, lost, rate_limited)",
             events.clone(),
+        );
+        let cache_answers = Family::<Labels, Counter>::default();
+        registry.register(
+            "cache_answers",
+            "Packets answered by a per-CPU cache before any parsing or lookup, by direction and \
+             cache (recent_flow: allowed flows; recent_denial: repeats of a denied flow reported \
+             less than events.interval ago); they count under packets too",
+            cache_answers.clone(),
         );
         let entries = Family::<Labels, Gauge>::default();
         registry.register(
@@ -143,6 +152,7 @@ impl Metrics {
             packets,
             denied_by_reason,
             events,
+            cache_answers,
             entries,
             reloads,
             skipped,
@@ -278,9 +288,18 @@ impl Metrics {
                 (counter::EVENTS_EMITTED, "emitted"),
                 (counter::EVENTS_SUPPRESSED, "suppressed"),
                 (counter::EVENTS_LOST, "lost"),
+                (counter::EVENTS_RATE_LIMITED, "rate_limited"),
             ] {
                 self.events
                     .get_or_create(&labels(&[("direction", dir_name(d)), ("result", result)]))
+                    .inc_by(delta(d, c));
+            }
+            for (c, cache) in [
+                (counter::RECENT_HIT, "recent_flow"),
+                (counter::RECENT_DENIAL, "recent_denial"),
+            ] {
+                self.cache_answers
+                    .get_or_create(&labels(&[("direction", dir_name(d)), ("cache", cache)]))
                     .inc_by(delta(d, c));
             }
         }

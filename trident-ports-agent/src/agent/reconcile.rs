@@ -99,7 +99,14 @@ impl Reconciler {
             return Some(snapshot);
         }
         let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
-        let applied = self.dp.lock().unwrap().apply(&policy, interval_ns);
+        let applied = {
+            let mut dp = self.dp.lock().unwrap();
+            // A budget that cannot be written leaves the previous one: events, not verdicts.
+            if let Err(e) = dp.set_event_rate(snapshot.config.events.rate_per_cpu) {
+                warn!("event rate not changed: {e}");
+            }
+            dp.apply(&policy, interval_ns)
+        };
         match applied {
             Ok(a) => {
                 info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, mode = ?policy.mode, "policy reloaded");

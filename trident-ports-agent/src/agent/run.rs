@@ -284,6 +284,7 @@ fn enforce(
     }
     let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
     let mut dp = Datapath::load_pinned(opts.pin_path())?;
+    dp.set_event_rate(snapshot.config.events.rate_per_cpu)?;
     let applied = dp.apply(policy, interval_ns)?;
     info!(
         entries = policy.entries.len(),

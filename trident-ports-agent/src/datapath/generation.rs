@@ -112,6 +112,8 @@ impl Datapath {
             tables: tables.present(),
             options: current.options,
             event_interval_ns,
+            event_cost_ns: current.event_cost_ns,
+            _pad: 0,
         };
         self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
         let in_force = started.elapsed();

@@ -256,6 +256,19 @@ impl Datapath {
         self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
     }
 
+    /// At most `per_second` events per second from each CPU (0: no limit), in bursts of up to a
+    /// second's worth (`Config::event_cost_ns`). Verdicts never depend on it.
+    pub fn set_event_rate(&mut self, per_second: u32) -> Result<()> {
+        let mut cfg = self.config()?;
+        // 0 events per second means no limit, which is cost 0.
+        let cost = 1_000_000_000_u32.checked_div(per_second).map_or(0, |c| c.max(1));
+        if cfg.event_cost_ns == cost {
+            return Ok(());
+        }
+        cfg.event_cost_ns = cost;
+        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
     /// Switches between enforce and audit without touching the policy.
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
         let mut cfg = self.config()?;
