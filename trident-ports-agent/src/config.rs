@@ -1,8 +1,9 @@
 //! The node configuration (see `config/node.example.yaml`).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -260,7 +261,9 @@ pub struct Allow {
     #[serde(deserialize_with = "port_range")]
     pub ports: PortRange,
     pub proto: Proto,
-    pub reason: String,
+    /// Shared among the entries that give the same reason (see `NodeConfig::from_yaml`).
+    #[serde(deserialize_with = "text")]
+    pub reason: Arc<str>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -346,6 +349,10 @@ fn net_map<'de, D: Deserializer<'de>>(
         .collect()
 }
 
+fn text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Arc<str>, D::Error> {
+    String::deserialize(d).map(Arc::from)
+}
+
 fn port_range<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<PortRange, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -395,10 +402,23 @@ impl Default for NodeConfig {
 
 impl NodeConfig {
     pub fn from_yaml(path: &Path, text: &str) -> Result<Self> {
-        serde_yaml::from_str(text).map_err(|e| Error::Config {
+        let mut c: Self = serde_yaml::from_str(text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             message: yaml_error(&e),
-        })
+        })?;
+        // A long allow list repeats a few reasons: one copy of each lives on, rather than one
+        // small allocation per entry scattered through the heap the parser used (which kept
+        // the freed parser memory from going back to the system).
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        for a in &mut c.allow {
+            match seen.get(&a.reason) {
+                Some(r) => a.reason = r.clone(),
+                None => {
+                    seen.insert(a.reason.clone());
+                }
+            }
+        }
+        Ok(c)
     }
 
     pub fn load(path: &Path) -> Result<Self> {

@@ -81,6 +81,11 @@ enum Command {
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/trident-ports";
 
 fn main() -> std::process::ExitCode {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(real_main()) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -122,7 +122,7 @@ fn nfsv4_pinned_backend_gets_mgmt_and_2049_tcp_only() {
         "{}",
         e.source
     );
-    assert_eq!(e.purpose, "NFS daemon");
+    assert_eq!(&*e.purpose, "NFS daemon");
 }
 
 #[test]

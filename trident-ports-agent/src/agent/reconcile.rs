@@ -176,10 +176,10 @@ fn changes(before: &Policy, after: &Policy) -> Vec<(String, usize, usize)> {
     );
     let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (b, _) in new.difference(&old) {
-        by.entry(b.clone()).or_default().0 += 1;
+        by.entry(b.to_string()).or_default().0 += 1;
     }
     for (b, _) in old.difference(&new) {
-        by.entry(b.clone()).or_default().1 += 1;
+        by.entry(b.to_string()).or_default().1 += 1;
     }
     by.into_iter().map(|(b, (a, r))| (b, a, r)).collect()
 }

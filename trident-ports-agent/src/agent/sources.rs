@@ -2,7 +2,7 @@
 //! cluster comes next). A source produces a [`Snapshot`]; compiling one is `reconcile`'s job.
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
@@ -152,10 +152,20 @@ pub struct FileSources {
     pub config: Option<PathBuf>,
     pub extra_backends: Vec<PathBuf>,
     pub role: Option<Role>,
+    /// The backend sources the configuration named when it had this path, size and time:
+    /// `fingerprint` runs every few seconds and need not parse an unchanged configuration
+    /// (a large allow list made that a whole YAML parse each time).
+    named: Arc<Mutex<Option<NamedSources>>>,
 }
 
+/// The configuration file's stamp, and the backend sources it named.
+type NamedSources = (FileStamp, Vec<PathBuf>);
+
+/// Resolved path, size and modification time of one input file.
+type FileStamp = (PathBuf, u64, SystemTime);
+
 /// Resolved path, size and modification time of every input file.
-pub type Fingerprint = Vec<(PathBuf, u64, SystemTime)>;
+pub type Fingerprint = Vec<FileStamp>;
 
 impl FileSources {
     pub fn new(config: Option<&Path>, extra_backends: &[PathBuf], role: Option<Role>) -> Self {
@@ -163,6 +173,7 @@ impl FileSources {
             config: config.map(Path::to_path_buf),
             extra_backends: extra_backends.to_vec(),
             role,
+            named: Arc::default(),
         }
     }
 
@@ -277,31 +288,43 @@ impl FileSources {
     /// paths: that counts as a change as much as a new size or time does.
     pub fn fingerprint(&self) -> Fingerprint {
         let mut paths: Vec<PathBuf> = self.config.iter().cloned().collect();
-        let config = self
-            .config
-            .as_deref()
-            .and_then(|c| NodeConfig::load(c).ok());
-        let sources = match &config {
-            Some(c) => self.backend_paths(c),
-            None => self.extra_backends.clone(),
-        };
-        for s in sources {
+        for s in self.named_sources() {
             match std::fs::read_dir(&s) {
                 Ok(rd) => paths.extend(rd.filter_map(|e| e.ok().map(|e| e.path()))),
                 Err(_) => paths.push(s),
             }
         }
-        let mut out: Fingerprint = paths
-            .into_iter()
-            .filter_map(|p| {
-                let real = std::fs::canonicalize(&p).ok()?;
-                let m = std::fs::metadata(&real).ok()?;
-                Some((real, m.len(), m.modified().ok()?))
-            })
-            .collect();
+        let mut out: Fingerprint = paths.iter().filter_map(|p| stamp(p)).collect();
         out.sort();
         out
     }
+
+    /// The backend sources to watch: those the configuration names (parsed again only when the
+    /// file changed) and those from the command line.
+    fn named_sources(&self) -> Vec<PathBuf> {
+        let Some(path) = self.config.as_deref() else {
+            return self.extra_backends.clone();
+        };
+        let now = stamp(path);
+        let mut named = self.named.lock().unwrap();
+        if let (Some(now), Some((then, sources))) = (&now, named.as_ref())
+            && now == then
+        {
+            return sources.clone();
+        }
+        let sources = match NodeConfig::load(path) {
+            Ok(c) => self.backend_paths(&c),
+            Err(_) => self.extra_backends.clone(),
+        };
+        *named = now.map(|n| (n, sources.clone()));
+        sources
+    }
+}
+
+fn stamp(p: &Path) -> Option<FileStamp> {
+    let real = std::fs::canonicalize(p).ok()?;
+    let m = std::fs::metadata(&real).ok()?;
+    Some((real, m.len(), m.modified().ok()?))
 }
 
 #[cfg(test)]
@@ -330,6 +353,21 @@ mod tests {
             s.fingerprint(),
             before,
             "a rewritten backend file is a change"
+        );
+        // The configuration names another directory: its files are watched from then on (the
+        // sources it names are cached only while the configuration file stays the same).
+        std::fs::create_dir_all(dir.join("c")).unwrap();
+        std::fs::write(dir.join("c/san.yaml"), "version: 1\n").unwrap();
+        std::fs::write(
+            dir.join("node.yaml"),
+            "backends:\n  sources: [b, c]\n  # a longer file\n",
+        )
+        .unwrap();
+        let now = s.fingerprint();
+        assert_eq!(now.len(), 3, "{now:?}");
+        assert!(
+            now.iter().any(|(p, ..)| p.ends_with("c/san.yaml")),
+            "{now:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -479,9 +479,9 @@ mod tests {
             peer: peer.parse().unwrap(),
             ports: PortRange { from, to },
             proto: Proto::Tcp,
-            purpose: String::new(),
+            purpose: "".into(),
             backend: None,
-            source: String::new(),
+            source: "".into(),
         }
     }
 

@@ -261,7 +261,9 @@ impl Datapath {
     pub fn set_event_rate(&mut self, per_second: u32) -> Result<()> {
         let mut cfg = self.config()?;
         // 0 events per second means no limit, which is cost 0.
-        let cost = 1_000_000_000_u32.checked_div(per_second).map_or(0, |c| c.max(1));
+        let cost = 1_000_000_000_u32
+            .checked_div(per_second)
+            .map_or(0, |c| c.max(1));
         if cfg.event_cost_ns == cost {
             return Ok(());
         }

@@ -284,9 +284,9 @@ mod tests {
             peer: dst.parse().unwrap(),
             ports,
             proto,
-            purpose: String::new(),
+            purpose: "".into(),
             backend: None,
-            source: String::new(),
+            source: "".into(),
         }
     }
 

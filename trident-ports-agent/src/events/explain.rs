@@ -78,7 +78,7 @@ impl Explainer {
         Some(match o {
             Owner::Entry(i) => {
                 let e = &self.policy.entries[i as usize];
-                (e.backend.as_deref(), e.source.as_str())
+                (e.backend.as_deref(), &*e.source)
             }
             Owner::Protected(i) => (None, self.policy.protected[i as usize].why.as_str()),
         })

@@ -1,7 +1,10 @@
 //! The policy compiler: the port model, the node configuration and what the sources say
 //! (backends, StorageClasses, PVs) to a [`Policy`]. What `plan` prints is exactly what `run`
 //! enforces. The rules and the Trident code they follow are listed in docs/plan.md.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 
@@ -68,6 +71,7 @@ pub fn compile(config: &NodeConfig, inv: &Inventory, local_addresses: &[IpNet]) 
             "{a}: node.addresses and trident.controllerAddresses take single addresses; a prefix guards nothing"
         ));
     }
+    let source: Arc<str> = "config: allow".into();
     for a in &config.allow {
         p.entries.push(Entry {
             direction: Direction::Egress,
@@ -76,10 +80,13 @@ pub fn compile(config: &NodeConfig, inv: &Inventory, local_addresses: &[IpNet]) 
             proto: a.proto,
             purpose: a.reason.clone(),
             backend: None,
-            source: "config: allow".into(),
+            source: source.clone(),
         });
     }
     dedup(&mut p.entries);
+    share_texts(&mut p.entries);
+    // Held for the life of the policy: no growth slack (a quarter more at 100,000 entries).
+    p.entries.shrink_to_fit();
     let mut seen = BTreeSet::new();
     p.warnings.retain(|w| seen.insert(w.clone()));
     p
@@ -256,9 +263,9 @@ fn egress(
         peer: dst,
         ports,
         proto,
-        purpose: port.explain(),
-        backend: backend.map(str::to_string),
-        source,
+        purpose: port.explain().into(),
+        backend: backend.map(Arc::from),
+        source: source.into(),
     }
 }
 
@@ -293,9 +300,9 @@ fn add_port(
                     peer: d.net,
                     ports,
                     proto,
-                    purpose: port.explain(),
-                    backend: backend.map(str::to_string),
-                    source,
+                    purpose: port.explain().into(),
+                    backend: backend.map(Arc::from),
+                    source: source.into(),
                 });
             } else {
                 p.entries
@@ -710,7 +717,7 @@ fn compile_node_ports(model: &Model, config: &NodeConfig, p: &mut Policy) {
                         peer: *cidr,
                         ports: PortRange::single(number),
                         proto,
-                        purpose: port.purpose.clone(),
+                        purpose: port.purpose.as_str().into(),
                         backend: None,
                         source: "config: cluster.cidrs".into(),
                     });
@@ -722,6 +729,37 @@ fn compile_node_ports(model: &Model, config: &NodeConfig, p: &mut Policy) {
         p.warnings.push(
             "cluster.cidrs is empty: Trident's node ports (8000, 8443, 8001) accept no source on enforced interfaces".into(),
         );
+    }
+}
+
+/// One shared copy of each text: a policy repeats a few purposes, sources and backend names
+/// over many entries (100,000 strings of 20-40 bytes each were a third of a large policy).
+#[derive(Default)]
+struct Texts(HashSet<Arc<str>>);
+
+impl Texts {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(t) = self.0.get(s) {
+            return t.clone();
+        }
+        let t: Arc<str> = s.into();
+        self.0.insert(t.clone());
+        t
+    }
+
+    fn share(&mut self, t: &mut Arc<str>) {
+        *t = self.get(t);
+    }
+}
+
+fn share_texts(entries: &mut [Entry]) {
+    let mut texts = Texts::default();
+    for e in entries {
+        texts.share(&mut e.purpose);
+        texts.share(&mut e.source);
+        if let Some(b) = &mut e.backend {
+            texts.share(b);
+        }
     }
 }
 

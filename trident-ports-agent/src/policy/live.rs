@@ -71,7 +71,7 @@ fn needs(s: &Session, config: &NodeConfig, policy: &Policy) -> Vec<Need> {
                 .find(|e| e.peer.contains(server) && e.backend.is_some())
                 .and_then(|e| e.backend.clone());
             let moved = owner
-                .and_then(|b| config.backends.nfs_ports.get(&b).copied())
+                .and_then(|b| config.backends.nfs_ports.get(&*b).copied())
                 .unwrap_or_default();
             let both = [Proto::Tcp, Proto::Udp];
             if mount.rdma {
@@ -178,9 +178,9 @@ pub fn apply(policy: &mut Policy, config: &NodeConfig, sessions: &[Session], pro
                     peer: net,
                     ports: n.ports,
                     proto: n.proto,
-                    purpose: format!("{} (a live session uses it)", n.purpose),
+                    purpose: format!("{} (a live session uses it)", n.purpose).into(),
                     backend: None,
-                    source: format!("live: {s}"),
+                    source: format!("live: {s}").into(),
                 });
             }
         }
@@ -221,7 +221,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             ports: PortRange::single(port),
             proto,
-            purpose: String::new(),
+            purpose: "".into(),
             backend: Some("nas".into()),
             source: "b.yaml: dataLIF".into(),
         }
@@ -271,7 +271,7 @@ mod tests {
             assert!(
                 p.entries.iter().any(|e| e.ports.from.to_string() == port
                     && e.proto.to_string() == proto
-                    && e.source == "live: NFSv3 mount /mnt/a (192.0.2.2:/vol)"),
+                    && &*e.source == "live: NFSv3 mount /mnt/a (192.0.2.2:/vol)"),
                 "{want}"
             );
         }

@@ -4,6 +4,8 @@ pub mod compile;
 pub mod live;
 pub mod render;
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +22,11 @@ pub struct Entry {
     pub ports: PortRange,
     pub proto: Proto,
     /// What the port is for, from the port model.
-    pub purpose: String,
+    pub purpose: Arc<str>,
     /// The Trident backend the entry serves, if any.
-    pub backend: Option<String>,
+    pub backend: Option<Arc<str>>,
     /// Where the address came from: a backend file and field, or a node configuration key.
-    pub source: String,
+    pub source: Arc<str>,
 }
 
 impl Entry {
@@ -60,9 +62,9 @@ impl From<Entry> for EntryJson {
             src: e.src(),
             ports: e.ports,
             proto: e.proto,
-            purpose: e.purpose,
-            backend: e.backend,
-            source: e.source,
+            purpose: e.purpose.to_string(),
+            backend: e.backend.map(|b| b.to_string()),
+            source: e.source.to_string(),
         }
     }
 }
@@ -86,9 +88,9 @@ impl TryFrom<EntryJson> for Entry {
             peer,
             ports: j.ports,
             proto: j.proto,
-            purpose: j.purpose,
-            backend: j.backend,
-            source: j.source,
+            purpose: j.purpose.into(),
+            backend: j.backend.map(Into::into),
+            source: j.source.into(),
         })
     }
 }

@@ -65,9 +65,9 @@ fn table(policy: &Policy) -> String {
             e.peer.to_string(),
             e.ports.to_string(),
             e.proto.to_string(),
-            e.backend.clone().unwrap_or_else(|| "-".into()),
-            e.purpose.clone(),
-            e.source.clone(),
+            e.backend.as_deref().unwrap_or("-").to_string(),
+            e.purpose.to_string(),
+            e.source.to_string(),
         ]);
     }
     let widths: Vec<usize> = (0..7)
