@@ -319,7 +319,9 @@ fn per_packet(smoke: bool) {
             proto: Proto::Tcp,
             purpose: "bench".into(),
         });
-        dp.apply(&p, 1_000_000_000).unwrap();
+        // Event gates of a minute: no gate opens again while a path is measured, so every
+        // repetition of a denied frame goes the path it is reported under.
+        dp.apply(&p, 60_000_000_000).unwrap();
         // The last entry: the one inserted last into the maps.
         let i = n - 1;
         let dst =
@@ -414,7 +416,7 @@ fn per_packet(smoke: bool) {
          established flow, answered by the per-CPU recent-flow cache (egress: the node's packet; ingress: the \
          storage's reply); table hit: the same packet with that cache off; rule: the cluster subnet to port \
          8000; denied: egress to a port the policy lacks, ingress unsolicited from the storage address, \
-         repeated within its event interval (1 s) and answered by the per-CPU recent-denial cache \
+         repeated within its event interval (60 s here) and answered by the per-CPU recent-denial cache \
          (recent flow), or with that cache off (full path: parse, lookups, the event gate); \
          unprotected: to or from an address not in the policy. The median of {RUNS} runs of {repeat} repetitions \
          each, every repetition checked against the counter of the path it is reported under. New flow (rule lookup plus a \

@@ -145,7 +145,9 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     if !require_root("an_upgrade_replaces_pinned_maps_of_another_layout") {
         return;
     }
-    use trident_ports_common::{COUNTER_SLOTS, Config, maps};
+    use trident_ports_common::{
+        COUNTER_SLOTS, Config, FlowKey, FlowState, PROTO_TCP, maps, v4_mapped,
+    };
     let fs = BpfFs::mount();
     let pin = fs.0.join("trident-ports");
     let (pair, dir, _echo) = nas_node_with_servers("upgrade");
@@ -153,11 +155,28 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     let args = ["--pin-dir", pin.to_str().unwrap()];
     let a = Agent::run(&pair, &cfg, &args);
     // A handshake whose SYN leaves through the old program just before the new one attaches
-    // has its SYN-ACK judged against the new, empty connection table until the second seed:
-    // TCP resends the SYN after 1 s. That stall is known (docs/operations.md); a failure is
-    // an exchange that does not complete within TCP's own retry.
-    let traffic = Traffic::start_with(&pair, Duration::from_secs(3));
+    // has its SYN-ACK judged by the new program: the new connection table inherits the old
+    // one's flows, before the attach and once after. Exchanges must complete within 900 ms,
+    // before TCP would resend a lost SYN (1 s): a dropped SYN-ACK fails the test.
+    let traffic = Traffic::start_with(&pair, Duration::from_millis(900));
     std::thread::sleep(Duration::from_millis(700));
+    // A flow only the old connection table knows (no socket has it): the new table must
+    // inherit it, unchecked.
+    let flows_at = |p: &std::path::Path| {
+        let m = aya::maps::MapData::from_pin(p).unwrap();
+        aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(aya::maps::Map::HashMap(m)).unwrap()
+    };
+    let only_old = FlowKey {
+        local: v4_mapped([192, 0, 2, 1]),
+        remote: v4_mapped([192, 0, 2, 2]),
+        local_port: 50_123,
+        remote_port: 2049,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    flows_at(&pin.join("maps").join(maps::FLOWS))
+        .insert(only_old, FlowState { seq: 7, _pad: 0 }, 0)
+        .unwrap();
     // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
     drop(a);
@@ -199,6 +218,14 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
         size_of::<Config>()
     );
     assert_eq!(info(maps::COUNTERS).max_entries(), COUNTER_SLOTS);
+    assert_eq!(
+        flows_at(&pin.join("maps").join(maps::FLOWS))
+            .get(&only_old, 0)
+            .ok()
+            .map(|s| s.seq),
+        Some(0),
+        "the new connection table inherited the old one's flow, to be judged again"
+    );
     std::thread::sleep(Duration::from_millis(700));
     let events = b.wait_events(1, Duration::from_secs(3));
     assert!(

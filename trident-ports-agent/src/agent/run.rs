@@ -313,12 +313,14 @@ fn enforce(
     );
     metrics.reload(true, Some(&applied.tables));
     metrics.policy(policy);
-    // Seed before attaching, and again after, for sockets opened in between.
+    // Seed before attaching, and again after, for sockets opened (and flows the programs being
+    // replaced tracked) in between.
     let mut seeded = dp.seed_flows()?;
     for iface in &interfaces {
         dp.attach(iface, opts.attach, opts.ingress)?;
     }
     seeded += dp.seed_flows()?;
+    dp.release_previous_flows();
     for iface in &interfaces {
         info!(iface, attach = ?opts.attach, ingress = ?opts.ingress, seeded, "attached");
     }

@@ -52,6 +52,9 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowState>,
     flow_epoch: Array<MapData, u64>,
+    /// The connection table an agent of another configuration layout left, while its flows are
+    /// carried over (`inherit_flows`).
+    previous_flows: Option<HashMap<MapData, FlowKey, FlowState>>,
     events: Option<RingBuf<MapData>>,
     /// The keys of the generation in force, when this process wrote it.
     running: Option<incremental::Running>,
@@ -100,8 +103,14 @@ impl Datapath {
             maps::EVENTS,
             maps::COUNTERS,
         ];
+        let mut previous_flows = None;
         if let Some(p) = &pins {
-            for (name, old) in p.retire_other_layouts(OBJECT, &names)? {
+            let (retired, flows) = p.retire_other_layouts(OBJECT, &names)?;
+            previous_flows = flows
+                .map(|m| HashMap::try_from(Map::HashMap(m)))
+                .transpose()
+                .map_err(map_err(maps::FLOWS))?;
+            for (name, old) in retired {
                 if let Some(layout) = old {
                     tracing::warn!(
                         map = name,
@@ -113,7 +122,7 @@ impl Datapath {
                     tracing::warn!(
                         map = name,
                         "the pinned connection table belongs to the replaced configuration: \
-                     replaced with a new one, filled again from the node's sockets"
+                     replaced with a new one that inherits its flows, unchecked"
                     );
                 }
             }
@@ -173,6 +182,7 @@ impl Datapath {
             counters: typed!(maps::COUNTERS),
             flows: typed!(maps::FLOWS),
             flow_epoch: typed!(maps::FLOW_EPOCH),
+            previous_flows,
             events: Some(typed!(maps::EVENTS)),
             ebpf,
             pins,
@@ -200,10 +210,11 @@ impl Datapath {
         }
     }
 
-    /// Adds this namespace's existing connections to the connection table (see `seed`). Flows
-    /// already known are left as they are. Returns how many were added.
+    /// Adds this namespace's existing connections to the connection table (see `seed`), and the
+    /// flows of a retired connection table (`inherit_flows`). Flows already known are left as
+    /// they are. Returns how many were added.
     pub fn seed_flows(&mut self) -> Result<usize> {
-        let mut added = 0;
+        let mut added = self.inherit_flows()?;
         for f in seed::current_flows() {
             if self.flows.get(&f, 0).is_ok() {
                 continue;
@@ -219,6 +230,36 @@ impl Datapath {
             self.flows_added()?;
         }
         Ok(added)
+    }
+
+    /// Copies the flows of the connection table a previous agent left (retired because the
+    /// configuration's layout changed) into this one, unchecked (sequence 0: each is judged
+    /// against the running rules on its next packet). The old programs keep filling the old
+    /// table until these are attached, so `run` calls this before attaching and once after;
+    /// the table is let go when no program of the old build is left on an interface this agent
+    /// attached (`release_previous_flows`). Socket seeding alone left a window: a handshake
+    /// whose first packet left through the old program while its answer met the new one.
+    pub fn inherit_flows(&mut self) -> Result<usize> {
+        let Some(old) = &self.previous_flows else {
+            return Ok(0);
+        };
+        let mut added = 0;
+        let state = FlowState { seq: 0, _pad: 0 };
+        for f in old.keys().filter_map(std::result::Result::ok) {
+            // BPF_NOEXIST: never overwrite an entry the datapath wrote meanwhile.
+            if self.flows.insert(f, state, 1).is_ok() {
+                added += 1;
+            }
+        }
+        if added > 0 {
+            self.flows_added()?;
+        }
+        Ok(added)
+    }
+
+    /// Lets go of a retired connection table (see `inherit_flows`).
+    pub fn release_previous_flows(&mut self) {
+        self.previous_flows = None;
     }
 
     /// Tells the datapath that the connection table has new entries: denials its CPUs cached

@@ -19,6 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::maps::MapData;
 use trident_ports_common::maps;
 
 use crate::error::{Error, Result};
@@ -126,12 +127,14 @@ impl Pins {
     /// with the configuration also the connection table, whose entries count as checked only
     /// under the configuration's policy sequence: a fresh configuration restarts that sequence,
     /// and old entries could then pass as checked against a policy they never met. Returns the
-    /// maps unpinned, with the layout each had.
+    /// maps unpinned, with the layout each had, and the retired connection table itself when
+    /// its layout is this build's: its flows can be carried over, unchecked (`Datapath::
+    /// inherit_flows`), so that none of them looks unsolicited to the new programs.
     pub fn retire_other_layouts(
         &self,
         object: &[u8],
         names: &[&str],
-    ) -> Result<Vec<(String, Option<MapLayout>)>> {
+    ) -> Result<(Vec<Retired>, Option<MapData>)> {
         let want = object_layouts(object, names)?;
         let mut have = BTreeMap::new();
         for name in names {
@@ -140,10 +143,15 @@ impl Pins {
             }
         }
         let retired = retirements(&want, &have);
-        for (name, _) in &retired {
+        let mut flows = None;
+        for (name, old) in &retired {
+            if name == maps::FLOWS && old.is_none() {
+                // Opened before it is unpinned; a failure only loses what it would carry over.
+                flows = MapData::from_pin(self.map(name)).ok();
+            }
             self.retire_map(name)?;
         }
-        Ok(retired)
+        Ok((retired, flows))
     }
 
     /// Unpins `name`, so that the loader creates and pins a fresh map in its place. Programs
@@ -197,6 +205,10 @@ impl Pins {
         )))
     }
 }
+
+/// A map unpinned because this build cannot share it, with the layout it had (`None`: the
+/// connection table, retired with the configuration).
+pub type Retired = (String, Option<MapLayout>);
 
 /// The layouts the eBPF object defines for `names`.
 pub fn object_layouts(object: &[u8], names: &[&str]) -> Result<BTreeMap<String, MapLayout>> {
