@@ -98,8 +98,20 @@ fn agent_pid(a: &Agent) -> u32 {
 }
 
 fn iperf3(ns: &NetNs, args: &[&str]) -> Child {
-    ns.command("iperf3")
-        .args(args)
+    iperf3_on(ns, None, args)
+}
+
+/// iperf3, on one CPU when `cpu` names it.
+fn iperf3_on(ns: &NetNs, cpu: Option<usize>, args: &[&str]) -> Child {
+    let mut c = match cpu {
+        Some(n) => {
+            let mut c = ns.command("taskset");
+            c.args(["-c", &n.to_string(), "iperf3"]);
+            c
+        }
+        None => ns.command("iperf3"),
+    };
+    c.args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -341,11 +353,11 @@ fn lost(node: &NetNs) -> u64 {
 fn flood(seconds: u64) -> bool {
     let lab = Lab::start_with(NetNs::new("tpn"), &[]);
     // No callbacks, and 192.0.2.16/28 protected (a KDC range): every datagram from storage to
-    // the node is unsolicited, and denied.
+    // the node is unsolicited, and denied. Port 5202: the stream of the pinned runs.
     let node = NodeDir::at(lab.dir.join("agent-flood"))
         .backend("backends.yaml", BACKENDS)
         .raw_config(&config(
-            "  - {dst: 192.0.2.16/28, ports: 88, proto: tcp, reason: flood sources}\nnfs: {callbacks: false}\n",
+            "  - {dst: 192.0.2.16/28, ports: 88, proto: tcp, reason: flood sources}\n  - {dst: 192.0.2.2, ports: 5202, proto: tcp, reason: iperf3 pinned}\nnfs: {callbacks: false}\n",
         ));
     let agent = Agent::run(&lab.pair, &node.config_path(), &[]);
     let pid = agent_pid(&agent);
@@ -353,15 +365,24 @@ fn flood(seconds: u64) -> bool {
         &lab.pair.storage,
         &["-s", "-B", "192.0.2.2", "-p", "5201"],
     ));
+    // The same stream with its client and server on CPU 0 and the flood's sender on the last
+    // CPU: what the flood costs the stream through the datapath rather than through a shared CPU.
+    let last_cpu = std::thread::available_parallelism().map_or(1, |n| n.get() - 1);
+    let _pinned_server = Server(iperf3_on(
+        &lab.pair.storage,
+        Some(0),
+        &["-s", "-B", "192.0.2.2", "-p", "5202"],
+    ));
     std::thread::sleep(Duration::from_millis(300));
-    let throughput = |secs: u64| -> f64 {
-        let out = iperf3(
+    let throughput = |secs: u64, pinned: bool| -> f64 {
+        let out = iperf3_on(
             &lab.pair.node,
+            pinned.then_some(0),
             &[
                 "-c",
                 "192.0.2.2",
                 "-p",
-                "5201",
+                if pinned { "5202" } else { "5201" },
                 "-t",
                 &secs.to_string(),
                 "-J",
@@ -375,7 +396,8 @@ fn flood(seconds: u64) -> bool {
             .unwrap_or(0.0)
             / 1e9
     };
-    let quiet = throughput(seconds.min(10));
+    let quiet = throughput(seconds.min(10), false);
+    let quiet_pinned = throughput(seconds.min(10), true);
     let rss_before = rss_kib(pid);
     // Storage addresses flood the node's ports: unsolicited, denied, each (port pair) a new flow.
     let sources: Vec<String> = std::iter::once("192.0.2.2".to_string())
@@ -391,7 +413,7 @@ fn flood(seconds: u64) -> bool {
             &lab.pair.storage_if,
         ]);
     }
-    let flooder = Flooder::start(&lab.pair.storage, &sources);
+    let flooder = Flooder::start(&lab.pair.storage, &sources, None);
     let started = Instant::now();
     // RSS through the flood: the event history fills to its bound, then stays.
     let sampler = std::thread::spawn(move || {
@@ -403,9 +425,12 @@ fn flood(seconds: u64) -> bool {
         }
         samples
     });
-    let flooded = throughput(seconds);
+    let flooded = throughput(seconds, false);
     let rss_during = sampler.join().unwrap();
     let n = flooder.finish();
+    let pinned_flooder = Flooder::start(&lab.pair.storage, &sources, Some(last_cpu));
+    let flooded_pinned = throughput(seconds.min(10), true);
+    let n_pinned = pinned_flooder.finish();
     std::thread::sleep(Duration::from_secs(1));
     let rss_after = rss_kib(pid);
     let text = metrics::scrape(&lab.pair.node);
@@ -418,9 +443,13 @@ fn flood(seconds: u64) -> bool {
     // process itself competes with iperf3; this separates its share from the filter's.
     drop(agent);
     std::thread::sleep(Duration::from_millis(300));
-    let control = Flooder::start(&lab.pair.storage, &sources);
-    let unfiltered = throughput(seconds.min(10));
+    let control = Flooder::start(&lab.pair.storage, &sources, None);
+    let unfiltered = throughput(seconds.min(10), false);
     control.finish();
+    let control = Flooder::start(&lab.pair.storage, &sources, Some(last_cpu));
+    let unfiltered_pinned = throughput(seconds.min(10), true);
+    control.finish();
+    let pct = |x: f64, of: f64| x * 100.0 / of.max(1e-9);
     println!("## Flood: {seconds} s of distinct denied flows beside one iperf3 stream\n");
     println!("| what | result | target |\n|---|---|---|");
     let distinct = n.min(sources.len() as u64 * 64_000);
@@ -428,7 +457,7 @@ fn flood(seconds: u64) -> bool {
         "| datagrams sent | {n} ({:.0}/s), {distinct} distinct flows | 1,000,000 flows in 60 s |",
         n as f64 / seconds as f64
     );
-    println!("| denied by the kernel | {denied} | all sent |");
+    println!("| denied by the kernel | {denied} (with the pinned run's {n_pinned}) | all sent |");
     println!(
         "| events emitted, over the per-CPU budget, lost | {emitted}, {limited}, {lost} | gated per flow and budgeted per CPU (10,000/s); a verdict never waits on them |"
     );
@@ -437,11 +466,16 @@ fn flood(seconds: u64) -> bool {
     );
     println!(
         "| iperf3 without, with the flood | {quiet:.2}, {flooded:.2} Gbit/s ({:.0}%) | within 10% |",
-        flooded * 100.0 / quiet.max(1e-9)
+        pct(flooded, quiet)
     );
     println!(
         "| control: iperf3 with the same flood and no filter | {unfiltered:.2} Gbit/s ({:.0}%) | the generator's own share |",
-        unfiltered * 100.0 / quiet.max(1e-9)
+        pct(unfiltered, quiet)
+    );
+    println!(
+        "| iperf3 on CPU 0, the flood's sender on CPU {last_cpu}: without, with the flood; with it and no filter | {quiet_pinned:.2}, {flooded_pinned:.2} ({:.0}%); {unfiltered_pinned:.2} Gbit/s ({:.0}%) | within 10% |",
+        pct(flooded_pinned, quiet_pinned),
+        pct(unfiltered_pinned, quiet_pinned)
     );
     println!();
     denied > 0 && flooded > 0.0
@@ -456,11 +490,20 @@ struct Flooder {
 }
 
 impl Flooder {
-    fn start(storage: &NetNs, sources: &[String]) -> Self {
+    /// Starts the flood, on one CPU when `cpu` names it.
+    fn start(storage: &NetNs, sources: &[String], cpu: Option<usize>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (s, c, sources) = (stop.clone(), sent.clone(), sources.to_vec());
         let thread = storage.run(move || {
+            if let Some(n) = cpu {
+                // SAFETY: sched_setaffinity on the calling thread with an owned, sized set.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(n, &mut set);
+                    libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+                }
+            }
             let socks: Vec<UdpSocket> = sources
                 .iter()
                 .map(|a| UdpSocket::bind(format!("{a}:0")).unwrap())
