@@ -439,6 +439,7 @@ mod tests {
         assert_eq!(c.trident.probe_port, 17546);
         assert_eq!(c.cluster.cidrs.len(), 3);
         assert_eq!(c.allow[0].ports, PortRange::single(8009));
+        assert_eq!(c.events.rate_per_cpu, 10_000);
         assert_eq!(c.directory.kerberos[0].to_string(), "192.0.2.60/32");
         assert_eq!(
             c.backends.data_addresses["san-prod"][0].to_string(),
