@@ -1,6 +1,6 @@
 //! The node configuration (see `config/node.example.yaml`).
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -406,17 +406,10 @@ impl NodeConfig {
             path: path.to_path_buf(),
             message: yaml_error(&e),
         })?;
-        // A long allow list repeats a few reasons: one copy of each lives on, rather than one
-        // small allocation per entry scattered through the heap the parser used (which kept
-        // the freed parser memory from going back to the system).
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        // A long allow list repeats a few reasons: one copy of each lives on (see `text`).
+        let mut texts = crate::text::Texts::default();
         for a in &mut c.allow {
-            match seen.get(&a.reason) {
-                Some(r) => a.reason = r.clone(),
-                None => {
-                    seen.insert(a.reason.clone());
-                }
-            }
+            texts.share(&mut a.reason);
         }
         Ok(c)
     }

@@ -19,3 +19,4 @@ pub mod model;
 pub mod net;
 pub mod policy;
 pub mod sessions;
+mod text;

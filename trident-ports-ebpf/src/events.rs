@@ -23,7 +23,7 @@ pub(crate) struct Denial<'a> {
 /// One CPU's event budget (see `Config::event_cost_ns`).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub(crate) struct Budget {
+struct Budget {
     /// Unspent budget, in nanoseconds of earning.
     credit_ns: u64,
     /// When it was last brought up to date (bpf_ktime_get_ns).

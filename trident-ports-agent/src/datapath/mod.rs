@@ -214,7 +214,7 @@ impl Datapath {
     /// flows of a retired connection table (`inherit_flows`). Flows already known are left as
     /// they are. Returns how many were added.
     pub fn seed_flows(&mut self) -> Result<usize> {
-        let mut added = self.inherit_flows()?;
+        let mut added = self.inherit_flows();
         for f in seed::current_flows() {
             if self.flows.get(&f, 0).is_ok() {
                 continue;
@@ -235,13 +235,13 @@ impl Datapath {
     /// Copies the flows of the connection table a previous agent left (retired because the
     /// configuration's layout changed) into this one, unchecked (sequence 0: each is judged
     /// against the running rules on its next packet). The old programs keep filling the old
-    /// table until these are attached, so `run` calls this before attaching and once after;
-    /// the table is let go when no program of the old build is left on an interface this agent
-    /// attached (`release_previous_flows`). Socket seeding alone left a window: a handshake
-    /// whose first packet left through the old program while its answer met the new one.
-    pub fn inherit_flows(&mut self) -> Result<usize> {
+    /// table until these are attached, so `run` seeds before attaching and once after, then
+    /// lets the old table go (`release_previous_flows`). Socket seeding alone left a window: a
+    /// handshake whose first packet left through the old program while its answer met the new
+    /// one.
+    fn inherit_flows(&mut self) -> usize {
         let Some(old) = &self.previous_flows else {
-            return Ok(0);
+            return 0;
         };
         let mut added = 0;
         let state = FlowState { seq: 0, _pad: 0 };
@@ -251,10 +251,7 @@ impl Datapath {
                 added += 1;
             }
         }
-        if added > 0 {
-            self.flows_added()?;
-        }
-        Ok(added)
+        added
     }
 
     /// Lets go of a retired connection table (see `inherit_flows`).

@@ -732,28 +732,8 @@ fn compile_node_ports(model: &Model, config: &NodeConfig, p: &mut Policy) {
     }
 }
 
-/// One shared copy of each text: a policy repeats a few purposes, sources and backend names
-/// over many entries (100,000 strings of 20-40 bytes each were a third of a large policy).
-#[derive(Default)]
-struct Texts(HashSet<Arc<str>>);
-
-impl Texts {
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(t) = self.0.get(s) {
-            return t.clone();
-        }
-        let t: Arc<str> = s.into();
-        self.0.insert(t.clone());
-        t
-    }
-
-    fn share(&mut self, t: &mut Arc<str>) {
-        *t = self.get(t);
-    }
-}
-
 fn share_texts(entries: &mut [Entry]) {
-    let mut texts = Texts::default();
+    let mut texts = crate::text::Texts::default();
     for e in entries {
         texts.share(&mut e.purpose);
         texts.share(&mut e.source);
