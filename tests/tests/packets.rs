@@ -1326,10 +1326,9 @@ fn switches_leave_only_the_running_generation() {
         p
     };
     let check = |dp: &Datapath, a: &trident_ports_agent::datapath::Applied, what: &str| {
-        let t = &a.tables;
+        let t = &a.sizes;
         let g = usize::from(a.config.generation);
-        let want =
-            t.peers.len() + t.prefixes.len() + t.rules.len() + t.ranges.len() + t.guard_addrs.len();
+        let want = t.peers + t.prefixes + t.rules + t.ranges + t.guard_addrs;
         let c: GenerationCounts = dp.entries_by_generation().unwrap();
         assert_eq!(c.entries[g], want, "{what}: running generation {c:?}");
         assert_eq!(c.entries[1 - g], 0, "{what}: idle generation {c:?}");

@@ -241,6 +241,8 @@ pub struct IncrementalReport {
     pub rounds: u64,
     /// Rounds the datapath wrote into the running generation (the rest switched generations).
     pub in_place: u64,
+    /// Of those, rounds that compiled only the changed entries (`datapath::delta`).
+    pub compiled_alone: u64,
     /// Intermediate states judged, and packets judged in them.
     pub states: u64,
     pub probes: u64,
@@ -316,6 +318,9 @@ pub fn incremental(seed: u64, rounds: u64) -> IncrementalReport {
         report.states += states;
         if applied.steps.is_some() {
             report.in_place += 1;
+        }
+        if applied.compiled_alone {
+            report.compiled_alone += 1;
         }
         if let Some(f) = failure {
             report.disagreements.push(format!(

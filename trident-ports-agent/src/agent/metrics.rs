@@ -21,7 +21,7 @@ use tracing::warn;
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, reason};
 
 use crate::{
-    datapath::{Counters, Tables},
+    datapath::{Counters, Sizes},
     events::reason_name,
 };
 
@@ -181,14 +181,14 @@ impl Metrics {
         }
     }
 
-    pub fn reload(&self, ok: bool, tables: Option<&Tables>) {
+    pub fn reload(&self, ok: bool, sizes: Option<&Sizes>) {
         self.reloads
             .get_or_create(&labels(&[(
                 "result",
                 if ok { "success" } else { "failure" },
             )]))
             .inc();
-        if let Some(t) = tables {
+        if let Some(t) = sizes {
             self.last_reload.set(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -196,11 +196,11 @@ impl Metrics {
                     .as_secs_f64(),
             );
             for (kind, n) in [
-                ("peers", t.peers.len()),
-                ("prefixes", t.prefixes.len()),
-                ("rules", t.rules.len()),
-                ("port_ranges", t.ranges.len()),
-                ("guarded_ports", t.guards.len()),
+                ("peers", t.peers),
+                ("prefixes", t.prefixes),
+                ("rules", t.rules),
+                ("port_ranges", t.ranges),
+                ("guarded_ports", t.guards),
             ] {
                 self.entries
                     .get_or_create(&labels(&[("kind", kind)]))

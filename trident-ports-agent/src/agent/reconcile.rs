@@ -113,7 +113,7 @@ impl Reconciler {
                 for w in &policy.warnings {
                     warn!("{w}");
                 }
-                self.metrics.reload(true, Some(&a.tables));
+                self.metrics.reload(true, Some(&a.sizes));
                 self.metrics.policy(&policy);
                 let changes = changes(&current, &policy);
                 for (backend, added, removed) in &changes {

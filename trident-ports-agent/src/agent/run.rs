@@ -305,13 +305,13 @@ fn enforce(
     let applied = dp.apply(policy, interval_ns)?;
     info!(
         entries = policy.entries.len(),
-        kernel_entries = applied.tables.len(),
+        kernel_entries = applied.sizes.total(),
         generation = applied.config.generation,
         seq = applied.config.seq,
         mode = ?policy.mode,
         "policy loaded"
     );
-    metrics.reload(true, Some(&applied.tables));
+    metrics.reload(true, Some(&applied.sizes));
     metrics.policy(policy);
     // Seed before attaching, and again after, for sockets opened (and flows the programs being
     // replaced tracked) in between.

@@ -8,7 +8,7 @@ use trident_ports_common::{
     PeerInfo, PeerKey, RangeKey, RuleKey, limits, maps,
 };
 
-use super::{Datapath, Tables, batch, compile, incremental, map_err};
+use super::{Datapath, Tables, batch, compile, delta, incremental, map_err};
 use crate::{
     error::{Error, Result},
     policy::{Mode, Policy},
@@ -17,12 +17,45 @@ use crate::{
 /// What `apply` switched to.
 pub struct Applied {
     pub config: Config,
-    pub tables: Tables,
+    /// The entries the generation in force holds, per map.
+    pub sizes: Sizes,
     /// From the start of `apply` to the switch: the new policy is in force from then on (the
     /// rest of `apply` removes the previous generation).
     pub in_force: std::time::Duration,
     /// `Some(n)`: written into the running generation in `n` steps; `None`: a generation switch.
     pub steps: Option<usize>,
+    /// Only the changed entries were compiled (`delta`), not the whole policy.
+    pub compiled_alone: bool,
+}
+
+/// Entries per policy map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sizes {
+    pub peers: usize,
+    pub prefixes: usize,
+    pub rules: usize,
+    pub ranges: usize,
+    pub guards: usize,
+    pub guard_addrs: usize,
+}
+
+impl Sizes {
+    pub fn total(&self) -> usize {
+        self.peers + self.prefixes + self.rules + self.ranges + self.guards + self.guard_addrs
+    }
+}
+
+impl From<&Tables> for Sizes {
+    fn from(t: &Tables) -> Self {
+        Sizes {
+            peers: t.peers.len(),
+            prefixes: t.prefixes.len(),
+            rules: t.rules.len(),
+            ranges: t.ranges.len(),
+            guards: t.guards.len(),
+            guard_addrs: t.guard_addrs.len(),
+        }
+    }
 }
 
 /// What [`Datapath::entries_by_generation`] finds, indexed by generation.
@@ -45,6 +78,10 @@ impl Datapath {
     /// Writes `policy` as the inactive generation, then switches to it with one store to the
     /// configuration entry, then removes the previous generation. A packet sees either the old
     /// policy or the new one, never a mixture.
+    ///
+    /// A small change is written into the running generation instead (`incremental`): changes
+    /// of host entries compile only those entries (`delta`), others compile the whole policy
+    /// and write the difference.
     ///
     /// The inactive generation must be empty before it is written: a stale entry there would
     /// allow what the new policy does not. It is known empty when this process removed it in a
@@ -69,6 +106,38 @@ impl Datapath {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Audit => MODE_AUDIT,
         };
+        if let Some(running) = self.running.take_if(|r| r.generation == current.generation) {
+            let delta = running
+                .index
+                .as_ref()
+                .and_then(|index| delta::plan(&running, index, policy));
+            if let Some(delta) = delta {
+                let next = Config {
+                    seq: current.seq.wrapping_add(1).max(1),
+                    mode,
+                    tables: running.present_after(&delta.steps),
+                    event_interval_ns,
+                    ..current
+                };
+                self.write_steps(current, &delta.steps, next, &mut between)?;
+                let mut running = running;
+                running.apply(&delta.steps);
+                let steps = delta.steps.len();
+                if let Some(index) = running.index.as_mut() {
+                    index.commit(delta);
+                }
+                let sizes = running.sizes();
+                self.running = Some(running);
+                return Ok(Applied {
+                    config: next,
+                    sizes,
+                    in_force: started.elapsed(),
+                    steps: Some(steps),
+                    compiled_alone: true,
+                });
+            }
+            self.running = Some(running);
+        }
         let mut tables = compile(policy, current.generation);
         Self::check_limits(&tables)?;
         if let Some(running) = self.running.take_if(|r| r.generation == current.generation) {
@@ -84,12 +153,15 @@ impl Datapath {
                     self.write_steps(current, &steps, next, &mut between)?;
                     let mut running = running;
                     running.apply(&steps);
+                    running.index = Some(delta::Index::of(policy));
+                    let sizes = running.sizes();
                     self.running = Some(running);
                     return Ok(Applied {
                         config: next,
-                        tables: t,
+                        sizes,
                         in_force: started.elapsed(),
                         steps: Some(steps.len()),
+                        compiled_alone: false,
                     });
                 }
                 Err(t) => {
@@ -121,13 +193,16 @@ impl Datapath {
             Some(r) if r.generation == current.generation => self.remove_running(&r)?,
             _ => self.walk_remove_generation(current.generation)?,
         }
-        self.running = Some(incremental::Running::of(&tables, next_gen));
+        let mut running = incremental::Running::of(&tables, next_gen);
+        running.index = Some(delta::Index::of(policy));
+        self.running = Some(running);
         self.idle_clean = true;
         Ok(Applied {
             config: next,
-            tables,
+            sizes: Sizes::from(&tables),
             in_force,
             steps: None,
+            compiled_alone: false,
         })
     }
 

@@ -21,7 +21,8 @@
 //! policy did) and bump the policy sequence, which makes connections re-checked against the new
 //! rules, as a switch does. `tests/tests/packets.rs` checks every intermediate state against both policies.
 use trident_ports_common::{
-    DIR_EGRESS, DIR_INGRESS, GuardKey, PeerInfo, PeerKey, RangeKey, RuleKey,
+    DIR_EGRESS, DIR_INGRESS, GuardKey, PeerInfo, PeerKey, RangeKey, RuleKey, table_peer_prefixes,
+    table_ranges,
 };
 
 use super::Tables;
@@ -60,16 +61,16 @@ type HashSet<K> = std::collections::HashSet<K, FxBuild>;
 pub(super) const MAX_STEPS: usize = 2048;
 
 /// A class by direction and number.
-type ClassId = (u8, u32);
+pub(super) type ClassId = (u8, u32);
 
 /// A class's rules and port ranges, as written to the maps.
-type ClassKeys = (Vec<RuleKey>, Vec<(u32, RangeKey)>);
+pub(super) type ClassKeys = (Vec<RuleKey>, Vec<(u32, RangeKey)>);
 
 /// What a class allows, without its number: two order-independent 64-bit sums of its rules and
 /// ranges, mixed, and their count. Equal fingerprints are taken as equal rule sets (a false
 /// match needs two 64-bit sums to collide at once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-struct Fingerprint(u64, u64, u32);
+pub(super) struct Fingerprint(u64, u64, u32);
 
 fn mix(mut x: u64) -> u64 {
     // splitmix64's finaliser.
@@ -106,7 +107,7 @@ fn range_item(r: &(u32, RangeKey)) -> u64 {
 }
 
 /// Fingerprints of the classes that have rules or ranges.
-fn fingerprints<'a>(
+pub(super) fn fingerprints<'a>(
     rules: impl Iterator<Item = &'a RuleKey>,
     ranges: impl Iterator<Item = &'a (u32, RangeKey)>,
 ) -> HashMap<ClassId, Fingerprint> {
@@ -134,18 +135,27 @@ pub(super) struct Running {
     /// The guard bitmap's words that have bits set.
     pub(super) guard_words: Vec<u32>,
     /// Classes with rules, by fingerprint, and back.
-    fingerprint: HashMap<ClassId, Fingerprint>,
-    by_fingerprint: HashMap<(u8, Fingerprint), u32>,
+    pub(super) fingerprint: HashMap<ClassId, Fingerprint>,
+    pub(super) by_fingerprint: HashMap<(u8, Fingerprint), u32>,
     /// Above every class number in use, per direction.
-    next_class: [u32; 2],
+    pub(super) next_class: [u32; 2],
     /// A class without rules that entries name, per direction (protected peers with no port
     /// open in that direction): the number the new ones reuse.
-    empty_class: [Option<u32>; 2],
+    pub(super) empty_class: [Option<u32>; 2],
+    /// How many peer and prefix entries name each class.
+    pub(super) refs: HashMap<ClassId, u32>,
+    /// Port ranges per direction: whether the direction's range table is looked up.
+    ranges_by_dir: [usize; 2],
+    /// The policy's keys, for changes compiled on their own (`delta`); none until the first
+    /// whole compile writes the generation, or after an update that did not keep it.
+    pub(super) index: Option<super::delta::Index>,
 }
 
 impl Running {
     pub(super) fn empty(generation: u8) -> Self {
-        Self::of(&Tables::default(), generation)
+        let mut r = Self::of(&Tables::default(), generation);
+        r.index = Some(super::delta::Index::default());
+        r
     }
 
     pub(super) fn of(t: &Tables, generation: u8) -> Self {
@@ -166,17 +176,95 @@ impl Running {
             fingerprint,
             next_class: [0; 2],
             empty_class: [None; 2],
+            refs: HashMap::default(),
+            ranges_by_dir: [0; 2],
+            index: None,
         };
+        for (_, k) in &t.ranges {
+            r.ranges_by_dir[usize::from(k.dir & 1)] += 1;
+        }
         let named = t
             .peers
             .iter()
             .map(|(k, v)| (k.dir, v.class))
             .chain(t.prefixes.iter().map(|(_, k, v)| (k.dir, v.class)));
-        for (dir, class) in named.chain(r.fingerprint.keys().copied().collect::<Vec<_>>()) {
+        for (dir, class) in named {
+            *r.refs.entry((dir, class)).or_default() += 1;
             r.bump((dir, class));
             r.note_empty((dir, class));
         }
+        for id in r.fingerprint.keys().copied().collect::<Vec<_>>() {
+            r.bump(id);
+        }
         r
+    }
+
+    /// The `Config::tables` bits after `steps`, before they are applied here.
+    pub(super) fn present_after(&self, steps: &[Step]) -> u8 {
+        let mut ranges = self.ranges_by_dir;
+        let mut prefixes = [0i64; 2];
+        for (_, k) in self.prefixes.keys() {
+            prefixes[usize::from(k.dir & 1)] += 1;
+        }
+        for s in steps {
+            match s {
+                Step::AddClass { ranges: r, .. } => {
+                    for (_, k) in r {
+                        ranges[usize::from(k.dir & 1)] += 1;
+                    }
+                }
+                Step::DropClass { ranges: r, .. } => {
+                    for (_, k) in r {
+                        ranges[usize::from(k.dir & 1)] -= 1;
+                    }
+                }
+                Step::Put {
+                    bits: Some(b), key, ..
+                } if !self.prefixes.contains_key(&(*b, *key)) => {
+                    prefixes[usize::from(key.dir & 1)] += 1;
+                }
+                Step::Delete { bits: Some(_), key } => prefixes[usize::from(key.dir & 1)] -= 1,
+                _ => {}
+            }
+        }
+        let mut bits = 0;
+        for d in [DIR_EGRESS, DIR_INGRESS] {
+            if prefixes[usize::from(d & 1)] > 0 {
+                bits |= table_peer_prefixes(d);
+            }
+            if ranges[usize::from(d & 1)] > 0 {
+                bits |= table_ranges(d);
+            }
+        }
+        bits
+    }
+
+    pub(super) fn sizes(&self) -> super::Sizes {
+        super::Sizes {
+            peers: self.peers.len(),
+            prefixes: self.prefixes.len(),
+            rules: self.rules.len(),
+            ranges: self.ranges.len(),
+            guards: self.guards.len(),
+            guard_addrs: self.guard_addrs.len(),
+        }
+    }
+
+    fn named(&mut self, id: ClassId) {
+        *self.refs.entry(id).or_default() += 1;
+        self.bump(id);
+        self.note_empty(id);
+    }
+
+    fn unnamed(&mut self, old: Option<PeerInfo>, dir: u8) {
+        if let Some(o) = old {
+            if let Some(n) = self.refs.get_mut(&(dir, o.class)) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(&(dir, o.class));
+                }
+            }
+        }
     }
 
     /// Remembers `id` as the direction's class without rules, when it is one and none is known.
@@ -203,31 +291,37 @@ impl Running {
                         self.bump((dir, class));
                     }
                     self.rules.extend(rules.iter().copied());
-                    self.ranges.extend(ranges.iter().copied());
+                    for r in ranges {
+                        if self.ranges.insert(*r) {
+                            self.ranges_by_dir[usize::from(r.1.dir & 1)] += 1;
+                        }
+                    }
                 }
                 Step::Put {
                     bits: None,
                     key,
                     info,
                 } => {
-                    self.bump((key.dir, info.class));
-                    self.note_empty((key.dir, info.class));
-                    self.peers.insert(*key, *info);
+                    self.named((key.dir, info.class));
+                    let old = self.peers.insert(*key, *info);
+                    self.unnamed(old, key.dir);
                 }
                 Step::Put {
                     bits: Some(b),
                     key,
                     info,
                 } => {
-                    self.bump((key.dir, info.class));
-                    self.note_empty((key.dir, info.class));
-                    self.prefixes.insert((*b, *key), *info);
+                    self.named((key.dir, info.class));
+                    let old = self.prefixes.insert((*b, *key), *info);
+                    self.unnamed(old, key.dir);
                 }
                 Step::Delete { bits: None, key } => {
-                    self.peers.remove(key);
+                    let old = self.peers.remove(key);
+                    self.unnamed(old, key.dir);
                 }
                 Step::Delete { bits: Some(b), key } => {
-                    self.prefixes.remove(&(*b, *key));
+                    let old = self.prefixes.remove(&(*b, *key));
+                    self.unnamed(old, key.dir);
                 }
                 Step::DropClass { rules, ranges } => {
                     for id in rules
@@ -245,7 +339,9 @@ impl Running {
                         self.rules.remove(r);
                     }
                     for r in ranges {
-                        self.ranges.remove(r);
+                        if self.ranges.remove(r) {
+                            self.ranges_by_dir[usize::from(r.1.dir & 1)] -= 1;
+                        }
                     }
                 }
             }

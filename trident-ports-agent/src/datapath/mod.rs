@@ -2,6 +2,7 @@
 //! (`attach`), switch policies (`generation`), read counters and events (here).
 mod attach;
 mod batch;
+mod delta;
 mod generation;
 mod incremental;
 pub mod pins;
@@ -17,7 +18,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::SchedClassifier,
 };
-pub use generation::{Applied, GenerationCounts};
+pub use generation::{Applied, GenerationCounts, Sizes};
 pub use tables::{Tables, compile};
 use trident_ports_common::{
     COUNTER_SLOTS, Config, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE, OPTION_NO_RECENT_DENIALS,

@@ -36,7 +36,7 @@ impl Prefix {
         }
     }
 
-    fn contains(&self, other: &Prefix) -> bool {
+    pub(super) fn contains(&self, other: &Prefix) -> bool {
         if other.len < self.len {
             return false;
         }
@@ -130,8 +130,14 @@ pub fn compile(policy: &Policy, generation: u8) -> Tables {
     for dir in [Direction::Egress, Direction::Ingress] {
         compile_direction(policy, dir, generation, &mut t);
     }
+    (t.guards, t.guard_addrs) = guard_keys(policy, generation);
+    t
+}
+
+/// The guarded ports and the addresses where they are guarded, for `generation`.
+pub(super) fn guard_keys(policy: &Policy, generation: u8) -> (Vec<GuardKey>, Vec<PeerKey>) {
     let guards: BTreeSet<(Proto, u16)> = policy.guarded.iter().map(|g| (g.proto, g.port)).collect();
-    t.guards = guards
+    let guards = guards
         .into_iter()
         .map(|(proto, port)| GuardKey {
             generation,
@@ -139,7 +145,7 @@ pub fn compile(policy: &Policy, generation: u8) -> Tables {
             port,
         })
         .collect();
-    t.guard_addrs = policy
+    let addrs = policy
         .guard_addresses
         .iter()
         .filter(|a| a.prefix_len() == a.max_prefix_len())
@@ -150,7 +156,7 @@ pub fn compile(policy: &Policy, generation: u8) -> Tables {
             addr: Prefix::from_net(a).addr,
         })
         .collect();
-    t
+    (guards, addrs)
 }
 
 fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Tables) {
@@ -222,32 +228,50 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
     let mut by_class: Vec<(u32, Grant)> = classes.into_iter().map(|(g, c)| (c, g)).collect();
     by_class.sort_by_key(|(c, _)| *c);
     for (class, grant) in by_class {
-        for (proto, ports) in grant.rules {
-            if ports.from == ports.to {
-                t.rules.push(RuleKey {
+        let rules = grant
+            .rules
+            .iter()
+            .map(|(proto, ports)| (proto.number(), *ports));
+        class_keys(d, class, generation, rules, &mut t.rules, &mut t.ranges);
+    }
+}
+
+/// Appends the map keys of class `class` in direction `dir`, which allows `rules` ((protocol
+/// number, ports)): a rule for a single port, aligned port blocks for a range. The one place
+/// a class's keys are made, so a class written whole and one written later match key for key.
+pub(super) fn class_keys(
+    dir: u8,
+    class: u32,
+    generation: u8,
+    rules: impl IntoIterator<Item = (u8, PortRange)>,
+    out_rules: &mut Vec<RuleKey>,
+    out_ranges: &mut Vec<(u32, RangeKey)>,
+) {
+    for (proto, ports) in rules {
+        if ports.from == ports.to {
+            out_rules.push(RuleKey {
+                generation,
+                dir,
+                proto,
+                _pad: 0,
+                class,
+                port: ports.from,
+                _pad2: [0; 2],
+            });
+            continue;
+        }
+        for (start, bits) in port_blocks(ports) {
+            out_ranges.push((
+                RANGE_KEY_HEADER_BITS + bits as u32,
+                RangeKey {
                     generation,
-                    dir: d,
-                    proto: proto.number(),
+                    dir,
+                    proto,
                     _pad: 0,
-                    class,
-                    port: ports.from,
-                    _pad2: [0; 2],
-                });
-                continue;
-            }
-            for (start, bits) in port_blocks(ports) {
-                t.ranges.push((
-                    RANGE_KEY_HEADER_BITS + bits as u32,
-                    RangeKey {
-                        generation,
-                        dir: d,
-                        proto: proto.number(),
-                        _pad: 0,
-                        class_be: class.to_be_bytes(),
-                        port_be: start.to_be_bytes(),
-                    },
-                ));
-            }
+                    class_be: class.to_be_bytes(),
+                    port_be: start.to_be_bytes(),
+                },
+            ));
         }
     }
 }
