@@ -970,27 +970,35 @@ fn apply_and_events(smoke: bool) {
     for m in [n / 100, n / 10, n] {
         let base = if m == n { p.clone() } else { v6_policy(m) };
         dp.apply(&base, 0).unwrap();
-        let mut changed = base.clone();
-        changed.entries[m / 2].ports = PortRange::single(9);
-        let (mut small, mut steps) = (Vec::new(), 0);
-        for i in 0..6 {
-            let t = Instant::now();
-            let a = dp
-                .apply(if i % 2 == 0 { &changed } else { &base }, 0)
-                .unwrap();
-            small.push(t.elapsed());
-            steps = a.steps.expect("a small change is written in place");
-            assert!(a.compiled_alone, "a host entry's change compiles alone");
+        // One backend's port; then two backends far apart, one's address and the other's port.
+        let mut port = base.clone();
+        port.entries[m / 2].ports = PortRange::single(9);
+        let mut two = base.clone();
+        two.entries[m / 5].peer = "2001:db8:ffff::1/128".parse().unwrap();
+        two.entries[4 * m / 5].ports = PortRange::single(9);
+        let mut medians = Vec::new();
+        for changed in [&port, &two] {
+            let (mut small, mut steps) = (Vec::new(), 0);
+            for i in 0..6 {
+                let t = Instant::now();
+                let a = dp
+                    .apply(if i % 2 == 0 { changed } else { &base }, 0)
+                    .unwrap();
+                small.push(t.elapsed());
+                steps = a.steps.expect("a small change is written in place");
+                assert!(a.compiled_alone, "a host entry's change compiles alone");
+            }
+            small.sort();
+            medians.push(format!(
+                "{:.2?} ({:.2?}-{:.2?}, {steps} steps)",
+                small[3], small[0], small[5]
+            ));
         }
-        small.sort();
-        small_lines.push(format!(
-            "{m} entries: {:.2?} ({:.2?}-{:.2?}, {steps} steps)",
-            small[3], small[0], small[5]
-        ));
+        small_lines.push(format!("| {m} | {} | {} |", medians[0], medians[1]));
     }
     println!(
-        "- One entry changed (one backend's port): only the changed entries compiled, written in place, done after (median of 6, range): {}. Compiling the whole {n}-entry policy instead takes {compile:.2?}.",
-        small_lines.join("; ")
+        "- Small changes: only the changed entries compiled, written in place; done after (median of 6, range). Compiling the whole {n}-entry policy instead takes {compile:.2?}.\n\n| entries | one backend's port | two backends far apart (an address, a port) |\n|---|---|---|\n{}\n",
+        small_lines.join("\n")
     );
     println!(
         "- Applying a {n}-entry policy ({n} peers, {n} rules per direction as needed): into empty maps, in force after {first_in_force:.2?} and done after {first:.2?} (maps this process created: no walk; a process that adopted pinned maps walks them for leftovers first); as a switch from a running generation, in force after {:.2?} (compile, write the idle generation, flip) and done after {:.2?} (the previous generation deleted), medians of 5 ({:.2?}-{:.2?}).",

@@ -81,6 +81,72 @@ fn keys(policy: &Policy) -> Vec<Key> {
     entries.chain(protected).collect()
 }
 
+/// Keys the longest run of equal keys to look for after a difference, and within how many
+/// keys of it: a backend's entries change together, and the rest of the policy keeps its order.
+const RESYNC_RUN: usize = 4;
+const RESYNC_WITHIN: usize = 64;
+const RESYNC_BUDGET: usize = 500_000;
+
+/// The keys `old` has and `new` lacks, and back, by walking both in order and, at each
+/// difference, skipping the fewest keys after which both agree again for [`RESYNC_RUN`] keys
+/// (or both end): a few changes anywhere in the policy, or a block of entries added or removed,
+/// cost one pass. `None` beyond `limit` keys or when no agreement is found near a difference.
+/// Whatever the alignment, `old` minus what is gone plus what came is `new`, counted.
+fn changed(old: &[Key], new: &[Key], limit: usize) -> Option<(Vec<Key>, Vec<Key>)> {
+    // Comparisons allowed while looking for agreement: about a millisecond's worth, so that a
+    // policy changed everywhere is found out quickly and compiled whole.
+    let budget = std::cell::Cell::new(RESYNC_BUDGET);
+    let agree = |i: usize, j: usize| {
+        budget.set(budget.get().saturating_sub(1));
+        if i == old.len() && j == new.len() {
+            return true;
+        }
+        let run = RESYNC_RUN.min(old.len() - i).min(new.len() - j);
+        let ends = i + run == old.len() && j + run == new.len();
+        run > 0 && (run == RESYNC_RUN || ends) && old[i..i + run] == new[j..j + run]
+    };
+    let (mut gone, mut came) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        if old[i] == new[j] {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        // A block only removed or only added, up to the limit; then both, near.
+        let removed = || {
+            (1..=limit.min(old.len() - i))
+                .find(|a| agree(i + a, j))
+                .map(|a| (a, 0))
+        };
+        let added = || {
+            (1..=limit.min(new.len() - j))
+                .find(|b| agree(i, j + b))
+                .map(|b| (0, b))
+        };
+        let both = || {
+            (2..=RESYNC_WITHIN).find_map(|s| {
+                (1..s)
+                    .map(|a| (a, s - a))
+                    .find(|&(a, b)| i + a <= old.len() && j + b <= new.len() && agree(i + a, j + b))
+            })
+        };
+        let (a, b) = removed().or_else(added).or_else(both)?;
+        if budget.get() == 0 {
+            return None;
+        }
+        gone.extend_from_slice(&old[i..i + a]);
+        came.extend_from_slice(&new[j..j + b]);
+        (i, j) = (i + a, j + b);
+        if gone.len() + came.len() > limit {
+            return None;
+        }
+    }
+    gone.extend_from_slice(&old[i..]);
+    came.extend_from_slice(&new[j..]);
+    (gone.len() + came.len() <= limit).then_some((gone, came))
+}
+
 /// A prefix wider than a host, with what the hosts inside it inherit.
 #[derive(Debug, PartialEq, Eq)]
 struct Wide {
@@ -304,26 +370,12 @@ pub(super) fn plan(running: &Running, index: &Index, policy: &Policy) -> Option<
     }
     let order = keys(policy);
     let old = &index.order;
-    // What changed: the keys between the longest common head and tail, counted.
-    let head = old.iter().zip(&order).take_while(|(a, b)| a == b).count();
-    let tail = old[head..]
-        .iter()
-        .rev()
-        .zip(order[head..].iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let (gone, came) = (
-        &old[head..old.len() - tail],
-        &order[head..order.len() - tail],
-    );
-    if gone.len() + came.len() > MAX_STEPS {
-        return None;
-    }
+    let (gone, came) = changed(old, &order, MAX_STEPS)?;
     let mut change: BTreeMap<Key, i64> = BTreeMap::new();
-    for k in gone {
+    for k in &gone {
         *change.entry(*k).or_default() -= 1;
     }
-    for k in came {
+    for k in &came {
         *change.entry(*k).or_default() += 1;
     }
     change.retain(|_, d| *d != 0);
@@ -635,6 +687,82 @@ mod tests {
             }
         }
         q
+    }
+
+    fn key(i: u64) -> Key {
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&i.to_be_bytes());
+        Key::first(DIR_EGRESS, addr, 128)
+    }
+
+    fn counted(keys: impl IntoIterator<Item = Key>) -> BTreeMap<Key, i64> {
+        let mut m = BTreeMap::new();
+        for k in keys {
+            *m.entry(k).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn a_few_changes_anywhere_are_found_in_one_pass() {
+        let mut g = Rng(7);
+        for round in 0..200 {
+            let old: Vec<Key> = (0..10_000).map(key).collect();
+            let mut new = old.clone();
+            let mut fresh = 1_000_000;
+            let mut edited = 0;
+            // Up to five edits, apart (one per 2,000 keys), from the last, so that each
+            // position is still the old one.
+            for slot in (0..5).rev() {
+                if g.below(2) == 0 {
+                    continue;
+                }
+                let at = slot * 2_000 + g.below(1_500);
+                let most = if g.below(4) == 0 { 300 } else { 8 };
+                let n = 1 + g.below(most);
+                match g.below(3) {
+                    0 => {
+                        new.drain(at..at + n);
+                        edited += n;
+                    }
+                    1 => {
+                        new.splice(at..at, (0..n).map(|k| key(fresh + k as u64)));
+                        fresh += n as u64;
+                        edited += n;
+                    }
+                    _ => {
+                        let n = n.min(30);
+                        for k in &mut new[at..at + n] {
+                            *k = key(fresh);
+                            fresh += 1;
+                        }
+                        edited += 2 * n;
+                    }
+                }
+            }
+            let (gone, came) = changed(&old, &new, MAX_STEPS).expect("found");
+            let mut after = counted(old.iter().copied());
+            for k in &gone {
+                *after.get_mut(k).unwrap() -= 1;
+            }
+            for k in &came {
+                *after.entry(*k).or_default() += 1;
+            }
+            after.retain(|_, n| *n != 0);
+            assert_eq!(after, counted(new.iter().copied()), "round {round}");
+            assert!(
+                gone.len() + came.len() <= edited,
+                "round {round}: {} for {edited}",
+                gone.len() + came.len()
+            );
+        }
+        // Reordered throughout: no near agreement, so the whole compile.
+        let old: Vec<Key> = (0..10_000).map(key).collect();
+        let new: Vec<Key> = old
+            .chunks(2)
+            .flat_map(|c| c.iter().rev().copied())
+            .collect();
+        assert!(changed(&old, &new, MAX_STEPS).is_none());
     }
 
     #[test]
