@@ -4,7 +4,7 @@
 //! same shares one class, so 100,000 storage addresses with the same ports cost 100,000 peer
 //! entries and one set of rules. An address inside a wider prefix inherits the wider prefix's
 //! rules, because the kernel only sees the longest match.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 use trident_ports_common::{
@@ -49,13 +49,6 @@ impl Prefix {
         };
         a & mask == b & mask
     }
-}
-
-/// What one peer prefix may do, before classes are assigned.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Grant {
-    rules: BTreeSet<(Proto, PortRange)>,
-    protected: bool,
 }
 
 /// Everything the kernel needs for one generation of a policy.
@@ -159,16 +152,32 @@ pub(super) fn guard_keys(policy: &Policy, generation: u8) -> (Vec<GuardKey>, Vec
     (guards, addrs)
 }
 
+/// One item of a peer's grant: (prefix, protocol number or [`PROTECTED`], ports). Sorted, a
+/// peer's items are one run with its protection first, and the run without the prefix is the
+/// peer's grant as a class is known by.
+type Item = (Prefix, u8, u16, u16);
+
+/// The protocol of the item that marks a peer protected.
+const PROTECTED: u8 = 0;
+
+/// A grant: (protocol number or [`PROTECTED`], ports), sorted.
+type Grant = Vec<(u8, u16, u16)>;
+
+type FxBuild = std::hash::BuildHasherDefault<super::incremental::Fx>;
+
+fn grant_item(&(_, proto, from, to): &Item) -> (u8, u16, u16) {
+    (proto, from, to)
+}
+
 fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Tables) {
     let d = dir_code(dir);
-    let mut grants: BTreeMap<Prefix, Grant> = BTreeMap::new();
-    for e in policy.entries.iter().filter(|e| e.direction == dir) {
-        grants
-            .entry(Prefix::from_net(&e.peer))
-            .or_default()
-            .rules
-            .insert((e.proto, e.ports));
-    }
+    let own = policy.entries.iter().filter(|e| e.direction == dir);
+    let mut items: Vec<Item> = own
+        .map(|e| {
+            let p = Prefix::from_net(&e.peer);
+            (p, e.proto.number(), e.ports.from, e.ports.to)
+        })
+        .collect();
     // Protected addresses are policed both ways: to them on egress, from them on ingress. Every
     // egress destination is one: the node only opens ports towards storage and directory servers.
     let egress_peers = policy
@@ -177,46 +186,53 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
         .filter(|e| e.direction == Direction::Egress)
         .map(|e| e.peer);
     for net in policy.protected.iter().map(|p| p.addr).chain(egress_peers) {
-        grants.entry(Prefix::from_net(&net)).or_default().protected = true;
+        items.push((Prefix::from_net(&net), PROTECTED, 0, 0));
     }
+    // Sorting, not a map of sets: at 100,000 entries the sets' allocations were most of it.
+    items.sort_unstable();
+    items.dedup();
+    let runs: Vec<&[Item]> = items.chunk_by(|a, b| a.0 == b.0).collect();
     // Inherit from every wider prefix. Wide prefixes are few (subnets, cluster CIDRs), so this is
     // the number of peers times the number of subnets.
-    let wide: Vec<(Prefix, Grant)> = grants
-        .iter()
-        .filter(|(p, _)| p.len < 128)
-        .map(|(p, g)| (*p, g.clone()))
-        .collect();
-    let effective: Vec<(Prefix, Grant)> = grants
-        .iter()
-        .map(|(p, g)| {
-            let mut g = g.clone();
-            for (w, wg) in &wide {
-                if w != p && w.contains(p) {
-                    g.rules.extend(wg.rules.iter().copied());
-                    g.protected |= wg.protected;
-                }
+    let wide: Vec<&[Item]> = runs.iter().filter(|r| r[0].0.len < 128).copied().collect();
+    let mut classes: std::collections::HashMap<Grant, u32, FxBuild> = Default::default();
+    let mut grants: Vec<Grant> = Vec::new();
+    let mut merged: Grant = Vec::new();
+    for run in &runs {
+        let prefix = run[0].0;
+        merged.clear();
+        merged.extend(run.iter().map(grant_item));
+        let mut inherits = false;
+        for w in wide
+            .iter()
+            .filter(|w| w[0].0 != prefix && w[0].0.contains(&prefix))
+        {
+            merged.extend(w.iter().map(grant_item));
+            inherits = true;
+        }
+        if inherits {
+            merged.sort_unstable();
+            merged.dedup();
+        }
+        let class = match classes.get(merged.as_slice()) {
+            Some(c) => *c,
+            None => {
+                let c = grants.len() as u32;
+                classes.insert(merged.clone(), c);
+                grants.push(merged.clone());
+                c
             }
-            (*p, g)
-        })
-        .collect();
-
-    let mut classes: HashMap<Grant, u32> = HashMap::new();
-    let mut next_class = 0u32;
-    for (prefix, grant) in effective {
-        let class = *classes.entry(grant.clone()).or_insert_with(|| {
-            let c = next_class;
-            next_class += 1;
-            c
-        });
+        };
         let key = PeerKey {
             generation,
             dir: d,
             _pad: [0; 2],
             addr: prefix.addr,
         };
+        let protected = merged.first().is_some_and(|i| i.0 == PROTECTED);
         let info = PeerInfo {
             class,
-            flags: if grant.protected { PEER_PROTECTED } else { 0 },
+            flags: if protected { PEER_PROTECTED } else { 0 },
         };
         if prefix.len == 128 {
             t.peers.push((key, info));
@@ -225,14 +241,27 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
                 .push((PEER_KEY_HEADER_BITS + prefix.len as u32, key, info));
         }
     }
-    let mut by_class: Vec<(u32, Grant)> = classes.into_iter().map(|(g, c)| (c, g)).collect();
-    by_class.sort_by_key(|(c, _)| *c);
-    for (class, grant) in by_class {
+    for (class, grant) in grants.iter().enumerate() {
         let rules = grant
-            .rules
             .iter()
-            .map(|(proto, ports)| (proto.number(), *ports));
-        class_keys(d, class, generation, rules, &mut t.rules, &mut t.ranges);
+            .filter(|i| i.0 != PROTECTED)
+            .map(|(p, from, to)| {
+                (
+                    *p,
+                    PortRange {
+                        from: *from,
+                        to: *to,
+                    },
+                )
+            });
+        class_keys(
+            d,
+            class as u32,
+            generation,
+            rules,
+            &mut t.rules,
+            &mut t.ranges,
+        );
     }
 }
 
