@@ -195,7 +195,8 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
     // Inherit from every wider prefix. Wide prefixes are few (subnets, cluster CIDRs), so this is
     // the number of peers times the number of subnets.
     let wide: Vec<&[Item]> = runs.iter().filter(|r| r[0].0.len < 128).copied().collect();
-    let mut classes: std::collections::HashMap<Grant, u32, FxBuild> = Default::default();
+    let mut classes: std::collections::HashMap<Grant, u32, FxBuild> =
+        std::collections::HashMap::default();
     let mut grants: Vec<Grant> = Vec::new();
     let mut merged: Grant = Vec::new();
     for run in &runs {
