@@ -215,14 +215,13 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
             merged.sort_unstable();
             merged.dedup();
         }
-        let class = match classes.get(merged.as_slice()) {
-            Some(c) => *c,
-            None => {
-                let c = grants.len() as u32;
-                classes.insert(merged.clone(), c);
-                grants.push(merged.clone());
-                c
-            }
+        let class = if let Some(c) = classes.get(merged.as_slice()) {
+            *c
+        } else {
+            let c = grants.len() as u32;
+            classes.insert(merged.clone(), c);
+            grants.push(merged.clone());
+            c
         };
         let key = PeerKey {
             generation,
