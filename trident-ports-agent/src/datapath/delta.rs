@@ -61,9 +61,14 @@ impl Key {
     }
 }
 
-/// The keys of `policy`, in its order.
-fn keys(policy: &Policy) -> Vec<Key> {
-    let entries = policy.entries.iter().map(|e| {
+/// How many keys `policy` has: one per entry, then one per protected address.
+fn key_count(policy: &Policy) -> usize {
+    policy.entries.len() + policy.protected.len()
+}
+
+/// The `j`th key of `policy`, `j` below [`key_count`].
+fn key_at(policy: &Policy, j: usize) -> Key {
+    if let Some(e) = policy.entries.get(j) {
         let p = Prefix::from_net(&e.peer);
         Key {
             dir: dir_code(e.direction),
@@ -73,12 +78,10 @@ fn keys(policy: &Policy) -> Vec<Key> {
             from: e.ports.from,
             to: e.ports.to,
         }
-    });
-    let protected = policy.protected.iter().map(|p| {
-        let p = Prefix::from_net(&p.addr);
+    } else {
+        let p = Prefix::from_net(&policy.protected[j - policy.entries.len()].addr);
         Key::first(DIR_EGRESS, p.addr, p.len)
-    });
-    entries.chain(protected).collect()
+    }
 }
 
 /// Keys the longest run of equal keys to look for after a difference, and within how many
@@ -87,28 +90,44 @@ const RESYNC_RUN: usize = 4;
 const RESYNC_WITHIN: usize = 64;
 const RESYNC_BUDGET: usize = 500_000;
 
-/// The keys `old` has and `new` lacks, and back, by walking both in order and, at each
-/// difference, skipping the fewest keys after which both agree again for [`RESYNC_RUN`] keys
-/// (or both end): a few changes anywhere in the policy, or a block of entries added or removed,
-/// cost one pass. `None` beyond `limit` keys or when no agreement is found near a difference.
-/// Whatever the alignment, `old` minus what is gone plus what came is `new`, counted.
-fn changed(old: &[Key], new: &[Key], limit: usize) -> Option<(Vec<Key>, Vec<Key>)> {
+/// Where a new policy's keys differ from the running one's: at `at` in the running order,
+/// `gone` keys make way for `came`.
+#[derive(Debug)]
+struct Edit {
+    at: usize,
+    gone: usize,
+    came: Vec<Key>,
+}
+
+/// How the `new_len` keys `new(j)` differ from `old`, found by walking both in order and, at
+/// each difference, skipping the fewest keys after which both agree again for [`RESYNC_RUN`]
+/// keys (or both end): a few changes anywhere in the policy, or a block of entries added or
+/// removed, cost one pass, and the new keys are made once each, not stored. `None` beyond
+/// `limit` keys or when no agreement is found near a difference. Whatever the alignment, `old`
+/// minus what is gone plus what came is the new keys, counted.
+fn changed(
+    old: &[Key],
+    new_len: usize,
+    new: impl Fn(usize) -> Key,
+    limit: usize,
+) -> Option<Vec<Edit>> {
     // Comparisons allowed while looking for agreement: about a millisecond's worth, so that a
     // policy changed everywhere is found out quickly and compiled whole.
     let budget = std::cell::Cell::new(RESYNC_BUDGET);
     let agree = |i: usize, j: usize| {
         budget.set(budget.get().saturating_sub(1));
-        if i == old.len() && j == new.len() {
+        if i == old.len() && j == new_len {
             return true;
         }
-        let run = RESYNC_RUN.min(old.len() - i).min(new.len() - j);
-        let ends = i + run == old.len() && j + run == new.len();
-        run > 0 && (run == RESYNC_RUN || ends) && old[i..i + run] == new[j..j + run]
+        let run = RESYNC_RUN.min(old.len() - i).min(new_len - j);
+        let ends = i + run == old.len() && j + run == new_len;
+        run > 0 && (run == RESYNC_RUN || ends) && (0..run).all(|r| old[i + r] == new(j + r))
     };
-    let (mut gone, mut came) = (Vec::new(), Vec::new());
+    let mut edits = Vec::new();
+    let mut size = 0;
     let (mut i, mut j) = (0, 0);
-    while i < old.len() && j < new.len() {
-        if old[i] == new[j] {
+    while i < old.len() && j < new_len {
+        if old[i] == new(j) {
             i += 1;
             j += 1;
             continue;
@@ -120,7 +139,7 @@ fn changed(old: &[Key], new: &[Key], limit: usize) -> Option<(Vec<Key>, Vec<Key>
                 .map(|a| (a, 0))
         };
         let added = || {
-            (1..=limit.min(new.len() - j))
+            (1..=limit.min(new_len - j))
                 .find(|b| agree(i, j + b))
                 .map(|b| (0, b))
         };
@@ -128,23 +147,33 @@ fn changed(old: &[Key], new: &[Key], limit: usize) -> Option<(Vec<Key>, Vec<Key>
             (2..=RESYNC_WITHIN).find_map(|s| {
                 (1..s)
                     .map(|a| (a, s - a))
-                    .find(|&(a, b)| i + a <= old.len() && j + b <= new.len() && agree(i + a, j + b))
+                    .find(|&(a, b)| i + a <= old.len() && j + b <= new_len && agree(i + a, j + b))
             })
         };
         let (a, b) = removed().or_else(added).or_else(both)?;
-        if budget.get() == 0 {
+        size += a + b;
+        if budget.get() == 0 || size > limit {
             return None;
         }
-        gone.extend_from_slice(&old[i..i + a]);
-        came.extend_from_slice(&new[j..j + b]);
+        edits.push(Edit {
+            at: i,
+            gone: a,
+            came: (j..j + b).map(&new).collect(),
+        });
         (i, j) = (i + a, j + b);
-        if gone.len() + came.len() > limit {
-            return None;
-        }
     }
-    gone.extend_from_slice(&old[i..]);
-    came.extend_from_slice(&new[j..]);
-    (gone.len() + came.len() <= limit).then_some((gone, came))
+    size += old.len() - i + new_len - j;
+    if size > limit {
+        return None;
+    }
+    if i < old.len() || j < new_len {
+        edits.push(Edit {
+            at: i,
+            gone: old.len() - i,
+            came: (j..new_len).map(&new).collect(),
+        });
+    }
+    Some(edits)
 }
 
 /// A prefix wider than a host, with what the hosts inside it inherit.
@@ -157,12 +186,11 @@ struct Wide {
 }
 
 /// The running policy's keys, as `plan` needs them: in the policy's order (to find what
-/// changed) and sorted (to find one peer's). Two flat vectors: 4.8 MB at 100,000 entries, in
-/// two allocations the allocator gives back whole.
+/// changed) and counted (to find one peer's): 5.3 MB at 100,000 entries.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Index {
     order: Vec<Key>,
-    sorted: Vec<Key>,
+    counts: BTreeMap<Key, u32>,
     wide: Vec<Wide>,
 }
 
@@ -176,11 +204,17 @@ struct Host {
 
 impl Index {
     pub(super) fn of(policy: &Policy) -> Self {
-        let order = keys(policy);
+        let order: Vec<Key> = (0..key_count(policy)).map(|j| key_at(policy, j)).collect();
         let mut sorted = order.clone();
         sorted.sort_unstable();
+        // Sorted and counted first: the map is then built in one pass, its nodes full.
+        let counts: BTreeMap<Key, u32> = sorted
+            .chunk_by(|a, b| a == b)
+            .map(|run| (run[0], run.len() as u32))
+            .collect();
+        drop(sorted);
         let mut wide: BTreeMap<([u8; 16], u8), Wide> = BTreeMap::new();
-        for k in sorted.iter().filter(|k| !k.is_host()) {
+        for k in counts.keys().filter(|k| !k.is_host()) {
             let w = wide.entry((k.addr, k.len)).or_insert_with(|| Wide {
                 prefix: Prefix {
                     addr: k.addr,
@@ -198,21 +232,9 @@ impl Index {
         }
         Index {
             order,
-            sorted,
+            counts,
             wide: wide.into_values().collect(),
         }
-    }
-
-    /// The keys of one peer, counted.
-    fn own(&self, dir: u8, addr: [u8; 16]) -> BTreeMap<Key, i64> {
-        let (first, last) = (Key::first(dir, addr, 128), Key::last(dir, addr, 128));
-        let from = self.sorted.partition_point(|k| *k < first);
-        let to = self.sorted.partition_point(|k| *k <= last);
-        let mut own = BTreeMap::new();
-        for k in &self.sorted[from..to] {
-            *own.entry(*k).or_default() += 1;
-        }
-        own
     }
 
     /// `addr`'s grant with `change` (key → count difference) applied to the counts.
@@ -220,7 +242,11 @@ impl Index {
         let mut h = Host::default();
         for dir in [DIR_EGRESS, DIR_INGRESS] {
             let range = Key::first(dir, addr, 128)..=Key::last(dir, addr, 128);
-            let mut own = self.own(dir, addr);
+            let mut own: BTreeMap<Key, i64> = self
+                .counts
+                .range(range.clone())
+                .map(|(k, n)| (*k, i64::from(*n)))
+                .collect();
             for (k, d) in change.range(range) {
                 *own.entry(*k).or_default() += d;
             }
@@ -247,37 +273,21 @@ impl Index {
         h
     }
 
-    /// The index after `delta` is written: the sorted keys merged with the change, in one
-    /// pass.
+    /// The index after `delta` is written.
     pub(super) fn commit(&mut self, delta: Delta) {
-        self.order = delta.order;
-        let mut sorted = Vec::with_capacity(self.order.len());
-        let mut change = delta.change.into_iter().peekable();
-        let mut old = std::mem::take(&mut self.sorted).into_iter().peekable();
-        loop {
-            let take_old = match (old.peek(), change.peek()) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(o), Some((c, _))) => o < c,
-            };
-            if take_old {
-                sorted.extend(old.next());
-                continue;
-            }
-            let Some((key, mut d)) = change.next() else {
-                break;
-            };
-            while old.peek() == Some(&key) {
-                old.next();
-                d += 1;
-            }
-            // `d` is now the key's new count.
-            for _ in 0..d.max(0) {
-                sorted.push(key);
+        // From the last edit back, so that each one's position is still the running order's.
+        for e in delta.edits.into_iter().rev() {
+            self.order.splice(e.at..e.at + e.gone, e.came);
+        }
+        for (k, d) in delta.change {
+            let n = self.counts.entry(k).or_default();
+            match u32::try_from(i64::from(*n) + d) {
+                Ok(0) | Err(_) => {
+                    self.counts.remove(&k);
+                }
+                Ok(a) => *n = a,
             }
         }
-        self.sorted = sorted;
     }
 }
 
@@ -290,7 +300,7 @@ fn port_range(k: &Key) -> PortRange {
 
 /// An update `plan` found, to write with `steps`, then `Index::commit`.
 pub(super) struct Delta {
-    order: Vec<Key>,
+    edits: Vec<Edit>,
     change: BTreeMap<Key, i64>,
     pub(super) steps: Vec<Step>,
 }
@@ -368,15 +378,20 @@ pub(super) fn plan(running: &Running, index: &Index, policy: &Policy) -> Option<
     if !same_guards {
         return None;
     }
-    let order = keys(policy);
-    let old = &index.order;
-    let (gone, came) = changed(old, &order, MAX_STEPS)?;
+    let edits = changed(
+        &index.order,
+        key_count(policy),
+        |j| key_at(policy, j),
+        MAX_STEPS,
+    )?;
     let mut change: BTreeMap<Key, i64> = BTreeMap::new();
-    for k in &gone {
-        *change.entry(*k).or_default() -= 1;
-    }
-    for k in &came {
-        *change.entry(*k).or_default() += 1;
+    for e in &edits {
+        for k in &index.order[e.at..e.at + e.gone] {
+            *change.entry(*k).or_default() -= 1;
+        }
+        for k in &e.came {
+            *change.entry(*k).or_default() += 1;
+        }
     }
     change.retain(|_, d| *d != 0);
     if change.keys().any(|k| !k.is_host()) {
@@ -464,7 +479,7 @@ pub(super) fn plan(running: &Running, index: &Index, policy: &Policy) -> Option<
         && running.rules.len() + rules <= limits::RULES as usize / 2
         && running.ranges.len() + ranges <= limits::RANGES as usize / 2;
     (within && steps.len() <= MAX_STEPS).then_some(Delta {
-        order,
+        edits,
         change,
         steps,
     })
@@ -740,7 +755,12 @@ mod tests {
                     }
                 }
             }
-            let (gone, came) = changed(&old, &new, MAX_STEPS).expect("found");
+            let edits = changed(&old, new.len(), |j| new[j], MAX_STEPS).expect("found");
+            let gone: Vec<Key> = edits
+                .iter()
+                .flat_map(|e| old[e.at..e.at + e.gone].iter().copied())
+                .collect();
+            let came: Vec<Key> = edits.iter().flat_map(|e| e.came.iter().copied()).collect();
             let mut after = counted(old.iter().copied());
             for k in &gone {
                 *after.get_mut(k).unwrap() -= 1;
@@ -762,7 +782,7 @@ mod tests {
             .chunks(2)
             .flat_map(|c| c.iter().rev().copied())
             .collect();
-        assert!(changed(&old, &new, MAX_STEPS).is_none());
+        assert!(changed(&old, new.len(), |j| new[j], MAX_STEPS).is_none());
     }
 
     #[test]

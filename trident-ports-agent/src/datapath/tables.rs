@@ -23,7 +23,12 @@ pub struct Prefix {
 
 impl Prefix {
     pub fn from_net(net: &IpNet) -> Self {
-        let net = net.trunc();
+        // Nearly every entry is a host, which has nothing to truncate.
+        let net = if net.prefix_len() == net.max_prefix_len() {
+            *net
+        } else {
+            net.trunc()
+        };
         match net {
             IpNet::V4(n) => Prefix {
                 addr: n.addr().to_ipv6_mapped().octets(),
