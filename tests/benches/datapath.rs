@@ -286,25 +286,13 @@ const LRU_HASH: u32 = 9;
 
 impl TableFloor {
     fn load(map_type: u32) -> Self {
-        #[repr(C)]
-        struct MapCreate {
-            map_type: u32,
-            key_size: u32,
-            value_size: u32,
-            max_entries: u32,
-            map_flags: u32,
-        }
-        const BPF_MAP_CREATE: i64 = 0;
-        let mut create = MapCreate {
+        let map = trident_ports_tests::bpffs::create_map(
             map_type,
-            key_size: size_of::<trident_ports_common::FlowKey>() as u32,
-            value_size: size_of::<trident_ports_common::FlowState>() as u32,
-            max_entries: trident_ports_common::limits::FLOWS,
-            map_flags: 0,
-        };
-        let fd = sys_bpf(BPF_MAP_CREATE, &mut create).expect("creating the hash") as i32;
-        // SAFETY: a descriptor the kernel just returned, owned by nobody else.
-        let map = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            size_of::<trident_ports_common::FlowKey>() as u32,
+            size_of::<trident_ports_common::FlowState>() as u32,
+            trident_ports_common::limits::FLOWS,
+        );
+        let fd = map.as_raw_fd();
         let program = |helper: i32| {
             let mut p = vec![
                 insn(0xbf, 6, 1, 0, 0),  // r6 = ctx

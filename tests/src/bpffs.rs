@@ -30,9 +30,13 @@ impl Drop for BpfFs {
     }
 }
 
-/// Creates a map with bpf(2) and pins it at `path`: what an agent of another version might have
-/// left there.
-pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
+/// Creates a map with bpf(2).
+pub fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> std::os::fd::OwnedFd {
     #[repr(C)]
     struct MapCreate {
         map_type: u32,
@@ -41,14 +45,7 @@ pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
         max_entries: u32,
         map_flags: u32,
     }
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
     const BPF_MAP_CREATE: i64 = 0;
-    const BPF_OBJ_PIN: i64 = 6;
     let mut create = MapCreate {
         map_type,
         key_size,
@@ -64,16 +61,29 @@ pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
     // SAFETY: setrlimit reads the struct we own.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
     let fd = sys_bpf(BPF_MAP_CREATE, &mut create).expect("BPF_MAP_CREATE");
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
+}
+
+/// Creates a map with bpf(2) and pins it at `path`: what an agent of another version might have
+/// left there.
+pub fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_PIN: i64 = 6;
+    let fd = create_map(map_type, key_size, value_size, max_entries);
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut pin = ObjPin {
         pathname: c_path.as_ptr() as u64,
-        bpf_fd: fd as u32,
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
         file_flags: 0,
     };
-    let pinned = sys_bpf(BPF_OBJ_PIN, &mut pin);
-    // SAFETY: closing the descriptor this function opened; the pin holds its own reference.
-    unsafe { libc::close(fd as i32) };
-    pinned.expect("BPF_OBJ_PIN");
+    // The pin holds its own reference; the descriptor closes when `fd` drops.
+    sys_bpf(BPF_OBJ_PIN, &mut pin).expect("BPF_OBJ_PIN");
 }
 
 /// bpf(2) with `attr` as the command's attribute; the kernel may write results back into it.

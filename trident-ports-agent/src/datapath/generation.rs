@@ -112,29 +112,15 @@ impl Datapath {
                 .as_ref()
                 .and_then(|index| delta::plan(&running, index, policy));
             if let Some(delta) = delta {
-                let next = Config {
-                    seq: current.seq.wrapping_add(1).max(1),
-                    mode,
-                    tables: running.present_after(&delta.steps),
-                    event_interval_ns,
-                    ..current
-                };
-                self.write_steps(current, &delta.steps, next, &mut between)?;
                 let mut running = running;
-                running.apply(&delta.steps);
+                let bits = running.present_after(&delta.steps);
+                let at = (current, mode, event_interval_ns);
+                let next = self.in_place(at, &mut running, &delta.steps, bits, &mut between)?;
                 let steps = delta.steps.len();
                 if let Some(index) = running.index.as_mut() {
                     index.commit(delta);
                 }
-                let sizes = running.sizes();
-                self.running = Some(running);
-                return Ok(Applied {
-                    config: next,
-                    sizes,
-                    in_force: started.elapsed(),
-                    steps: Some(steps),
-                    compiled_alone: true,
-                });
+                return Ok(self.keep(running, next, started, Some(steps), true));
             }
             self.running = Some(running);
         }
@@ -143,26 +129,12 @@ impl Datapath {
         if let Some(running) = self.running.take_if(|r| r.generation == current.generation) {
             match incremental::plan(&running, tables) {
                 Ok((steps, t)) => {
-                    let next = Config {
-                        seq: current.seq.wrapping_add(1).max(1),
-                        mode,
-                        tables: t.present(),
-                        event_interval_ns,
-                        ..current
-                    };
-                    self.write_steps(current, &steps, next, &mut between)?;
                     let mut running = running;
-                    running.apply(&steps);
+                    let at = (current, mode, event_interval_ns);
+                    let next =
+                        self.in_place(at, &mut running, &steps, t.present(), &mut between)?;
                     running.index = Some(delta::Index::of(policy));
-                    let sizes = running.sizes();
-                    self.running = Some(running);
-                    return Ok(Applied {
-                        config: next,
-                        sizes,
-                        in_force: started.elapsed(),
-                        steps: Some(steps.len()),
-                        compiled_alone: false,
-                    });
+                    return Ok(self.keep(running, next, started, Some(steps.len()), false));
                 }
                 Err(t) => {
                     self.running = Some(running);
@@ -204,6 +176,48 @@ impl Datapath {
             steps: None,
             compiled_alone: false,
         })
+    }
+
+    /// Writes `steps` into `running` and the maps, from the configuration `current` to one with
+    /// `mode`, the optional `tables` bits and `event_interval_ns`, which it returns.
+    fn in_place(
+        &mut self,
+        (current, mode, event_interval_ns): (Config, u8, u64),
+        running: &mut incremental::Running,
+        steps: &[incremental::Step],
+        tables: u8,
+        between: &mut impl FnMut(&mut Datapath),
+    ) -> Result<Config> {
+        let next = Config {
+            seq: current.seq.wrapping_add(1).max(1),
+            mode,
+            tables,
+            event_interval_ns,
+            ..current
+        };
+        self.write_steps(current, steps, next, between)?;
+        running.apply(steps);
+        Ok(next)
+    }
+
+    /// Keeps `running` as the generation in force and reports the update.
+    fn keep(
+        &mut self,
+        running: incremental::Running,
+        config: Config,
+        started: std::time::Instant,
+        steps: Option<usize>,
+        compiled_alone: bool,
+    ) -> Applied {
+        let sizes = running.sizes();
+        self.running = Some(running);
+        Applied {
+            config,
+            sizes,
+            in_force: started.elapsed(),
+            steps,
+            compiled_alone,
+        }
     }
 
     /// Writes an incremental update's steps into the running generation (see `incremental`),
