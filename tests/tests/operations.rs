@@ -470,6 +470,14 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (ok, failed, passed) = traffic.finish();
+    // One allow entry added or removed: each reload compiles only it (`datapath::delta`).
+    let alone = agent
+        .stderr
+        .lock()
+        .unwrap()
+        .matches("compiled_alone=true")
+        .count();
+    assert!(alone >= 100, "reloads compiled alone: {alone} of 101");
     assert!(ok > 10, "allowed exchanges during the reloads: {ok}");
     assert_eq!(
         failed, 0,

@@ -109,7 +109,7 @@ impl Reconciler {
         };
         match applied {
             Ok(a) => {
-                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, mode = ?policy.mode, "policy reloaded");
+                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, mode = ?policy.mode, "policy reloaded");
                 for w in &policy.warnings {
                     warn!("{w}");
                 }
