@@ -180,7 +180,7 @@ impl Running {
             ranges_by_dir: [0; 2],
             index: None,
         };
-        for (_, k) in &t.ranges {
+        for (_, k) in &r.ranges {
             r.ranges_by_dir[usize::from(k.dir & 1)] += 1;
         }
         let named = t

@@ -281,6 +281,7 @@ pub(super) fn class_keys(
     out_rules: &mut Vec<RuleKey>,
     out_ranges: &mut Vec<(u32, RangeKey)>,
 ) {
+    let first_range = out_ranges.len();
     for (proto, ports) in rules {
         if ports.from == ports.to {
             out_rules.push(RuleKey {
@@ -308,6 +309,11 @@ pub(super) fn class_keys(
             ));
         }
     }
+    // Overlapping ranges share blocks: the map holds each once, and deleting one twice fails.
+    let mut mine = out_ranges.split_off(first_range);
+    mine.sort_unstable_by_key(|(bits, k)| (*bits, k.proto, k.port_be));
+    mine.dedup();
+    out_ranges.append(&mut mine);
 }
 
 /// Splits an inclusive port range into aligned power-of-two blocks: (first port, prefix bits).
