@@ -55,7 +55,8 @@ pub struct Status {
 /// What one compilation reads from the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
-    pub docs: Vec<(PathBuf, String, serde_yaml::Value)>,
+    /// The objects the backend reader takes, as their kept text.
+    pub docs: Vec<crate::backends::Doc>,
     pub facts: NodeFacts,
     /// Every watcher had its complete list.
     pub complete: bool,

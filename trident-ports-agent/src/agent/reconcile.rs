@@ -74,8 +74,14 @@ impl Reconciler {
     }
 
     /// Compiles `snapshot` (or reports why there is none) and applies the result. Returns the
-    /// snapshot when the policy in force is now the one it compiles to.
-    pub fn reconcile(&self, snapshot: Result<Snapshot>, trigger: Trigger) -> Option<Snapshot> {
+    /// snapshot when the policy in force is now the one it compiles to. `started` is when the
+    /// sources were read: the log says how long after that the policy was in force.
+    pub fn reconcile(
+        &self,
+        snapshot: Result<Snapshot>,
+        trigger: Trigger,
+        started: std::time::Instant,
+    ) -> Option<Snapshot> {
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
@@ -107,9 +113,10 @@ impl Reconciler {
             }
             dp.apply(&policy, interval_ns)
         };
+        let took = started.elapsed();
         match applied {
             Ok(a) => {
-                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, mode = ?policy.mode, "policy reloaded");
+                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, took = ?took, mode = ?policy.mode, "policy reloaded");
                 for w in &policy.warnings {
                     warn!("{w}");
                 }
@@ -164,24 +171,23 @@ impl Reconciler {
 /// none: the configuration's, the node ports'), in backend order.
 fn changes(before: &Policy, after: &Policy) -> Vec<(String, usize, usize)> {
     use std::collections::{BTreeMap, BTreeSet};
-    let key = |e: &crate::policy::Entry| {
-        (
-            e.backend.clone().unwrap_or_else(|| "-".into()),
-            format!("{e:?}"),
-        )
-    };
     let (old, new): (BTreeSet<_>, BTreeSet<_>) = (
-        before.entries.iter().map(key).collect(),
-        after.entries.iter().map(key).collect(),
+        before.entries.iter().collect(),
+        after.entries.iter().collect(),
     );
-    let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for (b, _) in new.difference(&old) {
-        by.entry(b.to_string()).or_default().0 += 1;
+    let mut by: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    fn backend(e: &crate::policy::Entry) -> &str {
+        e.backend.as_deref().unwrap_or("-")
     }
-    for (b, _) in old.difference(&new) {
-        by.entry(b.to_string()).or_default().1 += 1;
+    for e in new.difference(&old) {
+        by.entry(backend(e)).or_default().0 += 1;
     }
-    by.into_iter().map(|(b, (a, r))| (b, a, r)).collect()
+    for e in old.difference(&new) {
+        by.entry(backend(e)).or_default().1 += 1;
+    }
+    by.into_iter()
+        .map(|(b, (a, r))| (b.to_string(), a, r))
+        .collect()
 }
 
 /// One notice per definition the policy leaves out, and per live session it lacks something

@@ -134,11 +134,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let k = apart(|| files.snapshot().map(|s| s.config.kubernetes))?;
     let cluster = connect(&k, &opts.cluster, true, Unreachable::Restore).await?;
     let sources = Sources { files, cluster };
-    #[expect(
-        clippy::redundant_clone,
-        reason = "a copy made on this thread: see `apart`"
-    )]
-    let snapshot = apart(|| sources.snapshot())?.clone().with_node_state();
+    let snapshot = snapshot(&sources)?.with_node_state();
     let policy = snapshot.compile();
     let metrics = Arc::new(Metrics::new());
     let mut dp = enforce(&opts, &snapshot, &policy, &metrics)?;
@@ -276,6 +272,15 @@ fn apart<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Reads the sources apart (see `apart`) and copies onto this thread what lives on: the
+/// snapshot, and what the memo of cluster objects kept from this reading.
+fn snapshot(sources: &Sources) -> crate::error::Result<Snapshot> {
+    let s = apart(|| sources.snapshot())?;
+    sources.files.settle();
+    #[expect(clippy::redundant_clone, reason = "the copy is the point")]
+    Ok(s.clone())
+}
+
 /// Returns the heap that reading and compiling a policy used to the system: a large policy's
 /// YAML, inventory and tables are transient, and glibc keeps freed memory otherwise.
 fn give_back_memory() {
@@ -349,15 +354,13 @@ fn reconcile_worker(
         .name("reconcile".into())
         .spawn(move || {
             for trigger in queue {
-                let next = apart(|| sources.snapshot()).map(|s| {
-                    // A copy made here: see `apart`.
-                    #[expect(clippy::redundant_clone, reason = "the copy is the point")]
-                    let s = s.clone();
+                let started = std::time::Instant::now();
+                let next = snapshot(&sources).map(|s| {
                     let mut s = s.with_node_state();
                     s.keep_last_good(&last);
                     s
                 });
-                if let Some(applied) = reconciler.reconcile(next, trigger) {
+                if let Some(applied) = reconciler.reconcile(next, trigger, started) {
                     last = applied.inventory.backends;
                     if let Some(c) = &sources.cluster {
                         c.save();

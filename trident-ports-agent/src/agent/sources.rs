@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::cluster::{Cluster, ClusterView};
 use crate::{
-    backends::{self, Backend, Inventory},
+    backends::{self, Backend, Doc, Inventory, Reads},
     config::{NodeConfig, Role},
     error::Result,
     policy::{Policy, compile::compile, live},
@@ -156,6 +156,8 @@ pub struct FileSources {
     /// `fingerprint` runs every few seconds and need not parse an unchanged configuration
     /// (a large allow list made that a whole YAML parse each time).
     named: Arc<Mutex<Option<NamedSources>>>,
+    /// What each cluster object read as, while its text stays the same.
+    reads: Arc<Mutex<Reads>>,
 }
 
 /// The configuration file's stamp, and the backend sources it named.
@@ -174,7 +176,14 @@ impl FileSources {
             extra_backends: extra_backends.to_vec(),
             role,
             named: Arc::default(),
+            reads: Arc::default(),
         }
+    }
+
+    /// Copies what the memo of cluster objects kept from the last snapshot onto this thread
+    /// (see `run::apart`): the reading thread's heap can then be given back whole.
+    pub fn settle(&self) {
+        self.reads.lock().unwrap().settle();
     }
 
     /// Reads the configuration and every backend source.
@@ -188,9 +197,9 @@ impl FileSources {
     /// command line names the role).
     pub fn snapshot_with(&self, cluster: Option<&ClusterView>) -> Result<Snapshot> {
         let Some(view) = cluster else {
-            return self.read(Vec::new());
+            return self.read(&[]);
         };
-        let mut s = self.read(view.docs.clone())?;
+        let mut s = self.read(&view.docs)?;
         let (config, f) = (&mut s.config, &view.facts);
         if config.node.labels.is_none() {
             config.node.labels.clone_from(&f.labels);
@@ -218,7 +227,7 @@ impl FileSources {
         Ok(s)
     }
 
-    fn read(&self, cluster_docs: Vec<(PathBuf, String, serde_yaml::Value)>) -> Result<Snapshot> {
+    fn read(&self, cluster_docs: &[Doc]) -> Result<Snapshot> {
         let mut config = match &self.config {
             Some(p) => NodeConfig::load(p)?,
             None => NodeConfig::default(),
@@ -232,7 +241,11 @@ impl FileSources {
                 *p = base.join(&*p);
             }
         }
-        let inventory = backends::load_with(&self.backend_paths(&config), cluster_docs)?;
+        let inventory = backends::load_with(
+            &self.backend_paths(&config),
+            Some((Path::new("kubernetes"), cluster_docs)),
+            &mut self.reads.lock().unwrap(),
+        )?;
         Ok(Snapshot {
             config,
             inventory,

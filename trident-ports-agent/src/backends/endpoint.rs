@@ -1,6 +1,7 @@
 //! Addresses as backend definitions write them: IP addresses, CIDRs, `[v6]:port`, host names
 //! (resolved now) and http(s) URLs whose credentials are dropped on the spot.
 use std::{
+    cell::Cell,
     net::{IpAddr, ToSocketAddrs},
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -12,6 +13,17 @@ pub static RESOLVE: AtomicBool = AtomicBool::new(true);
 use ipnet::IpNet;
 
 use super::Dest;
+
+thread_local! {
+    /// Host names this thread was asked for: a reading that needed one is not kept by
+    /// [`super::Reads`], since the name may resolve differently next time.
+    static HOST_NAMES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many host names this thread has been asked to resolve.
+pub(super) fn host_names() -> u64 {
+    HOST_NAMES.with(Cell::get)
+}
 
 /// `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`, `host`, `host:443`, or a
 /// CIDR. Host names resolve now (through the system resolver, /etc/hosts included).
@@ -56,6 +68,7 @@ pub fn endpoint(s: &str, field: &str, default_port: Option<u16>) -> Result<Vec<D
             field: field.into(),
         }]);
     }
+    HOST_NAMES.with(|n| n.set(n.get() + 1));
     if host.is_empty()
         || !host
             .chars()

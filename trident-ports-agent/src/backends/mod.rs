@@ -17,6 +17,7 @@ mod files;
 pub mod kube;
 pub mod nfs;
 pub mod published;
+mod reads;
 
 use std::{
     collections::BTreeMap,
@@ -31,6 +32,7 @@ use ipnet::IpNet;
 pub use kube::{StorageClass, Volume};
 pub use nfs::{Mount, nfs_version};
 pub use published::{Access, Published};
+pub use reads::{Doc, Reads};
 use serde_yaml::Value;
 
 use crate::error::{Error, Result};
@@ -192,6 +194,18 @@ pub struct Inventory {
     pub warnings: Vec<String>,
 }
 
+impl Inventory {
+    /// `other`'s findings after this one's.
+    fn append(&mut self, other: Inventory) {
+        self.backends.extend(other.backends);
+        self.classes.extend(other.classes);
+        self.volumes.extend(other.volumes);
+        self.published.extend(other.published);
+        self.skipped.extend(other.skipped);
+        self.warnings.extend(other.warnings);
+    }
+}
+
 fn err(path: &Path, message: impl Into<String>) -> Error {
     Error::Config {
         path: path.to_path_buf(),
@@ -201,12 +215,17 @@ fn err(path: &Path, message: impl Into<String>) -> Error {
 
 /// Reads every source (see [`discover`]). Only an unreadable or unparsable file is an error.
 pub fn load(sources: &[PathBuf]) -> Result<Inventory> {
-    load_with(sources, Vec::new())
+    load_with(sources, None, &mut Reads::default())
 }
 
-/// Reads every source as `load` does, and documents from elsewhere (the cluster source's
-/// objects) as one more source named by their first element.
-pub fn load_with(sources: &[PathBuf], extra: Vec<(PathBuf, String, Value)>) -> Result<Inventory> {
+/// Reads every source as `load` does, and the cluster source's objects as one more source
+/// named by its path; `reads` keeps what each object gave, so that an unchanged one is not
+/// read again next time.
+pub fn load_with(
+    sources: &[PathBuf],
+    cluster: Option<(&Path, &[Doc])>,
+    reads: &mut Reads,
+) -> Result<Inventory> {
     let mut docs = Vec::new();
     let mut per_source = Vec::new();
     for s in sources {
@@ -217,29 +236,28 @@ pub fn load_with(sources: &[PathBuf], extra: Vec<(PathBuf, String, Value)>) -> R
         }
         per_source.push((s.clone(), before..docs.len()));
     }
-    if let Some(name) = extra.first().map(|d| d.0.clone()) {
-        let before = docs.len();
-        docs.extend(extra);
-        per_source.push((name, before..docs.len()));
-    }
     let per_source = per_source
         .iter()
         .map(|(p, r)| (p.as_path(), r.clone()))
         .collect();
-    Ok(inventory(&docs, per_source))
+    let cluster = cluster
+        .filter(|(_, d)| !d.is_empty())
+        .map(|(name, d)| (name, reads::Pass::new(reads, d)));
+    Ok(inventory(&docs, per_source, cluster))
 }
 
 /// Reads one file's text as `load` reads a file named `path` (tests, fuzzing).
 pub fn read_text(path: &Path, text: &str) -> Result<Inventory> {
     let docs = documents(path, text)?;
     let n = docs.len();
-    Ok(inventory(&docs, vec![(path, 0..n)]))
+    Ok(inventory(&docs, vec![(path, 0..n)], None))
 }
 
-/// What the documents say, source by source (the ranges index `docs`).
+/// What the documents say, source by source (the ranges index `docs`), then the cluster's.
 fn inventory(
     docs: &[(PathBuf, String, Value)],
     per_source: Vec<(&Path, std::ops::Range<usize>)>,
+    mut cluster: Option<(&Path, reads::Pass<'_>)>,
 ) -> Inventory {
     let objects: Vec<Vec<(String, &Value)>> = docs
         .iter()
@@ -263,23 +281,34 @@ fn inventory(
             }
         }
     }
+    if let Some((_, pass)) = &mut cluster {
+        pass.secrets(&mut secrets, &mut inv.skipped);
+    }
+    let any = !objects.is_empty() || cluster.is_some();
     for (s, range) in per_source {
         let before = inv.backends.len() + inv.skipped.len();
         for (origin, v) in objects[range].iter().flatten() {
             read_object(origin, v, &secrets, &mut inv);
         }
-        if inv.backends.len() + inv.skipped.len() == before
-            && !objects.is_empty()
-            && !is_cluster_only(&inv, s)
-        {
-            inv.warnings.push(format!(
-                "{} defines no backend: nothing from it is planned",
-                s.display()
-            ));
-        }
+        note_if_empty(&mut inv, s, before, any);
+    }
+    if let Some((s, pass)) = cluster {
+        let before = inv.backends.len() + inv.skipped.len();
+        pass.read(&secrets, &mut inv);
+        note_if_empty(&mut inv, s, before, any);
     }
     resolve_duplicates(&mut inv);
     inv
+}
+
+/// A source that gave no backend, where some source has documents, is worth a word.
+fn note_if_empty(inv: &mut Inventory, source: &Path, before: usize, any: bool) {
+    if inv.backends.len() + inv.skipped.len() == before && any && !is_cluster_only(inv, source) {
+        inv.warnings.push(format!(
+            "{} defines no backend: nothing from it is planned",
+            source.display()
+        ));
+    }
 }
 
 /// A source that holds only StorageClasses or PVs is not expected to define backends.

@@ -14,7 +14,7 @@ pub use crate::net::{Direction, PortRange, Proto};
 /// One allow entry between this node and a peer: on egress the peer is the destination, on
 /// ingress the source. One address field, so an entry cannot name the wrong end; `plan`'s JSON
 /// keeps its documented `dst`/`src` shape (docs/plan.md).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "EntryJson", try_from = "EntryJson")]
 pub struct Entry {
     pub direction: Direction,

@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 pub use super::cluster_types::{ClusterArgs, ClusterView, NodeFacts, Status, Unreachable};
-use crate::config::Kubernetes;
+use crate::{backends::Doc, config::Kubernetes};
 
 /// Where the agent finds the cluster and itself in it, after the command line and the
 /// environment had their say.
@@ -145,6 +145,10 @@ struct State {
     /// RBAC refusals: the verb refused and the server's message.
     refused: BTreeMap<Kind, (&'static str, String)>,
     from_disk: bool,
+    /// Counts the changes of `objects`, so that `save` can tell an unchanged state.
+    revision: u64,
+    /// The revision last saved.
+    saved: Option<u64>,
 }
 
 struct Shared {
@@ -281,9 +285,10 @@ impl Cluster {
                 _ => true,
             };
             if keep {
-                if let Some(y) = v.yaml() {
-                    docs.push((PathBuf::from("kubernetes"), objects::origin(k), y));
-                }
+                docs.push(Doc {
+                    origin: objects::origin(k),
+                    text: v.0.clone(),
+                });
             }
         }
         ClusterView {
@@ -338,26 +343,33 @@ impl Cluster {
     }
 
     /// Keeps the state the policy just applied was compiled from, for a start without the API
-    /// server. Only complete views are kept, never one restored from disk.
+    /// server. Only complete views are kept, never one restored from disk, and an unchanged
+    /// one is not written again.
     pub fn save(&self) {
         let Some(path) = &self.settings.state_file else {
             return;
         };
-        let objects = {
+        let (objects, revision) = {
             let s = self.shared.state.lock().unwrap();
-            if s.from_disk || !self.kinds.iter().all(|k| s.synced.contains(k)) {
+            if s.from_disk
+                || !self.kinds.iter().all(|k| s.synced.contains(k))
+                || s.saved == Some(s.revision)
+            {
                 return;
             }
-            s.objects
+            let objects: Vec<(Key, Arc<str>)> = s
+                .objects
                 .iter()
-                .map(|(k, v)| (k.clone(), v.value()))
-                .collect()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
+            (objects, s.revision)
         };
-        if let Err(e) = saved::store(path, &objects) {
-            warn!(
+        match saved::store(path, objects.iter().map(|(k, t)| (k, &**t))) {
+            Ok(()) => self.shared.state.lock().unwrap().saved = Some(revision),
+            Err(e) => warn!(
                 "kubernetes: keeping the cluster state in {}: {e}",
                 path.display()
-            );
+            ),
         }
     }
 
@@ -417,6 +429,7 @@ async fn watch(
             }
         };
         if changed {
+            shared.state.lock().unwrap().revision += 1;
             shared.changed.notify_one();
         }
     }
@@ -425,20 +438,17 @@ async fn watch(
 /// A kept object as compact JSON: ten thousand PVs as trees of maps cost several times the
 /// memory of their text, and they are read only when a snapshot is taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Kept(Box<str>);
+/// Shared, so that a snapshot's documents are the kept texts themselves (the backend reader
+/// knows an unchanged object by its text).
+struct Kept(Arc<str>);
 
 impl Kept {
     fn new(v: &Value) -> Kept {
-        Kept(v.to_string().into_boxed_str())
+        Kept(v.to_string().into())
     }
 
     fn value(&self) -> Value {
         serde_json::from_str(&self.0).unwrap_or(Value::Null)
-    }
-
-    /// The document the backend reader takes (JSON is YAML).
-    fn yaml(&self) -> Option<serde_yaml::Value> {
-        serde_json::from_str(&self.0).ok()
     }
 }
 

@@ -2,18 +2,31 @@
 //! from it rather than from files alone. The objects are the trimmed copies (`objects::trim`),
 //! which hold no credentials. Written to a temporary file and renamed, so that a crash leaves
 //! the previous state whole.
-use std::{collections::BTreeMap, path::Path};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
 use super::objects::{Key, Kind};
 
-pub(super) fn store(path: &Path, objects: &BTreeMap<Key, Value>) -> std::io::Result<()> {
-    let items: Vec<Value> = objects
-        .iter()
-        .map(|((kind, ns, name), v)| json!({"kind": kind.name(), "namespace": ns, "name": name, "object": v}))
-        .collect();
-    let text = serde_json::to_vec(&json!({"version": 1, "objects": items}))?;
+/// Writes `objects`, each as its kept JSON text: copied, not parsed and printed again (that
+/// took 150 ms for eleven thousand objects, after every applied change).
+pub(super) fn store<'a>(
+    path: &Path,
+    objects: impl IntoIterator<Item = (&'a Key, &'a str)>,
+) -> std::io::Result<()> {
+    let mut text = br#"{"version":1,"objects":["#.to_vec();
+    for (i, ((kind, ns, name), object)) in objects.into_iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        let head = json!({"kind": kind.name(), "namespace": ns, "name": name}).to_string();
+        // `head` is an object: open it again to add the kept text as its last member.
+        text.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        text.extend_from_slice(br#","object":"#);
+        text.extend_from_slice(object.as_bytes());
+        text.push(b'}');
+    }
+    text.extend_from_slice(b"]}");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -49,6 +62,8 @@ pub(super) fn load(path: &Path) -> Result<Vec<(Key, Value)>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -68,7 +83,11 @@ mod tests {
             (Kind::StorageClass, String::new(), "gold".to_string()),
             json!({"kind": "StorageClass", "provisioner": "csi.trident.netapp.io"}),
         );
-        store(&path, &objects).unwrap();
+        let texts: Vec<(Key, String)> = objects
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        store(&path, texts.iter().map(|(k, t)| (k, t.as_str()))).unwrap();
         let back: BTreeMap<Key, Value> = load(&path).unwrap().into_iter().collect();
         assert_eq!(back, objects);
         std::fs::write(&path, "{\"objects\": [{\"kind\": \"Pizza\"}]}").unwrap();
