@@ -18,7 +18,7 @@ use super::{Inventory, Skipped, endpoint::host_names};
 /// One object from elsewhere (the cluster source): where it comes from and its JSON text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Doc {
-    pub origin: String,
+    pub origin: Arc<str>,
     pub text: Arc<str>,
 }
 
@@ -27,9 +27,9 @@ pub struct Doc {
 pub struct Reads {
     /// The Secrets the kept readings were made with.
     secrets: Secrets,
-    by_origin: HashMap<String, Read>,
+    by_origin: HashMap<Arc<str>, Read>,
     /// The readings made by the last pass (the others were kept from before).
-    fresh: Vec<String>,
+    fresh: Vec<Arc<str>>,
 }
 
 impl std::fmt::Debug for Reads {
@@ -131,7 +131,7 @@ impl<'a> Pass<'a> {
             let mut fragment = Inventory::default();
             if let Some(v) = &v {
                 let mut objects = Vec::new();
-                super::flatten(d.origin.clone(), v, &mut objects);
+                super::flatten(d.origin.to_string(), v, &mut objects);
                 for (origin, o) in objects {
                     super::read_object(&origin, o, secrets, &mut fragment);
                 }
@@ -142,8 +142,8 @@ impl<'a> Pass<'a> {
             reads.fresh.push(d.origin.clone());
         }
         if reads.by_origin.len() > docs.len() {
-            let present: HashSet<&str> = docs.iter().map(|d| d.origin.as_str()).collect();
-            reads.by_origin.retain(|o, _| present.contains(o.as_str()));
+            let present: HashSet<&str> = docs.iter().map(|d| &*d.origin).collect();
+            reads.by_origin.retain(|o, _| present.contains(&**o));
         }
         reads.secrets.clone_from(secrets);
     }
@@ -281,7 +281,7 @@ mod tests {
         // Unchanged: only the object that names a host is read again.
         let again = load_with(&[], Some((Path::new("kubernetes"), &docs)), &mut reads).unwrap();
         assert_eq!(again, first);
-        assert_eq!(reads.fresh, ["tridentbackendconfig/trident/b"]);
+        assert_eq!(reads.fresh, [Arc::from("tridentbackendconfig/trident/b")]);
 
         // One object changes: it alone is read again, and the result is what reading
         // everything gives.

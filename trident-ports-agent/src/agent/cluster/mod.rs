@@ -286,8 +286,8 @@ impl Cluster {
             };
             if keep {
                 docs.push(Doc {
-                    origin: objects::origin(k),
-                    text: v.0.clone(),
+                    origin: v.origin.clone(),
+                    text: v.text.clone(),
                 });
             }
         }
@@ -335,7 +335,8 @@ impl Cluster {
         let n = saved.len();
         for (k, v) in saved {
             if !s.synced.contains(&k.0) {
-                s.objects.insert(k, Kept::new(&v));
+                let kept = Kept::new(&k, &v);
+                s.objects.insert(k, kept);
             }
         }
         s.from_disk = true;
@@ -360,7 +361,7 @@ impl Cluster {
             let objects: Vec<(Key, Arc<str>)> = s
                 .objects
                 .iter()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .map(|(k, v)| (k.clone(), v.text.clone()))
                 .collect();
             (objects, s.revision)
         };
@@ -440,15 +441,22 @@ async fn watch(
 #[derive(Clone, Debug, PartialEq, Eq)]
 /// Shared, so that a snapshot's documents are the kept texts themselves (the backend reader
 /// knows an unchanged object by its text).
-struct Kept(Arc<str>);
+struct Kept {
+    text: Arc<str>,
+    /// Where the backend reader says it comes from (`objects::origin`).
+    origin: Arc<str>,
+}
 
 impl Kept {
-    fn new(v: &Value) -> Kept {
-        Kept(v.to_string().into())
+    fn new(k: &Key, v: &Value) -> Kept {
+        Kept {
+            text: v.to_string().into(),
+            origin: objects::origin(k).into(),
+        }
     }
 
     fn value(&self) -> Value {
-        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
     }
 }
 
@@ -461,10 +469,9 @@ fn apply(s: &mut State, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
         }
         watcher::Event::InitApply(o) => {
             if let Some(v) = objects::trim(kind, &o) {
-                s.listing
-                    .entry(kind)
-                    .or_default()
-                    .insert(objects::key(kind, &o), Kept::new(&v));
+                let k = objects::key(kind, &o);
+                let kept = Kept::new(&k, &v);
+                s.listing.entry(kind).or_default().insert(k, kept);
             }
             false
         }
@@ -488,7 +495,7 @@ fn apply(s: &mut State, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
         }
         watcher::Event::Apply(o) => {
             let k = objects::key(kind, &o);
-            match objects::trim(kind, &o).map(|v| Kept::new(&v)) {
+            match objects::trim(kind, &o).map(|v| Kept::new(&k, &v)) {
                 Some(v) => s.objects.insert(k, v.clone()) != Some(v),
                 None => s.objects.remove(&k).is_some(),
             }
