@@ -456,6 +456,62 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
     agent.stop(libc::SIGTERM);
 }
 
+/// What a cluster change adds is enforced as soon as the agent reads it; what it takes away
+/// waits out the debounce (`policy::widen`). Here a volume moves from NFS to iSCSI on one
+/// address, with a debounce of 2 s: iSCSI opens well before it, and NFS closes only after it.
+#[test]
+fn a_change_opens_at_once_and_closes_after_the_debounce() {
+    let test = "a_change_opens_at_once_and_closes_after_the_debounce";
+    if !require_root(test) {
+        return;
+    }
+    let pair = Pair::standard();
+    let _echo = Echo::start(&pair.storage, &[sa("192.0.2.4:2049"), sa("192.0.2.4:3260")]);
+    let Some(api) = ApiServer::start_in(test, Some(&pair.node.name)) else {
+        return;
+    };
+    let k = Kubectl::admin(&api);
+    install_crds(&k);
+    k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: trident}\n");
+    let node =
+        NodeDir::new("cluster-widen").config("kubernetes: {debounce: 2s, stateFile: none}\n");
+    let kc = api.admin_kubeconfig();
+    let args = [
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "node-1",
+    ];
+    let mut agent = Agent::run(&pair, &node.config_path(), &args);
+    let ok = |port: u16| tcp_echo(&pair.node, sa(&format!("192.0.2.4:{port}")), T).is_ok();
+    k.apply(&volume(
+        "{nfsServerIp: 192.0.2.4, mountOptions: nfsvers=4.1}",
+    ));
+    k.apply(PUBLICATION);
+    until("NFS volume enforced", Duration::from_secs(10), || {
+        !ok(3260) && ok(2049)
+    });
+    // The publication came during the volume's debounce, which enforced both; the second
+    // debounce it started runs out in 2 s. The change below then starts a fresh one.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let changed = Instant::now();
+    k.apply(&volume("{iscsiTargetPortal: '192.0.2.4:3260'}"));
+    let opened = until("iSCSI open", Duration::from_millis(1500), || ok(3260));
+    assert!(ok(2049), "NFS closed before the debounce ran out");
+    until("NFS closed", Duration::from_secs(10), || !ok(2049));
+    let closed = changed.elapsed();
+    eprintln!("opened after {opened:?}, closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(1900),
+        "NFS closed {closed:?} after the change, before the 2 s debounce"
+    );
+    assert!(ok(3260));
+    let log = agent.log();
+    assert!(log.contains("policy widened"), "{log}");
+    agent.stop(libc::SIGTERM);
+}
+
 #[test]
 fn rbac_refusal_names_the_verb_and_resource() {
     let test = "rbac_refusal_names_the_verb_and_resource";

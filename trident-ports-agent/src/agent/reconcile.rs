@@ -10,7 +10,7 @@ use crate::{
     datapath::Datapath,
     error::Result,
     events::{Record, explain::Explainer},
-    policy::{Mode, Policy},
+    policy::{Mode, Policy, widen::widen},
 };
 
 /// Why a reconcile runs.
@@ -22,6 +22,9 @@ pub enum Trigger {
     Periodic,
     /// The cluster changed: apply only a change, and report a failure.
     Cluster,
+    /// The cluster just changed: apply at once what the change adds (`policy::widen`), if
+    /// anything; a `Cluster` reconcile follows the debounce with the rest.
+    Widen,
 }
 
 pub struct Reconciler {
@@ -73,8 +76,9 @@ impl Reconciler {
         self.dp.lock().unwrap().persistence()
     }
 
-    /// Compiles `snapshot` (or reports why there is none) and applies the result. Returns the
-    /// snapshot when the policy in force is now the one it compiles to. `started` is when the
+    /// Compiles `snapshot` (or reports why there is none) and applies the result (for `Widen`,
+    /// the running policy with what the result adds). Returns the snapshot when the policy in
+    /// force is now the one it compiles to. `started` is when the
     /// sources were read: the log says how long after that the policy was in force.
     pub fn reconcile(
         &self,
@@ -85,7 +89,8 @@ impl Reconciler {
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
-                if trigger != Trigger::Periodic {
+                // A widening's failure is the `Cluster` reconcile's to report.
+                if !matches!(trigger, Trigger::Periodic | Trigger::Widen) {
                     error!(
                         "reload failed, keeping the running policy: {:#}",
                         anyhow::Error::new(e)
@@ -101,7 +106,10 @@ impl Reconciler {
             policy.mode = m;
         }
         let mut current = self.policy.lock().unwrap();
-        if trigger != Trigger::Changed && **current == policy {
+        let widening = trigger == Trigger::Widen;
+        if widening {
+            policy = widen(&current, policy)?;
+        } else if trigger != Trigger::Changed && **current == policy {
             return Some(snapshot);
         }
         let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
@@ -116,7 +124,12 @@ impl Reconciler {
         let took = started.elapsed();
         match applied {
             Ok(a) => {
-                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, took = ?took, mode = ?policy.mode, "policy reloaded");
+                let what = if widening {
+                    "policy widened: what the change adds is in force, what it takes away follows the debounce"
+                } else {
+                    "policy reloaded"
+                };
+                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, took = ?took, mode = ?policy.mode, "{what}");
                 for w in &policy.warnings {
                     warn!("{w}");
                 }
@@ -131,7 +144,8 @@ impl Reconciler {
                 let policy = Arc::new(policy);
                 *self.explainer.write().unwrap() = Explainer::new(policy.clone());
                 *current = policy;
-                Some(snapshot)
+                // A widened policy is not the one the snapshot compiles to.
+                (!widening).then_some(snapshot)
             }
             Err(e) => {
                 error!(

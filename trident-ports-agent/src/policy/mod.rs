@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod live;
 pub mod render;
+pub mod widen;
 
 use std::sync::Arc;
 

@@ -374,8 +374,9 @@ impl Cluster {
         }
     }
 
-    /// Turns changes into reconcile requests: the first change of a burst waits `debounce`, so
-    /// that what arrives meanwhile is compiled with it.
+    /// Turns changes into reconcile requests. What a change adds is applied at once (`Widen`);
+    /// the whole change waits `debounce`, so that what arrives meanwhile is compiled with it
+    /// and nothing is taken away on the way (an object deleted and created again).
     pub fn debounce(
         &self,
         requests: std::sync::mpsc::Sender<super::reconcile::Trigger>,
@@ -384,6 +385,9 @@ impl Cluster {
         tokio::spawn(async move {
             loop {
                 shared.changed.notified().await;
+                if requests.send(super::reconcile::Trigger::Widen).is_err() {
+                    return;
+                }
                 tokio::time::sleep(wait).await;
                 if requests.send(super::reconcile::Trigger::Cluster).is_err() {
                     return;
