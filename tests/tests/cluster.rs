@@ -247,6 +247,22 @@ fn volume(access: &str) -> String {
 const PUBLICATION: &str = "apiVersion: trident.netapp.io/v1\nkind: TridentVolumePublication\n\
      metadata: {name: pvc-9.node-1, namespace: trident}\nvolumeID: pvc-9\nnodeID: node-1\nreadOnly: false\n";
 
+/// The agent as node-1 of the cluster `kubeconfig` reaches.
+fn node_1(pair: &Pair, node: &NodeDir, kubeconfig: &std::path::Path) -> Agent {
+    let args = [
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-1",
+    ];
+    Agent::run(pair, &node.config_path(), &args)
+}
+
+/// Whether the node reaches the storage end's echo on 192.0.2.4:`port`.
+fn reaches(pair: &Pair, port: u16) -> bool {
+    tcp_echo(&pair.node, sa(&format!("192.0.2.4:{port}")), T).is_ok()
+}
+
 /// Polls until `cond` holds; the time it took, or a panic naming `what` after `limit`.
 fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -298,14 +314,8 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
         "kubernetes: {{stateFile: {}, startTimeout: 3s, nodeEventInterval: 1s}}\n",
         api.dir.join("state.json").display()
     ));
-    let args = [
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--node-name",
-        "node-1",
-    ];
-    let mut agent = Agent::run(&pair, &node.config_path(), &args);
-    let ok = |port: u16| tcp_echo(&pair.node, sa(&format!("192.0.2.4:{port}")), T).is_ok();
+    let mut agent = node_1(&pair, &node, &kc);
+    let ok = |port: u16| reaches(&pair, port);
     // Nothing names 192.0.2.4 yet: it is not storage, and not policed.
     assert!(ok(3260) && ok(2049));
 
@@ -437,7 +447,7 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
     // A start while the API server is down begins from the state saved with the last applied
     // policy, and says so.
     api.stop_apiserver();
-    let mut agent = Agent::run(&pair, &node.config_path(), &args);
+    let mut agent = node_1(&pair, &node, &kc);
     assert!(
         agent
             .log()
@@ -476,14 +486,8 @@ fn a_change_opens_at_once_and_closes_after_the_debounce() {
     let node =
         NodeDir::new("cluster-widen").config("kubernetes: {debounce: 2s, stateFile: none}\n");
     let kc = api.admin_kubeconfig();
-    let args = [
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--node-name",
-        "node-1",
-    ];
-    let mut agent = Agent::run(&pair, &node.config_path(), &args);
-    let ok = |port: u16| tcp_echo(&pair.node, sa(&format!("192.0.2.4:{port}")), T).is_ok();
+    let mut agent = node_1(&pair, &node, &kc);
+    let ok = |port: u16| reaches(&pair, port);
     k.apply(&volume(
         "{nfsServerIp: 192.0.2.4, mountOptions: nfsvers=4.1}",
     ));
