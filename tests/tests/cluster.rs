@@ -468,7 +468,8 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
 
 /// What a cluster change adds is enforced as soon as the agent reads it; what it takes away
 /// waits out the debounce (`policy::widen`). Here a volume moves from NFS to iSCSI on one
-/// address, with a debounce of 2 s: iSCSI opens well before it, and NFS closes only after it.
+/// address, with a debounce of 2 s: iSCSI opens well before it, and NFS closes only after it,
+/// though the agent looks at its sources again every 100 ms meanwhile (host names).
 #[test]
 fn a_change_opens_at_once_and_closes_after_the_debounce() {
     let test = "a_change_opens_at_once_and_closes_after_the_debounce";
@@ -483,8 +484,10 @@ fn a_change_opens_at_once_and_closes_after_the_debounce() {
     let k = Kubectl::admin(&api);
     install_crds(&k);
     k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: trident}\n");
-    let node =
-        NodeDir::new("cluster-widen").config("kubernetes: {debounce: 2s, stateFile: none}\n");
+    let node = NodeDir::new("cluster-widen").raw_config(
+        "kubernetes: {debounce: 2s, stateFile: none}\n\
+         backends: {sources: [backends], resolveInterval: 100ms}\n",
+    );
     let kc = api.admin_kubeconfig();
     let mut agent = node_1(&pair, &node, &kc);
     let ok = |port: u16| reaches(&pair, port);

@@ -37,6 +37,10 @@ impl Cluster {
         match *self {}
     }
 
+    pub fn pending(&self) -> bool {
+        match *self {}
+    }
+
     pub fn debounce(
         &self,
         _requests: std::sync::mpsc::Sender<Trigger>,

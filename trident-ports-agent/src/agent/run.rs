@@ -354,6 +354,13 @@ fn reconcile_worker(
         .name("reconcile".into())
         .spawn(move || {
             for trigger in queue {
+                // A cluster change waiting out its debounce is applied whole shortly: a periodic
+                // look now would apply what it takes away before the debounce does.
+                if trigger == Trigger::Periodic
+                    && sources.cluster.as_ref().is_some_and(|c| c.pending())
+                {
+                    continue;
+                }
                 let started = std::time::Instant::now();
                 let next = snapshot(&sources).map(|s| {
                     let mut s = s.with_node_state();

@@ -14,7 +14,10 @@ mod saved;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -154,6 +157,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     changed: Notify,
+    /// A change waits out its debounce: only its widening is in force.
+    pending: AtomicBool,
 }
 
 /// The running source: its watchers stop when it drops.
@@ -186,6 +191,7 @@ impl Cluster {
                 ..State::default()
             }),
             changed: Notify::new(),
+            pending: AtomicBool::new(false),
         });
         let tasks = kinds
             .iter()
@@ -374,6 +380,12 @@ impl Cluster {
         }
     }
 
+    /// True while a change waits out its debounce: a periodic reconcile then leaves it to the
+    /// debounced one, which follows shortly (it would apply what the change takes away early).
+    pub fn pending(&self) -> bool {
+        self.shared.pending.load(Ordering::SeqCst)
+    }
+
     /// Turns changes into reconcile requests. What a change adds is applied at once (`Widen`);
     /// the whole change waits `debounce`, so that what arrives meanwhile is compiled with it
     /// and nothing is taken away on the way (an object deleted and created again).
@@ -385,10 +397,12 @@ impl Cluster {
         tokio::spawn(async move {
             loop {
                 shared.changed.notified().await;
+                shared.pending.store(true, Ordering::SeqCst);
                 if requests.send(super::reconcile::Trigger::Widen).is_err() {
                     return;
                 }
                 tokio::time::sleep(wait).await;
+                shared.pending.store(false, Ordering::SeqCst);
                 if requests.send(super::reconcile::Trigger::Cluster).is_err() {
                     return;
                 }
