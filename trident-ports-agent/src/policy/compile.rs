@@ -192,12 +192,13 @@ fn nfs_uses(b: &Backend, index: &VolumeIndex<'_>) -> Vec<NfsUse> {
         mount: b.mount(),
         from: None,
     }];
-    let mut add = |mount: Option<Mount>, from: String| {
+    // Named by the first object that brings a mount; `from` is only formatted then.
+    let mut add = |mount: Option<Mount>, from: &dyn Fn() -> String| {
         if let Some(m) = mount {
             if !uses.iter().any(|u| u.mount == m) {
                 uses.push(NfsUse {
                     mount: m,
-                    from: Some(from),
+                    from: Some(from()),
                 });
             }
         }
@@ -209,10 +210,9 @@ fn nfs_uses(b: &Backend, index: &VolumeIndex<'_>) -> Vec<NfsUse> {
         .filter(|(c, _)| c.selection.selects(b))
         .collect();
     for (c, _) in &selected {
-        add(
-            parse(&c.mount_options),
-            format!("storageclass/{}: mountOptions", c.name),
-        );
+        add(parse(&c.mount_options), &|| {
+            format!("storageclass/{}: mountOptions", c.name)
+        });
     }
     let own = b.uuid.as_deref().and_then(|u| index.by_uuid.get(u));
     let volumes = own
@@ -220,11 +220,15 @@ fn nfs_uses(b: &Backend, index: &VolumeIndex<'_>) -> Vec<NfsUse> {
         .flatten()
         .chain(selected.iter().flat_map(|(_, vs)| vs.iter()))
         .chain(index.anywhere.iter());
+    // Thousands of volumes share a few option texts: a text seen once can add nothing new.
+    let mut seen: HashSet<&str> = HashSet::new();
     for v in volumes {
-        add(
-            parse(&v.mount_options),
-            format!("persistentvolume/{}: mountOptions", v.name),
-        );
+        if v.mount_options.as_deref().is_some_and(|o| !seen.insert(o)) {
+            continue;
+        }
+        add(parse(&v.mount_options), &|| {
+            format!("persistentvolume/{}: mountOptions", v.name)
+        });
     }
     uses
 }
