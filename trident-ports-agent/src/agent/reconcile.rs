@@ -78,8 +78,8 @@ impl Reconciler {
 
     /// Compiles `snapshot` (or reports why there is none) and applies the result (for `Widen`,
     /// the running policy with what the result adds). Returns the snapshot when the policy in
-    /// force is now the one it compiles to. `started` is when the
-    /// sources were read: the log says how long after that the policy was in force.
+    /// force is now the one it compiles to. `started` is when the sources were read: the log
+    /// says how long after that the policy was in force.
     pub fn reconcile(
         &self,
         snapshot: Result<Snapshot>,

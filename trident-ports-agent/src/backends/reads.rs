@@ -112,10 +112,9 @@ impl<'a> Pass<'a> {
         let same_secrets = reads.secrets == *secrets;
         reads.fresh.clear();
         for (item, d) in items.into_iter().zip(docs) {
-            let kept = reads.by_origin.get_mut(&d.origin);
             let (mut r, v) = match item {
                 Item::Kept => {
-                    let kept = kept.expect("found by `new`");
+                    let kept = &reads.by_origin[&d.origin];
                     if let Some(fragment) = kept.found.as_ref().filter(|_| same_secrets) {
                         inv.append(fragment.clone());
                         continue;

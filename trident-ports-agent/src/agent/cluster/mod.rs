@@ -455,10 +455,10 @@ async fn watch(
 }
 
 /// A kept object as compact JSON: ten thousand PVs as trees of maps cost several times the
-/// memory of their text, and they are read only when a snapshot is taken.
+/// memory of their text, and they are read only when a snapshot is taken. Shared, so that a
+/// snapshot's documents are the kept texts themselves (the backend reader knows an unchanged
+/// object by its text).
 #[derive(Clone, Debug, PartialEq, Eq)]
-/// Shared, so that a snapshot's documents are the kept texts themselves (the backend reader
-/// knows an unchanged object by its text).
 struct Kept {
     text: Arc<str>,
     /// Where the backend reader says it comes from (`objects::origin`).
