@@ -582,52 +582,68 @@ fn per_packet(smoke: bool) {
 /// Flood capacity of the XDP program against one that only drops, in the same run: the kernel's
 /// mean time per frame through BPF_PROG_TEST_RUN with live frames (whole nanoseconds), as
 /// frames per second. (The wall clock around a run is no use: each run first sets up a page
-/// pool, about 23 ms here.)
+/// pool, about 23 ms here.) The two programs take turns, and each share compares one run with
+/// the drop-only run just before it: the machine's pace drifts between runs (the drop-only rate
+/// moved between 17.5 and 20.0 Mpps from one full run to the next).
 fn flood_capacity(dp: &mut Datapath, frame: &[u8], entries: usize, repeat: u32) -> String {
     const XDP_DROP: u32 = 1;
     let drop_only = EmptyProgram::returning(XDP, XDP_DROP);
-    let per_second = |runs: &mut Vec<f64>| 1e9 / median(runs);
-    let base = per_second(
-        &mut (0..RUNS)
-            .map(|_| drop_only.run_ns(frame, repeat, LIVE_BATCH))
-            .collect(),
-    );
-    // Every frame must have gone the path it is reported under.
-    let measured = |dp: &mut Datapath, c: u32| {
+    // (drop-only frames per second, ours, our share of drop-only): medians over the pairs.
+    // Every one of our frames must have gone the path it is reported under.
+    let pairs = |dp: &mut Datapath, c: u32| {
         let before = dp.counters().unwrap().get(DIR_INGRESS, c);
-        let mut runs: Vec<f64> = (0..RUNS).map(|_| run_live_ns(dp, frame, repeat)).collect();
+        let (mut base, mut ours, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..FLOOD_PAIRS {
+            let b = drop_only.run_ns(frame, repeat, LIVE_BATCH);
+            let o = run_live_ns(dp, frame, repeat);
+            base.push(b);
+            ours.push(o);
+            shares.push(b / o);
+        }
         let grew = dp.counters().unwrap().get(DIR_INGRESS, c) - before;
         assert!(
-            grew >= RUNS as u64 * u64::from(repeat),
+            grew >= FLOOD_PAIRS as u64 * u64::from(repeat),
             "flood capacity: counter {c} grew by {grew}"
         );
-        per_second(&mut runs)
+        (
+            1e9 / median(&mut base),
+            1e9 / median(&mut ours),
+            median(&mut shares),
+        )
     };
     // The first frame reports the flow; the rest of the interval the cache answers.
     run_live_ns(dp, frame, 1);
-    let recent = measured(dp, counter::RECENT_DENIAL);
+    let (base, recent, recent_share) = pairs(dp, counter::RECENT_DENIAL);
     dp.set_recent_denials(false).unwrap();
-    let full = measured(dp, counter::DENIED);
+    let (_, full, full_share) = pairs(dp, counter::DENIED);
     dp.set_recent_denials(true).unwrap();
+    let shares: Vec<String> = [recent_share, full_share]
+        .iter()
+        .map(|s| format!("{:.0}%", 100.0 * s))
+        .collect();
     let mpps = |r: f64| r / 1e6;
     format!(
         "## Flood capacity (XDP, live frames)\n\n\
          | program | Mpps | of drop-only |\n|---|---:|---:|\n\
          | drop-only (`r0 = XDP_DROP; exit`) | {:.2} | 100% |\n\
-         | tp_xdp_ingress, denied flow reported moments ago (recent-denial cache) | {:.2} | {:.0}% |\n\
-         | tp_xdp_ingress, denied, full path (cache off) | {:.2} | {:.0}% |\n\n\
+         | tp_xdp_ingress, denied flow reported moments ago (recent-denial cache) | {:.2} | {} |\n\
+         | tp_xdp_ingress, denied, full path (cache off) | {:.2} | {} |\n\n\
          One unsolicited TCP frame from a protected storage address ({entries}-entry policy), \
          {repeat} frames per run through BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES in \
-         batches of {LIVE_BATCH} on CPU 0: the median of {RUNS} runs of the kernel's mean time per \
-         frame (whole nanoseconds: about 2% at these rates), every frame checked against the \
-         counter of its path.\n",
+         batches of {LIVE_BATCH} on CPU 0. Each row is the median of {FLOOD_PAIRS} runs of the \
+         kernel's mean time per frame (whole nanoseconds: about 2% at these rates), every frame \
+         checked against the counter of its path. Each of those runs follows a drop-only run, and \
+         the share is the median of the {FLOOD_PAIRS} shares of such neighbours.\n",
         mpps(base),
         mpps(recent),
-        100.0 * recent / base,
+        shares[0],
         mpps(full),
-        100.0 * full / base,
+        shares[1],
     )
 }
+
+/// Pairs of flood runs (drop-only, then ours) per measured path.
+const FLOOD_PAIRS: usize = 7;
 
 fn sh(ns: &str, cmd: &str) {
     let ok = Command::new("ip")
