@@ -146,7 +146,7 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
         return;
     }
     use trident_ports_common::{
-        COUNTER_SLOTS, Config, FlowKey, FlowState, PROTO_TCP, maps, v4_mapped,
+        COUNTER_BLOCKS, Config, CounterBlock, FlowKey, FlowState, PROTO_TCP, maps, v4_mapped,
     };
     let fs = BpfFs::mount();
     let pin = fs.0.join("trident-ports");
@@ -217,7 +217,11 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
         info(maps::CONFIG).value_size() as usize,
         size_of::<Config>()
     );
-    assert_eq!(info(maps::COUNTERS).max_entries(), COUNTER_SLOTS);
+    assert_eq!(info(maps::COUNTERS).max_entries(), COUNTER_BLOCKS);
+    assert_eq!(
+        info(maps::COUNTERS).value_size() as usize,
+        size_of::<CounterBlock>()
+    );
     assert_eq!(
         flows_at(&pin.join("maps").join(maps::FLOWS))
             .get(&only_old, 0)

@@ -962,6 +962,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             counter::DENIED,
             Some(reason::UNSOLICITED),
         );
+        let before = lab.dp.counters().unwrap();
         for _ in 0..20 {
             lab.check(
                 &what("repeated"),
@@ -971,6 +972,16 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
                 counter::RECENT_DENIAL,
                 None,
             );
+        }
+        // The cache's answer counts what the full path would, and what it suppressed.
+        let after = lab.dp.counters().unwrap();
+        for c in [
+            counter::DENIED,
+            counter::REASON_BASE + u32::from(reason::UNSOLICITED),
+            counter::EVENTS_SUPPRESSED,
+        ] {
+            let grew = after.get(DIR_INGRESS, c) - before.get(DIR_INGRESS, c);
+            assert_eq!(grew, 20, "{}: counter {c}", what("repeated"));
         }
         // Audit passes it at once; the audited verdict is cached the same way.
         lab.dp.set_mode(Mode::Audit).unwrap();

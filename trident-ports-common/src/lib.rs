@@ -36,7 +36,7 @@ pub mod reason {
     pub const MAX: u8 = 6;
 }
 
-/// Indices into the per-CPU counter array; each direction has its own block of `COUNTERS`.
+/// Indices into a direction's block of per-CPU counters (`CounterBlock`).
 pub mod counter {
     /// Allowed by a rule (or an ICMP error quoting a tracked flow). Packets allowed by the
     /// connection table count under `CONNTRACK_HIT`, those of a flow the CPU allowed recently
@@ -71,8 +71,13 @@ pub mod counter {
     pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
 }
 
-/// Size of the per-CPU counter array: one block per direction.
-pub const COUNTER_SLOTS: u32 = counter::COUNT * 2;
+/// One direction's counters on one CPU, indexed by `counter::*`. The per-CPU counter map holds
+/// one block per direction (`COUNTER_BLOCKS`, indexed by `DIR_*`): a path that bumps several
+/// counters (a recent denial bumps four) looks its block up once.
+pub type CounterBlock = [u64; counter::COUNT as usize];
+
+/// Entries of the per-CPU counter map: one block per direction.
+pub const COUNTER_BLOCKS: u32 = 2;
 
 /// Key of the exact-peer hash map and data of the peer LPM trie.
 ///

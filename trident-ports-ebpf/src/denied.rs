@@ -17,7 +17,7 @@ use trident_ports_common::{Config, MODE_AUDIT, counter};
 
 use crate::{
     events,
-    maps::{FLOW_EPOCH, count},
+    maps::{FLOW_EPOCH, count_all},
     recent::{self, copy_words, same_words},
     verdict::Action,
 };
@@ -122,10 +122,15 @@ pub(crate) fn answer(
     } else {
         (counter::DENIED, Action::Drop)
     };
-    count(dir, c);
-    count(dir, counter::REASON_BASE + e.reason as u32);
-    count(dir, counter::RECENT_DENIAL);
-    count(dir, counter::EVENTS_SUPPRESSED);
+    count_all(
+        dir,
+        [
+            c,
+            counter::REASON_BASE + u32::from(e.reason),
+            counter::RECENT_DENIAL,
+            counter::EVENTS_SUPPRESSED,
+        ],
+    );
     Some(action)
 }
 

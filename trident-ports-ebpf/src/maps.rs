@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, EventGate, FlowKey, FlowState, GUARD_WORDS, GateKey, PeerInfo, PeerKey,
-    RangeKey, RuleKey, limits,
+    COUNTER_BLOCKS, Config, CounterBlock, EventGate, FlowKey, FlowState, GUARD_WORDS, GateKey,
+    PeerInfo, PeerKey, RangeKey, RuleKey, limits,
 };
 
 use crate::parse::Parsed;
@@ -59,7 +59,8 @@ pub(crate) static GATES: LruHashMap<GateKey, EventGate> =
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 
 #[map(name = "TP_COUNTERS")]
-pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+pub(crate) static COUNTERS: PerCpuArray<CounterBlock> =
+    PerCpuArray::with_max_entries(COUNTER_BLOCKS, 0);
 
 /// Scratch space for the parsed headers, one slot per direction: the 512-byte BPF stack cannot
 /// hold them beside the lookup keys. Programs do not nest on one CPU within one direction.
@@ -68,9 +69,21 @@ pub(crate) static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(2
 
 #[inline(always)]
 pub(crate) fn count(dir: u8, counter: u32) {
-    let slot = dir as u32 * trident_ports_common::counter::COUNT + counter;
-    if let Some(v) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *v += 1 };
+    count_all(dir, [counter]);
+}
+
+/// Bumps each of `counters` of direction `dir` by one, with one lookup of the block.
+#[inline(always)]
+pub(crate) fn count_all<const N: usize>(dir: u8, counters: [u32; N]) {
+    let Some(block) = COUNTERS.get_ptr_mut(u32::from(dir & 1)) else {
+        return;
+    };
+    // SAFETY: this CPU's block for this direction, valid for the program run; programs do not
+    // nest on one CPU within one direction, so nothing writes it meanwhile.
+    let block = unsafe { &mut *block };
+    for c in counters {
+        if let Some(v) = block.get_mut(c as usize) {
+            *v += 1;
+        }
     }
 }

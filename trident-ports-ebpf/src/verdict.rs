@@ -11,6 +11,7 @@ use crate::{
     denied, events,
     maps::{
         CONFIG, FLOWS, GUARD_ADDRS, GUARDS, PEER_PREFIXES, PEERS, RANGES, RULES, SCRATCH, count,
+        count_all,
     },
     packet::Packet,
     parse::{Parsed, common, flow_words, kind, parse},
@@ -121,8 +122,7 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             } else {
                 (VERDICT_DENIED, Action::Drop, counter::DENIED)
             };
-            count(dir, c);
-            count(dir, counter::REASON_BASE + why as u32);
+            count_all(dir, [c, counter::REASON_BASE + u32::from(why)]);
             let denial = events::Denial {
                 cfg: &cfg,
                 parsed,

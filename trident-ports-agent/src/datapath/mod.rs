@@ -10,8 +10,6 @@ pub mod privileges;
 pub mod seed;
 pub mod tables;
 
-use std::collections::BTreeMap;
-
 pub use attach::{IngressHook, TcAttach, nix_if_index, tcx_supported};
 use aya::{
     Ebpf, EbpfLoader,
@@ -21,8 +19,9 @@ use aya::{
 pub use generation::{Applied, GenerationCounts, Sizes};
 pub use tables::{Tables, compile};
 use trident_ports_common::{
-    COUNTER_SLOTS, Config, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE, OPTION_NO_RECENT_DENIALS,
-    OPTION_NO_RECENT_FLOWS, PeerInfo, PeerKey, RangeKey, RuleKey, counter, maps, programs,
+    COUNTER_BLOCKS, Config, CounterBlock, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE,
+    OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, PeerInfo, PeerKey, RangeKey, RuleKey, maps,
+    programs,
 };
 
 use crate::{
@@ -50,7 +49,7 @@ pub struct Datapath {
     ranges: LpmTrie<MapData, RangeKey, u32>,
     guards: Array<MapData, u64>,
     guard_addrs: HashMap<MapData, PeerKey, u8>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, CounterBlock>,
     flows: HashMap<MapData, FlowKey, FlowState>,
     flow_epoch: Array<MapData, u64>,
     /// The connection table an agent of another configuration layout left, while its flows are
@@ -324,26 +323,24 @@ impl Datapath {
         self.config.get(&0, 0).map_err(map_err(maps::CONFIG))
     }
 
-    /// Counter totals over all CPUs, by (direction, counter index).
     /// One counter of one direction, summed over CPUs.
     pub fn counter(&self, dir: u8, c: u32) -> Result<u64> {
-        let slot = u32::from(dir) * counter::COUNT + c;
-        let values = self
-            .counters
-            .get(&slot, 0)
-            .map_err(map_err(maps::COUNTERS))?;
-        Ok(values.iter().sum())
+        Ok(self.counters()?.get(dir, c))
     }
 
+    /// Counter totals over all CPUs, by (direction, counter index).
     pub fn counters(&self) -> Result<Counters> {
         let mut out = Counters::default();
-        for slot in 0..COUNTER_SLOTS {
-            let values = self
+        for (dir, total) in (0..COUNTER_BLOCKS).zip(&mut out.blocks) {
+            let blocks = self
                 .counters
-                .get(&slot, 0)
+                .get(&dir, 0)
                 .map_err(map_err(maps::COUNTERS))?;
-            let sum: u64 = values.iter().sum();
-            out.values.insert(slot, sum);
+            for block in blocks.iter() {
+                for (t, v) in total.iter_mut().zip(block) {
+                    *t += v;
+                }
+            }
         }
         Ok(out)
     }
@@ -366,13 +363,15 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::pr
 
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
-    values: BTreeMap<u32, u64>,
+    /// Indexed by `DIR_*`.
+    blocks: [CounterBlock; COUNTER_BLOCKS as usize],
 }
 
 impl Counters {
     pub fn get(&self, dir: u8, c: u32) -> u64 {
-        self.values
-            .get(&(dir as u32 * counter::COUNT + c))
+        self.blocks
+            .get(usize::from(dir))
+            .and_then(|b| b.get(c as usize))
             .copied()
             .unwrap_or(0)
     }
