@@ -130,7 +130,7 @@ impl Reconciler {
                     "policy reloaded"
                 };
                 info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, took = ?took, mode = ?policy.mode, "{what}");
-                for w in &policy.warnings {
+                for w in news(trigger, &current, &policy) {
                     warn!("{w}");
                 }
                 self.metrics.reload(true, Some(&a.sizes));
@@ -179,6 +179,24 @@ impl Reconciler {
         info!(mode = ?effective, "mode switched");
         Ok(effective)
     }
+}
+
+/// The warnings of `after` to log: all of them when the operator asked for the reload (SIGHUP,
+/// changed files), else those `before` did not have. A cluster change is applied twice (widened
+/// at once, whole after the debounce) and a cluster of many backends changes often: its standing
+/// warnings are told once, as the notices are.
+fn news<'a>(trigger: Trigger, before: &Policy, after: &'a Policy) -> Vec<&'a str> {
+    let told: std::collections::HashSet<&str> = if trigger == Trigger::Changed {
+        std::collections::HashSet::new()
+    } else {
+        before.warnings.iter().map(String::as_str).collect()
+    };
+    after
+        .warnings
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !told.contains(w))
+        .collect()
 }
 
 /// Entries added and removed between `before` and `after`, by backend (`-` for entries of
@@ -248,5 +266,36 @@ fn notify(
             r.missing.join(", ")
         );
         let _ = notices.send(Record::notice("live-session-uncovered", None, hint));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warned(warnings: &[&str]) -> Policy {
+        Policy {
+            warnings: warnings.iter().map(ToString::to_string).collect(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_standing_warning_is_told_again_only_when_the_operator_reloads() {
+        let before = warned(&["backend a skipped: no address", "LIF b is a host name"]);
+        let after = warned(&["backend a skipped: no address", "backend c skipped: no SVM"]);
+        // The widening step and the debounced reload after it: the second tells nothing new.
+        for trigger in [Trigger::Widen, Trigger::Cluster, Trigger::Periodic] {
+            assert_eq!(
+                news(trigger, &before, &after),
+                ["backend c skipped: no SVM"],
+                "{trigger:?}"
+            );
+            assert!(news(trigger, &after, &after).is_empty(), "{trigger:?}");
+        }
+        assert_eq!(
+            news(Trigger::Changed, &after, &after),
+            ["backend a skipped: no address", "backend c skipped: no SVM"]
+        );
     }
 }
