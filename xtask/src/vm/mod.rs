@@ -114,6 +114,33 @@ pub(crate) fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Guests booted at once. A guest keeps about a third of this machine's two cores busy (its
+/// tests wait on traffic and timers), so two at a time nearly halve the matrix's wall time.
+/// `TP_VM_JOBS` overrides it (1 runs the kernels one after another).
+fn jobs() -> usize {
+    std::env::var("TP_VM_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
+}
+
+/// One kernel's guest, ready to boot.
+struct Prepared {
+    name: String,
+    release: String,
+    root: PathBuf,
+    image: PathBuf,
+}
+
+/// One kernel's outcome: (suite, passed) per suite that reported, and whether the guest finished.
+struct Outcome {
+    results: Vec<(String, bool)>,
+    done: bool,
+    took: std::time::Duration,
+    log: PathBuf,
+}
+
 /// Runs the privileged suites in one VM per kernel and reports per kernel.
 pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyhow::Result<()> {
     crate::peers::ensure(crate::peers::Suite::Vm)?;
@@ -124,7 +151,8 @@ pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyho
             bins.iter().map(|b| &b.0).collect::<Vec<_>>()
         );
     }
-    let mut report = Vec::new();
+    // Downloads and images one after another (apt shares its lists); the guests in parallel.
+    let mut prepared = Vec::new();
     for name in kernels {
         let (root, release) = fetch(kernel(name)?)?;
         let mut files = vec![(agent.to_path_buf(), "/t/trident-ports-agent".to_string())];
@@ -143,51 +171,27 @@ pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyho
         };
         lab::add(&mut guest)?;
         let image = initramfs(&root, &release, &guest)?;
-        let started = Instant::now();
-        let q = qemu(&root, &image)?;
-        // A guest that hangs must not hang CI.
-        // A guest that never finishes (emulation stalls happen) gets one more boot; a guest
-        // that finishes with failed tests does not.
-        let mut console = String::new();
-        for attempt in 1..=2 {
-            let out = Command::new("timeout")
-                .arg("1200")
-                .arg(q.get_program())
-                .args(q.get_args())
-                .stdin(Stdio::null())
-                .output()
-                .context("running qemu-system-x86_64")?;
-            console = String::from_utf8_lossy(&out.stdout).into_owned();
-            if console.contains("VM-DONE") {
-                break;
+        prepared.push(Prepared {
+            name: name.clone(),
+            release,
+            root,
+            image,
+        });
+    }
+    let mut outcomes: Vec<Option<anyhow::Result<Outcome>>> =
+        prepared.iter().map(|_| None).collect();
+    for (batch, slots) in prepared.chunks(jobs()).zip(outcomes.chunks_mut(jobs())) {
+        std::thread::scope(|s| {
+            for (p, slot) in batch.iter().zip(slots.iter_mut()) {
+                s.spawn(move || *slot = Some(boot(p)));
             }
-            eprintln!(
-                "vm {name}: the guest did not finish (attempt {attempt}); console kept in target/vm"
-            );
-            std::fs::write(
-                vm_dir().join(format!("console-{release}-attempt{attempt}.log")),
-                &console,
-            )?;
-        }
-        let log = vm_dir().join(format!("console-{release}.log"));
-        std::fs::write(&log, &console)?;
-        let mut results = Vec::new();
-        for line in console.lines() {
-            if let Some(rest) = line.trim().strip_prefix("VM-SUITE-END ") {
-                let mut it = rest.split_whitespace();
-                results.push((
-                    it.next().unwrap_or("?").to_string(),
-                    it.next().unwrap_or("?") == "0",
-                ));
-            }
-            if line.contains("test result:") || line.contains("skipping") || line.contains("FAILED")
-            {
-                eprintln!("vm {name}: {}", line.trim());
-            }
-        }
-        let done = console.contains("VM-DONE");
-        let ok = done && results.len() == bins.len() && results.iter().all(|(_, ok)| *ok);
-        report.push((name.clone(), release, ok, results, started.elapsed(), log));
+        });
+    }
+    let mut report = Vec::new();
+    for (p, outcome) in prepared.into_iter().zip(outcomes) {
+        let o = outcome.context("a guest's thread ended without an outcome")??;
+        let ok = o.done && o.results.len() == bins.len() && o.results.iter().all(|(_, ok)| *ok);
+        report.push((p.name, p.release, ok, o.results, o.took, o.log));
     }
     eprintln!("\nvm results:");
     for (name, release, ok, results, took, log) in &report {
@@ -206,4 +210,59 @@ pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyho
         bail!("tests failed on some kernels");
     }
     Ok(())
+}
+
+/// Boots one prepared guest (twice if it never finishes) and reads its suites' results from the
+/// console.
+fn boot(p: &Prepared) -> anyhow::Result<Outcome> {
+    let name = &p.name;
+    let started = Instant::now();
+    let q = qemu(&p.root, &p.image)?;
+    // A guest that hangs must not hang CI. A guest that never finishes (emulation stalls
+    // happen) gets one more boot; a guest that finishes with failed tests does not.
+    let mut console = String::new();
+    for attempt in 1..=2 {
+        let out = Command::new("timeout")
+            .arg("1200")
+            .arg(q.get_program())
+            .args(q.get_args())
+            .stdin(Stdio::null())
+            .output()
+            .context("running qemu-system-x86_64")?;
+        console = String::from_utf8_lossy(&out.stdout).into_owned();
+        if console.contains("VM-DONE") {
+            break;
+        }
+        eprintln!(
+            "vm {name}: the guest did not finish (attempt {attempt}); console kept in target/vm"
+        );
+        std::fs::write(
+            vm_dir().join(format!("console-{}-attempt{attempt}.log", p.release)),
+            &console,
+        )?;
+    }
+    let log = vm_dir().join(format!("console-{}.log", p.release));
+    std::fs::write(&log, &console)?;
+    let mut results = Vec::new();
+    let mut lines = Vec::new();
+    for line in console.lines() {
+        if let Some(rest) = line.trim().strip_prefix("VM-SUITE-END ") {
+            let mut it = rest.split_whitespace();
+            results.push((
+                it.next().unwrap_or("?").to_string(),
+                it.next().unwrap_or("?") == "0",
+            ));
+        }
+        if line.contains("test result:") || line.contains("skipping") || line.contains("FAILED") {
+            lines.push(format!("vm {name}: {}", line.trim()));
+        }
+    }
+    // One write, so two guests' lines do not interleave.
+    eprintln!("{}", lines.join("\n"));
+    Ok(Outcome {
+        results,
+        done: console.contains("VM-DONE"),
+        took: started.elapsed(),
+        log,
+    })
 }
