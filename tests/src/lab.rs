@@ -141,11 +141,18 @@ impl Lab {
         );
         // A private /run: rpcbind's socket lives there, and only one rpcbind may own it.
         // statd keeps its state in the lab too (it logs only to syslog, so a missing state
-        // directory would fail silently).
+        // directory would fail silently). mountd's port (635) lies in the range RPC clients
+        // take reserved ports from (600-1023): a client socket of the moment can hold it when
+        // ganesha binds, which then exits (seen once in a CI run). It gets a few more tries.
         let script = format!(
             "set -e; mount -t tmpfs tmpfs /run; mkdir -p {d}/recovery {d}/statd/sm {d}/statd/sm.bak; \
-             rpcbind -w; rpc.statd -p 4046 -o 4047 --no-notify -P {d}/statd; \
-             exec ganesha.nfsd -F -L {d}/ganesha.log -f {d}/ganesha.conf -p {d}/ganesha.pid"
+             rpcbind -w; rpc.statd -p 4046 -o 4047 --no-notify -P {d}/statd; set +e; \
+             for try in 1 2 3 4 5; do \
+               ganesha.nfsd -F -L {d}/ganesha.log -f {d}/ganesha.conf -p {d}/ganesha.pid; \
+               grep -q 'error 98' {d}/ganesha.log || exit 1; \
+               echo \"ganesha: a port was taken (try $try)\"; (netstat -anp || ss -anp) 2>&1 | grep -E ':(635|2049|4045|4049) '; \
+               mv {d}/ganesha.log {d}/ganesha-try$try.log; sleep 0.5; \
+             done; exit 1"
         );
         self.spawn_in_storage(&script, "nfs.out");
     }
