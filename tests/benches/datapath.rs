@@ -393,9 +393,9 @@ fn per_packet(smoke: bool) {
     let _cpu = OnCpu0::pin();
     println!("## Cost per packet (BPF_PROG_TEST_RUN, ns/packet)\n");
     println!(
-        "| program | entries | allowed, recent flow | allowed, table hit | allowed by rule, no table entry | allowed, new flow | denied, recent flow | denied, full path | unprotected | not IP | empty program |"
+        "| program | entries | allowed, recent flow | allowed, table hit | allowed by rule, no table entry | allowed, new flow | denied, recent flow | denied, full path | unprotected, recent pass | unprotected, full path | not IP | empty program |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sizes: &[usize] = if smoke {
         &[10, 1_000]
     } else {
@@ -481,10 +481,11 @@ fn per_packet(smoke: bool) {
                 // Every allowed egress destination is protected: its flows enter the table.
                 "-".to_string()
             } else {
-                format!(
-                    "{:.1}",
-                    path_ns(&mut dp, prog, &ingress_rule, repeat, dir, counter::ALLOWED)
-                )
+                // The rule itself: with the recent-pass cache off.
+                dp.set_recent_passes(false).unwrap();
+                let ns = path_ns(&mut dp, prog, &ingress_rule, repeat, dir, counter::ALLOWED);
+                dp.set_recent_passes(true).unwrap();
+                format!("{ns:.1}")
             };
             let new_flow = if egress {
                 // Single runs carry the syscall's timing overhead: take a frame the program
@@ -516,10 +517,23 @@ fn per_packet(smoke: bool) {
             dp.set_recent_denials(false).unwrap();
             let denied = path_ns(&mut dp, prog, &denied, repeat, dir, counter::DENIED);
             dp.set_recent_denials(true).unwrap();
+            // The first packet fills the recent-pass cache, which answers the rest; then every
+            // packet on the full path.
+            run_ns(&mut dp, prog, &unprotected, 1);
+            let passing = path_ns(
+                &mut dp,
+                prog,
+                &unprotected,
+                repeat,
+                dir,
+                counter::RECENT_PASS,
+            );
+            dp.set_recent_passes(false).unwrap();
             let unprotected = path_ns(&mut dp, prog, &unprotected, repeat, dir, counter::PASSED);
+            dp.set_recent_passes(true).unwrap();
             let not_ip = path_ns(&mut dp, prog, &arp, repeat, dir, counter::PASSED);
             println!(
-                "| {prog} | {n} | {recent:.1} | {hit:.1} | {rule} | {new_flow} | {denied_recent:.1} | {denied:.1} | {unprotected:.1} | {not_ip:.1} | {empty:.1} |"
+                "| {prog} | {n} | {recent:.1} | {hit:.1} | {rule} | {new_flow} | {denied_recent:.1} | {denied:.1} | {passing:.1} | {unprotected:.1} | {not_ip:.1} | {empty:.1} |"
             );
         }
     }
@@ -565,10 +579,11 @@ fn per_packet(smoke: bool) {
          BPF_PROG_TEST_RUN itself costs (the empty program of the same type). Recent flow: a packet of an \
          established flow, answered by the per-CPU recent-flow cache (egress: the node's packet; ingress: the \
          storage's reply); table hit: the same packet with that cache off; rule: the cluster subnet to port \
-         8000; denied: egress to a port the policy lacks, ingress unsolicited from the storage address, \
+         8000, with the per-CPU recent-pass cache off; denied: egress to a port the policy lacks, ingress unsolicited from the storage address, \
          repeated within its event interval (60 s here) and answered by the per-CPU recent-denial cache \
          (recent flow), or with that cache off (full path: parse, lookups, the event gate); \
-         unprotected: to or from an address not in the policy. The median of {RUNS} runs of {repeat} repetitions \
+         unprotected: to or from an address not in the policy, answered by the recent-pass cache \
+         (recent pass) or with that cache off (full path: parse, peer lookups, guard check). The median of {RUNS} runs of {repeat} repetitions \
          each, every repetition checked against the counter of the path it is reported under. New flow (rule lookup plus a \
          connection-table insert): {new_flows} single-packet runs, each a new flow, less the mean single run \
          of a frame the program passes at once (the syscall's timing overhead), plus that frame's \

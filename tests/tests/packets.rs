@@ -100,17 +100,7 @@ impl Lab {
     }
 
     fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        match self.dp.program_mut(prog).unwrap() {
-            Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
-            Program::Xdp(p) => Xdp::test_run(p, opts),
-            _ => unreachable!(),
-        }
-        .unwrap_or_else(|e| panic!("test run of {} bytes: {e}", frame.len()))
-        .return_value
+        run_on(&mut self.dp, prog, frame)
     }
 
     fn reasons(&mut self) -> Vec<u8> {
@@ -155,6 +145,20 @@ impl Lab {
             "{what}: events"
         );
     }
+}
+
+fn run_on(dp: &mut Datapath, prog: &str, frame: &[u8]) -> u32 {
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..Default::default()
+    };
+    match dp.program_mut(prog).unwrap() {
+        Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
+        Program::Xdp(p) => Xdp::test_run(p, opts),
+        _ => unreachable!(),
+    }
+    .unwrap_or_else(|e| panic!("test run of {} bytes: {e}", frame.len()))
+    .return_value
 }
 
 fn egress_syn(dst: &str, dport: u16) -> Vec<u8> {
@@ -1187,6 +1191,157 @@ fn guarded_ports_follow_policy_switches() {
         counter::DENIED,
         Some(reason::SOURCE_NOT_ALLOWED),
     );
+}
+
+/// The recent-pass cache answers the later packets of a flow to or from an unprotected address
+/// with what the full path counts. Any policy change, written in place or by a generation
+/// switch, sends the flow back to the full path: an address that becomes protected is policed
+/// from its next packet on, and a rule taken away stops allowing at once.
+#[test]
+fn recent_passes_follow_every_policy_change() {
+    if !require_root("recent_passes_follow_every_policy_change") {
+        return;
+    }
+    let mut lab = Lab::new(Mode::Enforce);
+    let (e, i) = (programs::TC_EGRESS, programs::TC_INGRESS);
+    // A node's web request to an address the policy does not name, and the cluster to the
+    // guarded node port 8000 (allowed by a rule, from a peer that is not storage).
+    let web = v4(ipv4("192.0.2.1", "192.0.2.9", TCP, 0, &tcp(40200, 80, ACK)));
+    let cluster = v4(ipv4(
+        "203.0.113.5",
+        "192.0.2.1",
+        TCP,
+        0,
+        &tcp(50200, 8000, ACK),
+    ));
+    let mut ingress = vec![(i, TC_PASS, TC_DROP)];
+    if kernel() >= XDP_KERNEL {
+        ingress.push((programs::XDP_INGRESS, XDP_PASS, XDP_DROP));
+    }
+    // Runs `frame` and checks that it passed under `want`, and whether the cache answered.
+    let passes = |lab: &mut Lab, what: &str, prog: &str, frame: &[u8], want: u32, cached: bool| {
+        let dir = if prog == e { DIR_EGRESS } else { DIR_INGRESS };
+        let pass = if prog == programs::XDP_INGRESS {
+            XDP_PASS
+        } else {
+            TC_PASS
+        };
+        let before = lab.dp.counters().unwrap();
+        assert_eq!(lab.run(prog, frame), pass, "{what}: verdict");
+        let after = lab.dp.counters().unwrap();
+        let grew = |c| after.get(dir, c) - before.get(dir, c);
+        assert_eq!(grew(want), 1, "{what}: counter {want}");
+        assert_eq!(
+            grew(counter::RECENT_PASS),
+            u64::from(cached),
+            "{what}: answered by the cache"
+        );
+        assert!(lab.reasons().is_empty(), "{what}: no event");
+    };
+    passes(&mut lab, "web, first", e, &web, counter::PASSED, false);
+    passes(&mut lab, "web, next", e, &web, counter::PASSED, true);
+    for &(prog, _, _) in &ingress {
+        passes(&mut lab, prog, prog, &cluster, counter::ALLOWED, prog != i);
+        passes(&mut lab, prog, prog, &cluster, counter::ALLOWED, true);
+    }
+    // 192.0.2.9 becomes storage (NFS only), written in place: the web flow is now denied.
+    let mut storage = policy();
+    storage.entries.push(entry(
+        Direction::Egress,
+        "192.0.2.9/32",
+        2049,
+        2049,
+        Proto::Tcp,
+    ));
+    // While the change is written the cache rests: it would repeat the old policy's pass after
+    // the maps moved on, without the connection-table entry the new verdict makes.
+    let mut states = 0;
+    let applied = lab
+        .dp
+        .apply_observed(&storage, 0, |dp: &mut Datapath| {
+            let before = dp.counters().unwrap().get(DIR_EGRESS, counter::RECENT_PASS);
+            run_on(dp, e, &web);
+            let after = dp.counters().unwrap().get(DIR_EGRESS, counter::RECENT_PASS);
+            assert_eq!(after, before, "state {states}: answered by the cache");
+            states += 1;
+        })
+        .unwrap();
+    assert!(applied.steps.is_some(), "a change written in place");
+    assert!(states > 0, "states in between");
+    // The states that already had the new peer entry denied the flow, and reported it.
+    assert!(lab.reasons().iter().all(|r| *r == reason::NO_RULE));
+    let denied = |lab: &mut Lab, what: &str, prog: &str, frame: &[u8], drop: u32, why: u8| {
+        lab.check(what, prog, frame, drop, counter::DENIED, Some(why));
+    };
+    denied(
+        &mut lab,
+        "web, 192.0.2.9 now storage",
+        e,
+        &web,
+        TC_DROP,
+        reason::NO_RULE,
+    );
+    // Not storage again, in place: the flow passes, and is cached again.
+    let applied = lab.dp.apply(&policy(), 0).unwrap();
+    assert!(applied.steps.is_some(), "a change written in place");
+    passes(
+        &mut lab,
+        "web, storage no more",
+        e,
+        &web,
+        counter::PASSED,
+        false,
+    );
+    passes(
+        &mut lab,
+        "web, storage no more, next",
+        e,
+        &web,
+        counter::PASSED,
+        true,
+    );
+    // Storage again, with another guard: a generation switch.
+    storage.guarded.push(Guard {
+        port: 8001,
+        proto: Proto::Tcp,
+        purpose: "test".into(),
+    });
+    let applied = lab.dp.apply(&storage, 0).unwrap();
+    assert!(applied.steps.is_none(), "a generation switch");
+    denied(
+        &mut lab,
+        "web, storage by a switch",
+        e,
+        &web,
+        TC_DROP,
+        reason::NO_RULE,
+    );
+    // The cluster's rule taken away, in place: port 8000 stays guarded, so it is denied.
+    for &(prog, _, _) in &ingress {
+        passes(&mut lab, prog, prog, &cluster, counter::ALLOWED, prog != i);
+        passes(&mut lab, prog, prog, &cluster, counter::ALLOWED, true);
+    }
+    storage
+        .entries
+        .retain(|x| x.peer != "203.0.113.0/24".parse().unwrap());
+    let applied = lab.dp.apply(&storage, 0).unwrap();
+    assert!(applied.steps.is_some(), "a change written in place");
+    for &(prog, _, drop) in &ingress {
+        denied(
+            &mut lab,
+            &format!("{prog}: the cluster without its rule"),
+            prog,
+            &cluster,
+            drop,
+            reason::SOURCE_NOT_ALLOWED,
+        );
+    }
+    // With the cache off every packet takes the full path.
+    lab.dp.set_recent_passes(false).unwrap();
+    let other = v4(ipv4("192.0.2.1", "192.0.2.10", UDP, 0, &udp(40201, 53)));
+    for what in ["cache off, first", "cache off, next"] {
+        passes(&mut lab, what, e, &other, counter::PASSED, false);
+    }
 }
 
 #[test]

@@ -66,8 +66,12 @@ pub mod counter {
     /// Events not emitted because this CPU had used its event budget (`Config::event_cost_ns`);
     /// the flow's gate stays open and counts the packet, so its next event stands for it.
     pub const EVENTS_RATE_LIMITED: u32 = 11;
+    /// Packets of a flow to or from an unprotected address (counted under `PASSED`, or
+    /// `ALLOWED` when a rule allows it) that this CPU judged lately, answered before any
+    /// parsing or lookup.
+    pub const RECENT_PASS: u32 = 12;
     /// Denied or audited packets by reason: `REASON_BASE + reason::*`.
-    pub const REASON_BASE: u32 = 12;
+    pub const REASON_BASE: u32 = 13;
     pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
 }
 
@@ -239,6 +243,19 @@ pub const OPTION_NO_RECENT_FLOWS: u8 = 1;
 /// full path (parse, lookups, event gate). For measuring that path, and for ruling the cache out.
 pub const OPTION_NO_RECENT_DENIALS: u8 = 2;
 
+/// `Config::options`: do not use the per-CPU recent-pass cache; every packet of a flow to or
+/// from an unprotected address takes the full path. For measuring it, and for ruling the cache
+/// out.
+pub const OPTION_NO_RECENT_PASSES: u8 = 4;
+
+/// `Config::options`: the agent is writing a change into the running generation, entry by
+/// entry. The recent-pass cache is neither read nor filled meanwhile. Each packet then gets the
+/// verdict of the maps as they are, which only move from the old policy towards the new one.
+/// A cached pass would repeat the old policy after the maps moved on: a flow to an address that
+/// is becoming storage would pass without the connection-table entry that the new policy's
+/// verdict makes, and its reply would then be judged unsolicited.
+pub const OPTION_UPDATING: u8 = 8;
+
 /// The `Config::tables` bit that says the generation has subnet peers (`PEER_PREFIXES`) for
 /// direction `dir`.
 pub const fn table_peer_prefixes(dir: u8) -> u8 {
@@ -290,7 +307,7 @@ pub mod maps {
     pub const GUARD_ADDRS: &str = "TP_GUARD_ADDRS";
     pub const FLOWS: &str = "TP_FLOWS";
     /// One u64 bumped after every insert into `FLOWS` (by the datapath or the agent): a flow
-    /// denied before the insert may be allowed after it, so cached denials (`TP_DENIED`) made
+    /// denied before the insert may be allowed after it, so cached denials (in `TP_SLOTS`) made
     /// under an older value are not trusted.
     pub const FLOW_EPOCH: &str = "TP_FLOW_EPOCH";
     pub const GATES: &str = "TP_GATES";

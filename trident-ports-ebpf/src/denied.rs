@@ -8,27 +8,15 @@
 //! under: a policy change, a mode switch or any new connection-table entry (which may be this
 //! flow's other direction) sends the flow back to the full path. What the cache suppressed is
 //! handed to the flow's gate, so the next event still says how many packets it stands for.
-use aya_ebpf::{
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
-    macros::map,
-    maps::PerCpuArray,
-};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use trident_ports_common::{Config, MODE_AUDIT, counter};
 
 use crate::{
     events,
     maps::{FLOW_EPOCH, count_all},
-    recent::{self, copy_words, same_words},
+    recent::{copy_words, same_words},
     verdict::Action,
 };
-
-#[map(name = "TP_DENIED")]
-pub(crate) static DENIED: PerCpuArray<DeniedFlow> =
-    PerCpuArray::with_max_entries(2 * DENIED_SLOTS, 0);
-
-/// Direct-mapped slots per CPU and direction (a power of two). A flood of one flow needs one; a
-/// flood of many distinct flows gains nothing from any size and pays the full path.
-pub(crate) const DENIED_SLOTS: u32 = 256;
 
 /// A flow as `parse::flow_words` gives it, and the verdict it got. A zeroed entry matches no
 /// packet: the last word of a flow carries its protocol.
@@ -48,12 +36,6 @@ pub(crate) struct DeniedFlow {
     pub mode: u8,
     pub reason: u8,
     pub _pad: [u8; 2],
-}
-
-/// This CPU's slot for a flow travelling in `dir`, at its `recent::hash`.
-#[inline(always)]
-pub(crate) fn slot_for(dir: u8, hash: u32) -> Option<*mut DeniedFlow> {
-    DENIED.get_ptr_mut(recent::index(dir, hash, DENIED_SLOTS))
 }
 
 /// The flow-table epoch. Read before any lookup a cached verdict rests on: an insert after this

@@ -18,9 +18,13 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod passing;
+#[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod recent;
+#[cfg(target_arch = "bpf")]
+mod slots;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 

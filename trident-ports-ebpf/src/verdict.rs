@@ -2,9 +2,9 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use trident_ports_common::{
     Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
-    OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, PEER_KEY_HEADER_BITS, PEER_PROTECTED,
-    PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED,
-    counter, reason, table_peer_prefixes, table_ranges,
+    OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, OPTION_NO_RECENT_PASSES, OPTION_UPDATING,
+    PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey,
+    RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason, table_peer_prefixes, table_ranges,
 };
 
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
     },
     packet::Packet,
     parse::{Parsed, common, flow_words, kind, parse},
-    recent,
+    passing, recent, slots,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,15 +56,18 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         count(dir, counter::RECENT_HIT);
         return Action::Pass;
     }
-    // A packet of a flow this CPU denied and reported moments ago: the same verdict, no lookup.
-    let denied_slot = if common_shape
-        && cfg.event_interval_ns != 0
-        && cfg.options & OPTION_NO_RECENT_DENIALS == 0
-    {
-        denied::slot_for(dir, hash)
+    // The flow's slot of the two caches below, one lookup for both.
+    let pass_on = common_shape && cfg.options & (OPTION_NO_RECENT_PASSES | OPTION_UPDATING) == 0;
+    let deny_on =
+        common_shape && cfg.event_interval_ns != 0 && cfg.options & OPTION_NO_RECENT_DENIALS == 0;
+    let slot = if pass_on || deny_on {
+        slots::slot_for(dir, hash)
     } else {
         None
     };
+    // A packet of a flow this CPU denied and reported moments ago: the same verdict, no lookup.
+    // First: a flood is where every nanosecond counts.
+    let denied_slot = slot.filter(|_| deny_on).map(slots::denial);
     // Read before any lookup (see `denied::epoch`), only when a denial can be remembered.
     let epoch = if denied_slot.is_some() {
         denied::epoch()
@@ -75,6 +78,15 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         && let Some(action) = denied::answer(slot, &cfg, epoch, dir, &words)
     {
         return action;
+    }
+    // A packet of a flow to or from an unprotected address this CPU judged lately: most of a
+    // node's traffic.
+    let passing = slot.filter(|_| pass_on).map(slots::pass);
+    if let Some(p) = passing
+        && let Some(c) = passing::answer(p, cfg.seq, &words)
+    {
+        count_all(dir, [c, counter::RECENT_PASS]);
+        return Action::Pass;
     }
     // Scratch space only now: the caches above answer without it.
     let Some(slot) = SCRATCH.get_ptr_mut(dir as u32) else {
@@ -100,17 +112,33 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     };
     let peer = lookup_peer(&cfg, dir, remote);
     let judgement = judge(&cfg, dir, parsed, local, remote, peer);
+    // Only a flow's words, the policy and (for protected peers) the connection table decide
+    // a verdict with ports: the caches may keep it under the policy's sequence.
+    let ports = parsed.kind == kind::PORTS;
+    let protected = peer.flags & PEER_PROTECTED != 0;
     match judgement {
         Judgement::Untouched(c) => {
+            // With ports, only an unprotected peer's packet is untouched; checked all the same,
+            // since a protected peer's verdict may rest on the connection table.
+            if let Some(slot) = passing
+                && ports
+                && !protected
+            {
+                passing::remember(slot, cfg.seq, &words, c);
+            }
             count(dir, c);
             Action::Pass
         }
         Judgement::Allowed(c) => {
-            if let Some(set) = recent
-                && parsed.kind == kind::PORTS
-                && peer.flags & PEER_PROTECTED != 0
-            {
-                recent::remember(set, cfg.seq, words);
+            if ports {
+                if protected {
+                    if let Some(set) = recent {
+                        recent::remember(set, cfg.seq, words);
+                    }
+                } else if let Some(slot) = passing {
+                    // Allowed by a rule alone: the connection table was not consulted.
+                    passing::remember(slot, cfg.seq, &words, c);
+                }
             }
             count(dir, c);
             Action::Pass

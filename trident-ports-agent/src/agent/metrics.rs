@@ -87,7 +87,8 @@ impl Metrics {
             "cache_answers",
             "Packets answered by a per-CPU cache before any parsing or lookup, by direction and \
              cache (recent_flow: allowed flows; recent_denial: repeats of a denied flow reported \
-             less than events.interval ago); they count under packets too",
+             less than events.interval ago; recent_pass: flows to and from unprotected addresses); \
+             they count under packets too",
             cache_answers.clone(),
         );
         let entries = Family::<Labels, Gauge>::default();
@@ -297,6 +298,7 @@ impl Metrics {
             for (c, cache) in [
                 (counter::RECENT_HIT, "recent_flow"),
                 (counter::RECENT_DENIAL, "recent_denial"),
+                (counter::RECENT_PASS, "recent_pass"),
             ] {
                 self.cache_answers
                     .get_or_create(&labels(&[("direction", dir_name(d)), ("cache", cache)]))

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use aya::maps::{IterableMap, lpm_trie::Key};
 use trident_ports_common::{
-    Config, GUARD_WORDS_PER_SET, GuardKey, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP,
-    PeerInfo, PeerKey, RangeKey, RuleKey, limits, maps,
+    Config, GUARD_WORDS_PER_SET, GuardKey, MODE_AUDIT, MODE_ENFORCE, OPTION_UPDATING, PROTO_TCP,
+    PROTO_UDP, PeerInfo, PeerKey, RangeKey, RuleKey, limits, maps,
 };
 
 use super::{Datapath, Tables, batch, compile, delta, incremental, map_err};
@@ -154,7 +154,8 @@ impl Datapath {
             generation: next_gen,
             mode,
             tables: tables.present(),
-            options: current.options,
+            // An update in place that failed half-way left the flag set.
+            options: current.options & !OPTION_UPDATING,
             event_interval_ns,
             event_cost_ns: current.event_cost_ns,
             _pad: 0,
@@ -193,6 +194,7 @@ impl Datapath {
             mode,
             tables,
             event_interval_ns,
+            options: current.options & !OPTION_UPDATING,
             ..current
         };
         self.write_steps(current, steps, next, between)?;
@@ -234,7 +236,8 @@ impl Datapath {
         use incremental::Step;
         self.idle_clean = false;
         // Audit passes every packet: going to audit it is in force from the start (every
-        // intermediate state then passes, as the new policy does); leaving it, at the end.
+        // intermediate state then passes, as the new policy does); leaving it, at the end. The
+        // recent-pass cache rests while the maps move (`OPTION_UPDATING`).
         let widened = Config {
             tables: current.tables | next.tables,
             mode: if next.mode == MODE_AUDIT {
@@ -242,13 +245,12 @@ impl Datapath {
             } else {
                 current.mode
             },
+            options: current.options | OPTION_UPDATING,
             ..current
         };
-        if widened != current {
-            self.config
-                .set(0, widened, 0)
-                .map_err(map_err(maps::CONFIG))?;
-        }
+        self.config
+            .set(0, widened, 0)
+            .map_err(map_err(maps::CONFIG))?;
         for step in steps {
             match step {
                 Step::AddClass { rules, ranges } => {

@@ -15,8 +15,10 @@
 //!    is its old longest match; an address matching a new entry matches its new longest one.
 //!
 //! The configuration entry is written first to widen which optional tables are looked up (a
-//! lookup that finds nothing changes nothing) and, when the new policy audits, to audit (every
-//! state in between then passes every packet, as the new policy does); and last to narrow the
+//! lookup that finds nothing changes nothing), to rest the recent-pass cache (which would repeat
+//! the old policy's passes after the maps moved on: `OPTION_UPDATING`) and, when the new policy
+//! audits, to audit (every state in between then passes every packet, as the new policy does);
+//! and last to wake the cache, narrow the
 //! tables, enforce when the new policy enforces (every state in between audited, as the old
 //! policy did) and bump the policy sequence, which makes connections re-checked against the new
 //! rules, as a switch does. `tests/tests/packets.rs` checks every intermediate state against both policies.

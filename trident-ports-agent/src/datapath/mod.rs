@@ -20,8 +20,8 @@ pub use generation::{Applied, GenerationCounts, Sizes};
 pub use tables::{Tables, compile};
 use trident_ports_common::{
     COUNTER_BLOCKS, Config, CounterBlock, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE,
-    OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, PeerInfo, PeerKey, RangeKey, RuleKey, maps,
-    programs,
+    OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, OPTION_NO_RECENT_PASSES, PeerInfo, PeerKey,
+    RangeKey, RuleKey, maps, programs,
 };
 
 use crate::{
@@ -282,6 +282,11 @@ impl Datapath {
     /// default.
     pub fn set_recent_denials(&mut self, on: bool) -> Result<()> {
         self.set_option_off(OPTION_NO_RECENT_DENIALS, !on)
+    }
+
+    /// Turns the per-CPU recent-pass cache off or on (`OPTION_NO_RECENT_PASSES`); on by default.
+    pub fn set_recent_passes(&mut self, on: bool) -> Result<()> {
+        self.set_option_off(OPTION_NO_RECENT_PASSES, !on)
     }
 
     fn set_option_off(&mut self, bit: u8, off: bool) -> Result<()> {
