@@ -9,7 +9,9 @@
 //! (the verdict is "not subject to policy", or allowed by a rule, as from a cluster subnet to a
 //! node port), and a denial (a guarded port) is never kept here. Every policy change, in place
 //! or by a generation switch, writes a new sequence last, which empties the cache logically:
-//! an address that becomes protected is policed from its next packet on.
+//! an address that becomes protected is policed from its next packet on. While a change is
+//! written in place the cache rests (`OPTION_UPDATING`): the maps then move from the old policy
+//! to the new one, and a cached pass would repeat the old policy after they moved.
 use crate::recent::{copy_words, same_words};
 
 /// A flow as `parse::flow_words` gives it, the policy sequence it was judged under and the
