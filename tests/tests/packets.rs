@@ -161,6 +161,15 @@ fn run_on(dp: &mut Datapath, prog: &str, frame: &[u8]) -> u32 {
     .return_value
 }
 
+/// The ingress programs this kernel runs, each with its drop and pass return values.
+fn ingress_programs() -> Vec<(&'static str, u32, u32)> {
+    let mut out = vec![(programs::TC_INGRESS, TC_DROP, TC_PASS)];
+    if kernel() >= XDP_KERNEL {
+        out.push((programs::XDP_INGRESS, XDP_DROP, XDP_PASS));
+    }
+    out
+}
+
 fn egress_syn(dst: &str, dport: u16) -> Vec<u8> {
     v4(ipv4("192.0.2.1", dst, TCP, 0, &tcp(40000, dport, SYN)))
 }
@@ -943,11 +952,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
     }
     let interval = std::time::Duration::from_millis(300);
     let mut lab = Lab::gated(Mode::Enforce, interval.as_nanos() as u64);
-    let mut ingress = vec![(programs::TC_INGRESS, TC_DROP, TC_PASS)];
-    if kernel() >= XDP_KERNEL {
-        ingress.push((programs::XDP_INGRESS, XDP_DROP, XDP_PASS));
-    }
-    for (i, (prog, drop, pass)) in ingress.into_iter().enumerate() {
+    for (i, (prog, drop, pass)) in ingress_programs().into_iter().enumerate() {
         let port = 40_100 + i as u16;
         // The storage address answering a connection the node never opened.
         let reply = v4(ipv4(
@@ -1214,10 +1219,7 @@ fn recent_passes_follow_every_policy_change() {
         0,
         &tcp(50200, 8000, ACK),
     ));
-    let mut ingress = vec![(i, TC_PASS, TC_DROP)];
-    if kernel() >= XDP_KERNEL {
-        ingress.push((programs::XDP_INGRESS, XDP_PASS, XDP_DROP));
-    }
+    let ingress = ingress_programs();
     // Runs `frame` and checks that it passed under `want`, and whether the cache answered.
     let passes = |lab: &mut Lab, what: &str, prog: &str, frame: &[u8], want: u32, cached: bool| {
         let dir = if prog == e { DIR_EGRESS } else { DIR_INGRESS };
@@ -1326,7 +1328,7 @@ fn recent_passes_follow_every_policy_change() {
         .retain(|x| x.peer != "203.0.113.0/24".parse().unwrap());
     let applied = lab.dp.apply(&storage, 0).unwrap();
     assert!(applied.steps.is_some(), "a change written in place");
-    for &(prog, _, drop) in &ingress {
+    for &(prog, drop, _) in &ingress {
         denied(
             &mut lab,
             &format!("{prog}: the cluster without its rule"),

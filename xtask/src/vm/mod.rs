@@ -180,7 +180,8 @@ pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyho
     }
     let mut outcomes: Vec<Option<anyhow::Result<Outcome>>> =
         prepared.iter().map(|_| None).collect();
-    for (batch, slots) in prepared.chunks(jobs()).zip(outcomes.chunks_mut(jobs())) {
+    let jobs = jobs();
+    for (batch, slots) in prepared.chunks(jobs).zip(outcomes.chunks_mut(jobs)) {
         std::thread::scope(|s| {
             for (p, slot) in batch.iter().zip(slots.iter_mut()) {
                 s.spawn(move || *slot = Some(boot(p)));
