@@ -276,6 +276,91 @@ fn idle_connection_where_storage_speaks_first() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A connection the node opened to an address before any backend named it, where storage speaks
+/// first after a reload makes the address storage: the node's packets passed as traffic that is
+/// not Trident's, so the connection table never learned the flow, and only the reload's seeding
+/// from the node's sockets lets the peer's next packet in.
+#[test]
+fn a_connection_to_an_address_that_becomes_storage_keeps_flowing() {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+        sync::mpsc,
+        time::Instant,
+    };
+    if !require_root("a_connection_to_an_address_that_becomes_storage_keeps_flowing") {
+        return;
+    }
+    let pair = Pair::new(Addrs {
+        node: &["192.0.2.1/24"],
+        storage: &["192.0.2.2/24", "192.0.2.5/24"],
+    });
+    let backend = |lif: &str| {
+        format!(
+            "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: {lif}\n\
+             dataLIF: {lif}\nnfsMountOptions: nfsvers=4.1\n"
+        )
+    };
+    let dir = NodeDir::new("becomes-storage")
+        .backend("nas.yaml", &backend("192.0.2.5"))
+        .config("events: {interval: 0s}\n");
+    let _node_server = Echo::start(&pair.node, &[sa("0.0.0.0:40000")]);
+    let mut agent = Agent::run(&pair, &dir.config_path(), &["--watch-interval", "1h"]);
+    let st = &pair.storage;
+    // 192.0.2.2 is not Trident's yet: it may open connections to the node.
+    tcp_echo_from(st, ip("192.0.2.2"), sa("192.0.2.1:40000"), T).unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let server = pair.storage.run(move || {
+        let l = TcpListener::bind("192.0.2.2:2049").unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        go_rx.recv().unwrap();
+        c.write_all(b"reply").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    ready_rx.recv().unwrap();
+    let (conn_tx, conn_rx) = mpsc::channel();
+    let (read_tx, read_rx) = mpsc::channel::<()>();
+    let client = pair.node.run(move || {
+        let mut c = TcpStream::connect("192.0.2.2:2049").unwrap();
+        conn_tx.send(()).unwrap();
+        read_rx.recv().unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 5];
+        let r = c.read_exact(&mut buf).map(|()| start.elapsed());
+        r.map_err(|e| e.to_string())
+    });
+    conn_rx.recv().unwrap();
+    // Let the handshake's last ACK leave: the connection is idle when the address turns storage.
+    std::thread::sleep(Duration::from_millis(200));
+    dir.write_backend("nas.yaml", &backend("192.0.2.2"));
+    // SAFETY: kill(2) on a child this test started; no memory is involved.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    agent.wait_for_log("policy reloaded", Duration::from_secs(5));
+    // Now it is storage: it may not open connections to the node ...
+    tcp_echo_from(st, ip("192.0.2.2"), sa("192.0.2.1:40000"), T).unwrap_err();
+    // ... but the connection the node opened before is the node's.
+    read_tx.send(()).unwrap();
+    go_tx.send(()).unwrap();
+    let took = client.join().unwrap().expect("the reply arrived");
+    assert!(
+        took < Duration::from_millis(150),
+        "the reply took {took:?}: its first transmission was dropped"
+    );
+    let events = agent.wait_events(1, Duration::from_millis(500));
+    assert!(
+        events.iter().all(|e| e["src"] != "192.0.2.2:2049"),
+        "{events:?}"
+    );
+    assert!(agent.log().contains("seeded=1"), "{}", agent.log());
+    let _ = server.join();
+    agent.stop(libc::SIGTERM);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// Trident's ports are guarded only where Trident listens (the node's own addresses): another
 /// application's pod, routed through the node, may serve 8443 to anyone (an admission webhook
 /// called by a managed control plane, say).

@@ -214,44 +214,59 @@ impl Datapath {
     /// flows of a retired connection table (`inherit_flows`). Flows already known are left as
     /// they are. Returns how many were added.
     pub fn seed_flows(&mut self) -> Result<usize> {
-        let mut added = self.inherit_flows();
-        for f in seed::current_flows() {
-            if self.flows.get(&f, 0).is_ok() {
-                continue;
-            }
-            // seq 0 is never a running policy's sequence: the first packet re-checks the flow.
-            let state = FlowState { seq: 0, _pad: 0 };
-            // BPF_NOEXIST: never overwrite an entry the datapath wrote meanwhile.
-            if self.flows.insert(f, state, 1).is_ok() {
-                added += 1;
-            }
-        }
-        if added > 0 {
-            self.flows_added()?;
-        }
-        Ok(added)
+        let inherited = self.inherit_flows();
+        let seeded = self.add_unchecked(seed::current_flows());
+        self.told(inherited + seeded)
+    }
+
+    /// Adds the connections of this namespace that `wanted` picks (see `seed_flows`).
+    pub fn seed_flows_where(&mut self, wanted: impl Fn(&FlowKey) -> bool) -> Result<usize> {
+        let flows = seed::current_flows().into_iter().filter(|f| wanted(f));
+        let seeded = self.add_unchecked(flows);
+        self.told(seeded)
     }
 
     /// Copies the flows of the connection table a previous agent left (retired because the
-    /// configuration's layout changed) into this one, unchecked (sequence 0: each is judged
-    /// against the running rules on its next packet). The old programs keep filling the old
+    /// configuration's layout changed) into this one. The old programs keep filling the old
     /// table until these are attached, so `run` seeds before attaching and once after, then
     /// lets the old table go (`release_previous_flows`). Socket seeding alone left a window: a
     /// handshake whose first packet left through the old program while its answer met the new
     /// one.
     fn inherit_flows(&mut self) -> usize {
-        let Some(old) = &self.previous_flows else {
+        let Some(old) = self.previous_flows.take() else {
             return 0;
         };
-        let mut added = 0;
+        let added = self.add_unchecked(old.keys().filter_map(std::result::Result::ok));
+        self.previous_flows = Some(old);
+        added
+    }
+
+    /// Adds `flows` the table does not have, unchecked: with sequence 0, never a running
+    /// policy's, so the datapath judges each against the running rules, in both directions, on
+    /// its next packet. Returns how many were added.
+    fn add_unchecked(&mut self, flows: impl IntoIterator<Item = FlowKey>) -> usize {
         let state = FlowState { seq: 0, _pad: 0 };
-        for f in old.keys().filter_map(std::result::Result::ok) {
+        let mut added = 0;
+        for f in flows {
+            // Asked first: an LRU insert takes a free node, evicting when there is none,
+            // before it finds the key present.
+            if self.flows.get(&f, 0).is_ok() {
+                continue;
+            }
             // BPF_NOEXIST: never overwrite an entry the datapath wrote meanwhile.
             if self.flows.insert(f, state, 1).is_ok() {
                 added += 1;
             }
         }
         added
+    }
+
+    /// `flows_added` when `added` flows were; returns `added`.
+    fn told(&mut self, added: usize) -> Result<usize> {
+        if added > 0 {
+            self.flows_added()?;
+        }
+        Ok(added)
     }
 
     /// Lets go of a retired connection table (see `inherit_flows`).

@@ -185,12 +185,7 @@ fn compile_direction(policy: &Policy, dir: Direction, generation: u8, t: &mut Ta
         .collect();
     // Protected addresses are policed both ways: to them on egress, from them on ingress. Every
     // egress destination is one: the node only opens ports towards storage and directory servers.
-    let egress_peers = policy
-        .entries
-        .iter()
-        .filter(|e| e.direction == Direction::Egress)
-        .map(|e| e.peer);
-    for net in policy.protected.iter().map(|p| p.addr).chain(egress_peers) {
+    for net in policy.protected_nets() {
         items.push((Prefix::from_net(&net), PROTECTED, 0, 0));
     }
     // Sorting, not a map of sets: at 100,000 entries the sets' allocations were most of it.

@@ -119,15 +119,6 @@ fn needs(s: &Session, config: &NodeConfig, policy: &Policy) -> Vec<Need> {
     out
 }
 
-/// Addresses whose traffic the datapath polices: storage and directory servers.
-fn protected(policy: &Policy, addr: IpAddr) -> bool {
-    policy.protected.iter().any(|p| p.addr.contains(&addr))
-        || policy
-            .entries
-            .iter()
-            .any(|e| e.direction == Direction::Egress && e.peer.contains(&addr))
-}
-
 fn covering<'a>(policy: &'a Policy, n: &Need) -> Option<&'a Entry> {
     policy.entries.iter().find(|e| {
         e.direction == n.direction
@@ -158,7 +149,7 @@ pub fn apply(policy: &mut Policy, config: &NodeConfig, sessions: &[Session], pro
         };
         for n in needs(s, config, policy) {
             let net = IpNet::from(n.peer);
-            if !protected(policy, n.peer) {
+            if !policy.protected_nets().any(|p| p.contains(&n.peer)) {
                 if !r.covered_by.iter().any(|c| c == "unpoliced") {
                     r.covered_by.push("unpoliced".into());
                 }

@@ -2,6 +2,7 @@
 //! `compile` makes it from the model, the configuration and the backends; `render` prints it.
 pub mod compile;
 pub mod live;
+pub mod protection;
 pub mod render;
 pub mod widen;
 
