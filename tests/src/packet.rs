@@ -97,3 +97,19 @@ pub fn v4(l3: Vec<u8>) -> Vec<u8> {
 pub fn v6(l3: Vec<u8>) -> Vec<u8> {
     ether(&[], 0x86dd, &l3)
 }
+
+/// One BPF_PROG_TEST_RUN of the datapath's program `prog` on `frame`; its return code.
+pub fn run(dp: &mut trident_ports_agent::datapath::Datapath, prog: &str, frame: &[u8]) -> u32 {
+    use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..Default::default()
+    };
+    match dp.program_mut(prog).expect("program") {
+        Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
+        Program::Xdp(p) => Xdp::test_run(p, opts),
+        _ => unreachable!("the object has TC and XDP programs only"),
+    }
+    .unwrap_or_else(|e| panic!("test run of {prog} with {} bytes: {e}", frame.len()))
+    .return_value
+}

@@ -6,6 +6,7 @@ use std::{net::IpAddr, time::Duration};
 
 use trident_ports_tests::{
     agent::Agent,
+    metrics,
     netns::{Addrs, Pair},
     node::NodeDir,
     require_root,
@@ -278,8 +279,8 @@ fn idle_connection_where_storage_speaks_first() {
 
 /// A connection the node opened to an address before any backend named it, where storage speaks
 /// first after a reload makes the address storage: the node's packets passed as traffic that is
-/// not Trident's, so the connection table never learned the flow, and only the reload's seeding
-/// from the node's sockets lets the peer's next packet in.
+/// not Trident's, so the connection table never learned the flow, and only the datapath's ask of
+/// the node's sockets lets the peer's next packet in (and puts the flow in the table).
 #[test]
 fn a_connection_to_an_address_that_becomes_storage_keeps_flowing() {
     use std::{
@@ -355,7 +356,15 @@ fn a_connection_to_an_address_that_becomes_storage_keeps_flowing() {
         events.iter().all(|e| e["src"] != "192.0.2.2:2049"),
         "{events:?}"
     );
-    assert!(agent.log().contains("seeded=1"), "{}", agent.log());
+    let m = metrics::scrape(&pair.node);
+    assert_eq!(
+        metrics::metric(
+            &m,
+            "trident_ports_flows_recovered_total{direction=\"ingress\"}"
+        ),
+        Some(1),
+        "{m}"
+    );
     let _ = server.join();
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();

@@ -1,6 +1,5 @@
 //! Packet-level tests in the kernel through BPF_PROG_TEST_RUN: crafted frames, each with its
 //! expected verdict, counter and event, for the TC egress, TC ingress and XDP programs.
-use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use trident_ports_agent::{
     datapath::Datapath,
     events::decode,
@@ -100,7 +99,7 @@ impl Lab {
     }
 
     fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
-        run_on(&mut self.dp, prog, frame)
+        run(&mut self.dp, prog, frame)
     }
 
     fn reasons(&mut self) -> Vec<u8> {
@@ -145,20 +144,6 @@ impl Lab {
             "{what}: events"
         );
     }
-}
-
-fn run_on(dp: &mut Datapath, prog: &str, frame: &[u8]) -> u32 {
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..Default::default()
-    };
-    match dp.program_mut(prog).unwrap() {
-        Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
-        Program::Xdp(p) => Xdp::test_run(p, opts),
-        _ => unreachable!(),
-    }
-    .unwrap_or_else(|e| panic!("test run of {} bytes: {e}", frame.len()))
-    .return_value
 }
 
 /// The ingress programs this kernel runs, each with its drop and pass return values.
@@ -1262,7 +1247,7 @@ fn recent_passes_follow_every_policy_change() {
         .dp
         .apply_observed(&storage, 0, |dp: &mut Datapath| {
             let before = dp.counters().unwrap().get(DIR_EGRESS, counter::RECENT_PASS);
-            run_on(dp, e, &web);
+            run(dp, e, &web);
             let after = dp.counters().unwrap().get(DIR_EGRESS, counter::RECENT_PASS);
             assert_eq!(after, before, "state {states}: answered by the cache");
             states += 1;

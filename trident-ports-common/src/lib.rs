@@ -70,8 +70,12 @@ pub mod counter {
     /// `ALLOWED` when a rule allows it) that this CPU judged lately, answered before any
     /// parsing or lookup.
     pub const RECENT_PASS: u32 = 12;
+    /// Allowed from a protected peer because the node has a socket connected to it on this
+    /// flow, which the connection table had lost (evicted) or never learned (opened before the
+    /// peer was protected); the flow is in the table again.
+    pub const NODE_SOCKET: u32 = 13;
     /// Denied or audited packets by reason: `REASON_BASE + reason::*`.
-    pub const REASON_BASE: u32 = 13;
+    pub const REASON_BASE: u32 = 14;
     pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
 }
 

@@ -26,6 +26,8 @@ mod recent;
 #[cfg(target_arch = "bpf")]
 mod slots;
 #[cfg(target_arch = "bpf")]
+mod sockets;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(target_arch = "bpf")]

@@ -1,5 +1,8 @@
 //! Reading packet bytes, the one thing that differs between TC and XDP.
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    EbpfContext,
+    programs::{TcContext, XdpContext},
+};
 
 /// Offsets beyond this are never read: it bounds every offset for the verifier and is far past
 /// any header chain we accept (two VLAN tags, IPv6 with eight extension headers, an ICMP error).
@@ -15,6 +18,8 @@ pub(crate) trait Packet {
     /// The start and end of the bytes the program can read directly: for TC, the skb's linear
     /// area, which holds the headers of nearly every packet.
     fn direct(&self) -> (usize, usize);
+    /// The program's context, for helpers that take it.
+    fn ctx(&self) -> *mut core::ffi::c_void;
 }
 
 #[inline(always)]
@@ -53,6 +58,11 @@ impl Packet for TcContext {
     fn direct(&self) -> (usize, usize) {
         (self.data(), self.data_end())
     }
+
+    #[inline(always)]
+    fn ctx(&self) -> *mut core::ffi::c_void {
+        self.as_ptr()
+    }
 }
 
 impl Packet for XdpContext {
@@ -86,5 +96,10 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn direct(&self) -> (usize, usize) {
         (self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn ctx(&self) -> *mut core::ffi::c_void {
+        self.as_ptr()
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     },
     packet::Packet,
     parse::{Parsed, common, flow_words, kind, parse},
-    passing, recent, slots,
+    passing, recent, slots, sockets,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         (&parsed.dst, &parsed.src)
     };
     let peer = lookup_peer(&cfg, dir, remote);
-    let judgement = judge(&cfg, dir, parsed, local, remote, peer);
+    let judgement = judge(pkt, &cfg, dir, parsed, local, remote, peer);
     // Only a flow's words, the policy and (for protected peers) the connection table decide
     // a verdict with ports: the caches may keep it under the policy's sequence.
     let ports = parsed.kind == kind::PORTS;
@@ -176,7 +176,8 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
 }
 
 #[inline(always)]
-fn judge(
+fn judge<P: Packet>(
+    pkt: &P,
     cfg: &Config,
     dir: u8,
     parsed: &Parsed,
@@ -186,7 +187,7 @@ fn judge(
 ) -> Judgement {
     let protected = peer.flags & PEER_PROTECTED != 0;
     match parsed.kind {
-        kind::PORTS => judge_ports(cfg, dir, parsed, local, remote, peer),
+        kind::PORTS => judge_ports(pkt, cfg, dir, parsed, local, remote, peer),
         // Only the first fragment carries ports, and it is judged; without it the datagram cannot
         // be reassembled, so a later fragment on its own delivers nothing.
         kind::LATER_FRAGMENT if protected => Judgement::Untouched(counter::FRAGMENT),
@@ -225,7 +226,8 @@ fn judge(
 }
 
 #[inline(always)]
-fn judge_ports(
+fn judge_ports<P: Packet>(
+    pkt: &P,
     cfg: &Config,
     dir: u8,
     parsed: &Parsed,
@@ -247,21 +249,24 @@ fn judge_ports(
                 return Judgement::Allowed(counter::CONNTRACK_HIT);
             }
             if rule_allows(cfg, dir, p.class, proto, parsed.dport) {
-                let state = FlowState {
-                    seq: cfg.seq,
-                    _pad: 0,
-                };
-                // A full table evicts its least recently used flow; a failed insert only means
-                // this flow is judged by the rules again on its next packet.
-                let _ = FLOWS.insert(flow, state, 0);
-                denied::flow_added();
+                learn(cfg, &flow);
                 return Judgement::Allowed(counter::ALLOWED);
             }
-            return Judgement::Denied(if dir == DIR_EGRESS {
-                reason::NO_RULE
-            } else {
-                reason::UNSOLICITED
-            });
+            if dir == DIR_EGRESS {
+                return Judgement::Denied(reason::NO_RULE);
+            }
+            // A connection of the node's that the table lost or never learned (see `sockets`),
+            // judged as a flow seeded from the node's sockets is: the ingress rule failed above,
+            // so by the egress rule for the peer's port. The rule first: it is the cheaper ask.
+            let out = lookup_peer(cfg, DIR_EGRESS, remote);
+            if known(&out)
+                && rule_allows(cfg, DIR_EGRESS, out.class, proto, remote_port)
+                && sockets::node_is_connected(pkt, parsed)
+            {
+                learn(cfg, &flow);
+                return Judgement::Allowed(counter::NODE_SOCKET);
+            }
+            return Judgement::Denied(reason::UNSOLICITED);
         }
         if rule_allows(cfg, dir, p.class, proto, parsed.dport) {
             return Judgement::Allowed(counter::ALLOWED);
@@ -274,6 +279,19 @@ fn judge_ports(
         return Judgement::Denied(reason::SOURCE_NOT_ALLOWED);
     }
     Judgement::Untouched(counter::PASSED)
+}
+
+/// Adds an allowed flow to the connection table under the running policy.
+#[inline(always)]
+fn learn(cfg: &Config, flow: &FlowKey) {
+    let state = FlowState {
+        seq: cfg.seq,
+        _pad: 0,
+    };
+    // A full table evicts its least recently used flow; a failed insert only means this flow
+    // is judged by the rules again on its next packet.
+    let _ = FLOWS.insert(flow, state, 0);
+    denied::flow_added();
 }
 
 #[inline(always)]

@@ -35,6 +35,7 @@ pub struct Metrics {
     denied_by_reason: Family<Labels, Counter>,
     events: Family<Labels, Counter>,
     cache_answers: Family<Labels, Counter>,
+    recovered: Family<Labels, Counter>,
     entries: Family<Labels, Gauge>,
     reloads: Family<Labels, Counter>,
     skipped: Gauge,
@@ -90,6 +91,15 @@ impl Metrics {
              less than events.interval ago; recent_pass: flows to and from unprotected addresses); \
              they count under packets too",
             cache_answers.clone(),
+        );
+        let recovered = Family::<Labels, Counter>::default();
+        registry.register(
+            "flows_recovered",
+            "Packets from storage allowed because the node has a socket connected to the sender on \
+             that flow, which the connection table had lost (evicted) or never learned (opened \
+             before the address was storage); each puts its flow back into the table and counts \
+             under packets as allowed too",
+            recovered.clone(),
         );
         let entries = Family::<Labels, Gauge>::default();
         registry.register(
@@ -154,6 +164,7 @@ impl Metrics {
             denied_by_reason,
             events,
             cache_answers,
+            recovered,
             entries,
             reloads,
             skipped,
@@ -259,13 +270,21 @@ impl Metrics {
         let mut last = self.last.lock().unwrap();
         let delta = |d: u8, c: u32| now.get(d, c).saturating_sub(last.get(d, c));
         for d in [DIR_EGRESS, DIR_INGRESS] {
-            // The kernel counts connection-table and recent-flow hits apart from rule matches.
+            // The kernel counts connection-table, recent-flow and node-socket answers apart from rule
+            // matches.
             self.packets
                 .get_or_create(&labels(&[
                     ("direction", dir_name(d)),
                     ("verdict", "allowed"),
                 ]))
-                .inc_by(delta(d, counter::CONNTRACK_HIT) + delta(d, counter::RECENT_HIT));
+                .inc_by(
+                    delta(d, counter::CONNTRACK_HIT)
+                        + delta(d, counter::RECENT_HIT)
+                        + delta(d, counter::NODE_SOCKET),
+                );
+            self.recovered
+                .get_or_create(&labels(&[("direction", dir_name(d))]))
+                .inc_by(delta(d, counter::NODE_SOCKET));
             for (c, verdict) in [
                 (counter::ALLOWED, "allowed"),
                 (counter::DENIED, "denied"),

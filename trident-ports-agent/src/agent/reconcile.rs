@@ -4,14 +4,13 @@
 use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{error, info, warn};
-use trident_ports_common::FlowKey;
 
 use super::{metrics::Metrics, sources::Snapshot};
 use crate::{
-    datapath::{Applied, Datapath},
+    datapath::Datapath,
     error::Result,
-    events::{Record, addr, explain::Explainer},
-    policy::{Mode, Policy, protection::Protection, widen::widen},
+    events::{Record, explain::Explainer},
+    policy::{Mode, Policy, widen::widen},
 };
 
 /// Why a reconcile runs.
@@ -120,17 +119,17 @@ impl Reconciler {
             if let Err(e) = dp.set_event_rate(snapshot.config.events.rate_per_cpu) {
                 warn!("event rate not changed: {e}");
             }
-            apply_seeded(&mut dp, &current, &policy, interval_ns)
+            dp.apply(&policy, interval_ns)
         };
         let took = started.elapsed();
         match applied {
-            Ok((a, seeded)) => {
+            Ok(a) => {
                 let what = if widening {
                     "policy widened: what the change adds is in force, what it takes away follows the debounce"
                 } else {
                     "policy reloaded"
                 };
-                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, took = ?took, mode = ?policy.mode, seeded, "{what}");
+                info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, took = ?took, mode = ?policy.mode, "{what}");
                 for w in news(trigger, &current, &policy) {
                     warn!("{w}");
                 }
@@ -180,38 +179,6 @@ impl Reconciler {
         info!(mode = ?effective, "mode switched");
         Ok(effective)
     }
-}
-
-/// Applies `after` in place of `before`, and seeds the connection table with the connections the
-/// node has to addresses `after` protects and `before` did not (see `policy::protection`):
-/// before the apply, so that the first packet under `after` finds them, and again after it, for
-/// connections opened meanwhile. Returns what was applied and how many flows were seeded.
-fn apply_seeded(
-    dp: &mut Datapath,
-    before: &Policy,
-    after: &Policy,
-    interval_ns: u64,
-) -> Result<(Applied, usize)> {
-    let was = Protection::of(before);
-    // Reading the node's sockets costs with their number: only when an address is added.
-    let Some(now) = was.grows_to(after).then(|| Protection::of(after)) else {
-        return Ok((dp.apply(after, interval_ns)?, 0));
-    };
-    let newly = |f: &FlowKey| {
-        let ip = addr(f.remote);
-        now.covers(ip) && !was.covers(ip)
-    };
-    // A seeding that fails (the connection table's epoch could not be bumped) costs at most a
-    // retransmission; the policy is applied all the same.
-    let seed = |dp: &mut Datapath| {
-        dp.seed_flows_where(newly).unwrap_or_else(|e| {
-            warn!("connections to newly protected addresses not all seeded: {e}");
-            0
-        })
-    };
-    let early = seed(dp);
-    let applied = dp.apply(after, interval_ns)?;
-    Ok((applied, early + seed(dp)))
 }
 
 /// The warnings of `after` to log: all of them when the operator asked for the reload (SIGHUP,

@@ -219,13 +219,6 @@ impl Datapath {
         self.told(inherited + seeded)
     }
 
-    /// Adds the connections of this namespace that `wanted` picks (see `seed_flows`).
-    pub fn seed_flows_where(&mut self, wanted: impl Fn(&FlowKey) -> bool) -> Result<usize> {
-        let flows = seed::current_flows().into_iter().filter(|f| wanted(f));
-        let seeded = self.add_unchecked(flows);
-        self.told(seeded)
-    }
-
     /// Copies the flows of the connection table a previous agent left (retired because the
     /// configuration's layout changed) into this one. The old programs keep filling the old
     /// table until these are attached, so `run` seeds before attaching and once after, then

@@ -2,7 +2,6 @@
 //! `compile` makes it from the model, the configuration and the backends; `render` prints it.
 pub mod compile;
 pub mod live;
-pub mod protection;
 pub mod render;
 pub mod widen;
 
@@ -151,6 +150,21 @@ pub struct Policy {
     /// The node's live sessions against this policy, when they were read (`run`, `plan --live`).
     #[serde(default)]
     pub live: Option<Vec<live::LiveReport>>,
+}
+
+impl Policy {
+    /// The networks whose traffic the datapath polices both ways, admitting from them only
+    /// replies to flows in its connection table: the protected addresses and every egress
+    /// entry's peer (the node only opens ports towards storage and directory servers). An
+    /// address may appear more than once.
+    pub fn protected_nets(&self) -> impl Iterator<Item = IpNet> + '_ {
+        let egress = self
+            .entries
+            .iter()
+            .filter(|e| e.direction == Direction::Egress)
+            .map(|e| e.peer);
+        self.protected.iter().map(|p| p.addr).chain(egress)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,360 @@
+//! Packets from storage on a connection of the node's that the connection table does not know:
+//! evicted by the table's LRU, forgotten while a policy did not allow it, or opened before the
+//! peer was storage. The datapath asks the node's socket tables before it calls such a packet
+//! unsolicited (`trident-ports-ebpf/src/sockets.rs`). In the kernel, with real sockets in a
+//! node namespace and frames run through the programs with BPF_PROG_TEST_RUN, whose packets
+//! belong to the namespace of the thread that runs them.
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use trident_ports_agent::{
+    datapath::Datapath,
+    policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
+};
+use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, limits, programs};
+use trident_ports_tests::{
+    OnCpu0, XDP_KERNEL, kernel,
+    netns::{Addrs, Pair},
+    packet::*,
+    require_root,
+};
+
+const TC_PASS: u32 = u32::MAX;
+const TC_DROP: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+fn entry(direction: Direction, peer: &str, port: u16, proto: Proto) -> Entry {
+    Entry {
+        direction,
+        peer: peer.parse().unwrap(),
+        ports: PortRange {
+            from: port,
+            to: port,
+        },
+        proto,
+        purpose: "test".into(),
+        backend: None,
+        source: "test".into(),
+    }
+}
+
+/// Storage 192.0.2.2 and 2001:db8::2: NFS over TCP, rpcbind over UDP. Not 3260.
+fn policy(nfs: bool) -> Policy {
+    let mut entries = vec![
+        entry(Direction::Egress, "192.0.2.2/32", 111, Proto::Udp),
+        entry(Direction::Egress, "192.0.2.2/32", 443, Proto::Tcp),
+        entry(Direction::Egress, "2001:db8::2/128", 2049, Proto::Tcp),
+    ];
+    if nfs {
+        entries.push(entry(Direction::Egress, "192.0.2.2/32", 2049, Proto::Tcp));
+    }
+    Policy {
+        role: "worker".into(),
+        mode: Mode::Enforce,
+        entries,
+        ..Policy::default()
+    }
+}
+
+fn pair() -> Pair {
+    Pair::new(Addrs {
+        node: &["192.0.2.1/24", "2001:db8::1/64"],
+        storage: &["192.0.2.2/24", "2001:db8::2/64"],
+    })
+}
+
+/// The storage end's servers and the node's connections to them, open for the test's length.
+struct Sockets {
+    _servers: Vec<TcpListener>,
+    tcp: Vec<TcpStream>,
+    udp: Vec<UdpSocket>,
+}
+
+impl Sockets {
+    /// TCP connections from the node to each of `tcp`, UDP sockets of the node connected to
+    /// each of `udp`.
+    fn open(pair: &Pair, tcp: &[&str], udp: &[&str]) -> Self {
+        let tcp: Vec<SocketAddr> = tcp.iter().map(|a| a.parse().unwrap()).collect();
+        let udp: Vec<SocketAddr> = udp.iter().map(|a| a.parse().unwrap()).collect();
+        let servers = {
+            let tcp = tcp.clone();
+            pair.storage
+                .within(move || tcp.iter().map(|a| TcpListener::bind(a).unwrap()).collect())
+        };
+        let (tcp, udp) = pair.node.within(move || {
+            let tcp = tcp
+                .iter()
+                .map(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).unwrap())
+                .collect();
+            let udp = udp
+                .iter()
+                .map(|a| {
+                    let bind = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                    let s = UdpSocket::bind(bind).unwrap();
+                    s.connect(a).unwrap();
+                    s
+                })
+                .collect();
+            (tcp, udp)
+        });
+        Sockets {
+            _servers: servers,
+            tcp,
+            udp,
+        }
+    }
+
+    fn tcp_port(&self, i: usize) -> u16 {
+        self.tcp[i].local_addr().unwrap().port()
+    }
+
+    fn udp_port(&self, i: usize) -> u16 {
+        self.udp[i].local_addr().unwrap().port()
+    }
+}
+
+/// The node's datapath, loaded (not attached) in the node namespace by the calling thread.
+struct Node {
+    dp: Datapath,
+    _cpu: OnCpu0,
+}
+
+impl Node {
+    fn load(p: &Policy) -> Self {
+        // The recent-flow cache is per CPU: one CPU keeps which path answers predictable.
+        let cpu = OnCpu0::pin();
+        let mut dp = Datapath::load().expect("load");
+        if kernel() >= XDP_KERNEL {
+            dp.load_xdp().expect("load the XDP program");
+        }
+        dp.apply(p, 0).expect("apply");
+        Node { dp, _cpu: cpu }
+    }
+
+    /// Runs `frame` through `prog` and checks its return code and that `ctr` moved by one.
+    fn check(&mut self, what: &str, prog: &str, frame: &[u8], verdict: u32, ctr: u32) {
+        let dir = if prog == programs::TC_EGRESS {
+            DIR_EGRESS
+        } else {
+            DIR_INGRESS
+        };
+        let before = self.dp.counters().unwrap().get(dir, ctr);
+        assert_eq!(run(&mut self.dp, prog, frame), verdict, "{what}: verdict");
+        let after = self.dp.counters().unwrap().get(dir, ctr);
+        assert_eq!(after - before, 1, "{what}: counter {ctr}");
+    }
+}
+
+/// The ingress programs this kernel runs, each with its drop and pass return values.
+fn ingress_programs() -> Vec<(&'static str, u32, u32)> {
+    let mut out = vec![(programs::TC_INGRESS, TC_DROP, TC_PASS)];
+    if kernel() >= XDP_KERNEL {
+        out.push((programs::XDP_INGRESS, XDP_DROP, XDP_PASS));
+    }
+    out
+}
+
+fn from_storage_v4(sport: u16, dport: u16, proto: u8) -> Vec<u8> {
+    let l4 = if proto == TCP {
+        tcp(sport, dport, ACK)
+    } else {
+        udp(sport, dport)
+    };
+    v4(ipv4("192.0.2.2", "192.0.2.1", proto, 0, &l4))
+}
+
+/// Which inbound packets the node's sockets let in, and which they do not: a connection's,
+/// yes, and from then on by the connection table; a port with no socket, a listener (what a
+/// handshake in progress is found as), an unconnected UDP socket, or a connection the rules
+/// do not allow, no.
+#[test]
+fn the_nodes_own_connections_are_let_in_and_nothing_else() {
+    if !require_root("the_nodes_own_connections_are_let_in_and_nothing_else") {
+        return;
+    }
+    let pair = pair();
+    let s = Sockets::open(
+        &pair,
+        &["192.0.2.2:2049", "[2001:db8::2]:2049", "192.0.2.2:3260"],
+        &["192.0.2.2:111"],
+    );
+    let (nfs, nfs6, iscsi) = (s.tcp_port(0), s.tcp_port(1), s.tcp_port(2));
+    let rpcbind = s.udp_port(0);
+    pair.node.within(|| {
+        let listener = TcpListener::bind("192.0.2.1:40000").unwrap();
+        let unconnected = UdpSocket::bind("192.0.2.1:40001").unwrap();
+        // Each program on its own datapath: the first packet of a flow is the one that asks.
+        for (prog, drop, pass) in ingress_programs() {
+            let mut node = Node::load(&policy(true));
+            // The recent-flow cache would answer the repeats: the table's answer is wanted.
+            node.dp.set_recent_flows(false).unwrap();
+            let mut check = |what: &str, frame: &[u8], verdict, ctr| {
+                node.check(&format!("{prog}: {what}"), prog, frame, verdict, ctr);
+            };
+            let reply = from_storage_v4(2049, nfs, TCP);
+            check(
+                "the node's NFS connection",
+                &reply,
+                pass,
+                counter::NODE_SOCKET,
+            );
+            check(
+                "... then in the table",
+                &reply,
+                pass,
+                counter::CONNTRACK_HIT,
+            );
+            let reply6 = v6(ipv6(
+                "2001:db8::2",
+                "2001:db8::1",
+                TCP,
+                &tcp(2049, nfs6, ACK),
+            ));
+            check("the same over IPv6", &reply6, pass, counter::NODE_SOCKET);
+            let udp_reply = from_storage_v4(111, rpcbind, UDP);
+            check(
+                "a connected UDP socket",
+                &udp_reply,
+                pass,
+                counter::NODE_SOCKET,
+            );
+            let denied = [
+                (
+                    "no socket on that port",
+                    from_storage_v4(2049, nfs ^ 1, TCP),
+                ),
+                ("a listener", from_storage_v4(2049, 40000, TCP)),
+                (
+                    "an unconnected UDP socket",
+                    from_storage_v4(111, 40001, UDP),
+                ),
+                (
+                    "a connection the rules do not allow",
+                    from_storage_v4(3260, iscsi, TCP),
+                ),
+            ];
+            for (what, frame) in denied {
+                check(what, &frame, drop, counter::DENIED);
+                check(&format!("{what}, again"), &frame, drop, counter::DENIED);
+            }
+        }
+        drop((listener, unconnected));
+    });
+}
+
+/// A policy that briefly does not allow NFS forgets the node's NFS connection (its next packet
+/// is judged again, and denied); when NFS is allowed again, storage's next packet is let in
+/// although the node has not sent since.
+#[test]
+fn a_connection_forgotten_by_a_policy_comes_back_with_it() {
+    if !require_root("a_connection_forgotten_by_a_policy_comes_back_with_it") {
+        return;
+    }
+    let pair = pair();
+    let s = Sockets::open(&pair, &["192.0.2.2:2049"], &[]);
+    let nfs = s.tcp_port(0);
+    pair.node.within(|| {
+        for (prog, drop, pass) in ingress_programs() {
+            let mut node = Node::load(&policy(true));
+            let request = v4(ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(nfs, 2049, ACK)));
+            let e = programs::TC_EGRESS;
+            node.check("the node sends", e, &request, TC_PASS, counter::ALLOWED);
+            let reply = from_storage_v4(2049, nfs, TCP);
+            node.check(
+                "storage replies",
+                prog,
+                &reply,
+                pass,
+                counter::CONNTRACK_HIT,
+            );
+            node.dp.apply(&policy(false), 0).unwrap();
+            node.check("NFS not allowed", prog, &reply, drop, counter::DENIED);
+            node.dp.apply(&policy(true), 0).unwrap();
+            node.check(
+                "NFS allowed again",
+                prog,
+                &reply,
+                pass,
+                counter::NODE_SOCKET,
+            );
+        }
+    });
+}
+
+/// The connection table is an LRU, and a flow whose packets the per-CPU caches answer never
+/// touches it: when the table fills, the node's oldest connections go first, busy or not. Their
+/// next packet from storage on a CPU that did not cache them asks the node's sockets.
+#[test]
+fn connections_evicted_from_a_full_table_stay_open() {
+    if !require_root("connections_evicted_from_a_full_table_stay_open") {
+        return;
+    }
+    let pair = pair();
+    let s = Sockets::open(&pair, &["192.0.2.2:2049"], &[]);
+    let nfs = s.tcp_port(0);
+    pair.node.within(|| {
+        let mut node = Node::load(&policy(true));
+        let e = programs::TC_EGRESS;
+        let out =
+            |sport: u16, dst: &str| v4(ipv4("192.0.2.1", dst, TCP, 0, &tcp(sport, 2049, SYN)));
+        node.check(
+            "the node's connection",
+            e,
+            &out(nfs, "192.0.2.2"),
+            TC_PASS,
+            counter::ALLOWED,
+        );
+        // A flow of no socket, learned just after it: the witness that eviction happened.
+        let ghost = nfs ^ 1;
+        node.check(
+            "a flow of no socket",
+            e,
+            &out(ghost, "192.0.2.2"),
+            TC_PASS,
+            counter::ALLOWED,
+        );
+        // More new flows than the table holds (over two destinations: ports run out).
+        let mut filled = 0;
+        'fill: for dst in ["192.0.2.2", "2001:db8::2"] {
+            for sport in 1..=u16::MAX {
+                if filled > limits::FLOWS + limits::FLOWS / 8 {
+                    break 'fill;
+                }
+                let frame = if dst.contains(':') {
+                    v6(ipv6("2001:db8::1", dst, TCP, &tcp(sport, 2049, SYN)))
+                } else if sport == nfs || sport == ghost {
+                    continue;
+                } else {
+                    out(sport, dst)
+                };
+                assert_eq!(run(&mut node.dp, e, &frame), TC_PASS);
+                filled += 1;
+            }
+        }
+        // The table's answers are wanted, not this CPU's cache's.
+        node.dp.set_recent_flows(false).unwrap();
+        for (prog, drop, pass) in ingress_programs() {
+            let ghost_reply = from_storage_v4(2049, ghost, TCP);
+            node.check(
+                "the evicted ghost",
+                prog,
+                &ghost_reply,
+                drop,
+                counter::DENIED,
+            );
+            let reply = from_storage_v4(2049, nfs, TCP);
+            let what = "the evicted connection";
+            let ctr = if prog == programs::TC_INGRESS {
+                counter::NODE_SOCKET
+            } else {
+                // Back in the table since the TC program's packet.
+                counter::CONNTRACK_HIT
+            };
+            node.check(what, prog, &reply, pass, ctr);
+        }
+    });
+    drop(s);
+}
