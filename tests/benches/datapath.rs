@@ -393,9 +393,9 @@ fn per_packet(smoke: bool) {
     let _cpu = OnCpu0::pin();
     println!("## Cost per packet (BPF_PROG_TEST_RUN, ns/packet)\n");
     println!(
-        "| program | entries | allowed, recent flow | allowed, table hit | allowed by rule, no table entry | allowed, new flow | denied, recent flow | denied, full path | unprotected, recent pass | unprotected, full path | not IP | empty program |"
+        "| program | entries | allowed, recent flow | allowed, table hit | allowed by rule, no table entry | allowed, new flow | denied, recent flow | denied, full path | denied, sockets asked | unprotected, recent pass | unprotected, full path | not IP | empty program |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sizes: &[usize] = if smoke {
         &[10, 1_000]
     } else {
@@ -516,6 +516,15 @@ fn per_packet(smoke: bool) {
             }
             dp.set_recent_denials(false).unwrap();
             let denied = path_ns(&mut dp, prog, &denied, repeat, dir, counter::DENIED);
+            // From the storage's allowed port to a node port with no socket: an egress rule
+            // allows the flow, so the node's sockets are asked before the verdict.
+            let asked = if egress {
+                "-".to_string()
+            } else {
+                let f = frame(&dst, node, port, 61_004, ACK);
+                let ns = path_ns(&mut dp, prog, &f, repeat, dir, counter::DENIED);
+                format!("{ns:.1}")
+            };
             dp.set_recent_denials(true).unwrap();
             // The first packet fills the recent-pass cache, which answers the rest; then every
             // packet on the full path.
@@ -533,7 +542,7 @@ fn per_packet(smoke: bool) {
             dp.set_recent_passes(true).unwrap();
             let not_ip = path_ns(&mut dp, prog, &arp, repeat, dir, counter::PASSED);
             println!(
-                "| {prog} | {n} | {recent:.1} | {hit:.1} | {rule} | {new_flow} | {denied_recent:.1} | {denied:.1} | {passing:.1} | {unprotected:.1} | {not_ip:.1} | {empty:.1} |"
+                "| {prog} | {n} | {recent:.1} | {hit:.1} | {rule} | {new_flow} | {denied_recent:.1} | {denied:.1} | {asked} | {passing:.1} | {unprotected:.1} | {not_ip:.1} | {empty:.1} |"
             );
         }
     }
@@ -581,7 +590,9 @@ fn per_packet(smoke: bool) {
          storage's reply); table hit: the same packet with that cache off; rule: the cluster subnet to port \
          8000, with the per-CPU recent-pass cache off; denied: egress to a port the policy lacks, ingress unsolicited from the storage address, \
          repeated within its event interval (60 s here) and answered by the per-CPU recent-denial cache \
-         (recent flow), or with that cache off (full path: parse, lookups, the event gate); \
+         (recent flow), or with that cache off (full path: parse, lookups, the event gate); sockets asked: \
+         unsolicited on the full path, but from the storage's allowed port, so that the node's socket \
+         tables are asked whether it is a connection of the node's (it is not); \
          unprotected: to or from an address not in the policy, answered by the recent-pass cache \
          (recent pass) or with that cache off (full path: parse, peer lookups, guard check). The median of {RUNS} runs of {repeat} repetitions \
          each, every repetition checked against the counter of the path it is reported under. New flow (rule lookup plus a \

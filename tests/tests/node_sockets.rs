@@ -167,9 +167,9 @@ fn from_storage_v4(sport: u16, dport: u16, proto: u8) -> Vec<u8> {
 }
 
 /// Which inbound packets the node's sockets let in, and which they do not: a connection's,
-/// yes, and from then on by the connection table; a port with no socket, a listener (what a
-/// handshake in progress is found as), an unconnected UDP socket, or a connection the rules
-/// do not allow, no.
+/// yes, and from then on by the connection table; a SYN, a port with no socket, a listener
+/// (what a handshake in progress is found as), an unconnected UDP socket, or a connection the
+/// rules do not allow, no.
 #[test]
 fn the_nodes_own_connections_are_let_in_and_nothing_else() {
     if !require_root("the_nodes_own_connections_are_let_in_and_nothing_else") {
@@ -194,6 +194,14 @@ fn the_nodes_own_connections_are_let_in_and_nothing_else() {
             let mut check = |what: &str, frame: &[u8], verdict, ctr| {
                 node.check(&format!("{prog}: {what}"), prog, frame, verdict, ctr);
             };
+            // Storage may not open a connection on the node's: a SYN is never a reply.
+            let syn = v4(ipv4("192.0.2.2", "192.0.2.1", TCP, 0, &tcp(2049, nfs, SYN)));
+            check(
+                "a SYN on the node's connection",
+                &syn,
+                drop,
+                counter::DENIED,
+            );
             let reply = from_storage_v4(2049, nfs, TCP);
             check(
                 "the node's NFS connection",

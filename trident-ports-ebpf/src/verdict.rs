@@ -3,8 +3,9 @@ use aya_ebpf::maps::lpm_trie::Key;
 use trident_ports_common::{
     Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
     OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, OPTION_NO_RECENT_PASSES, OPTION_UPDATING,
-    PEER_KEY_HEADER_BITS, PEER_PROTECTED, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey,
-    RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason, table_peer_prefixes, table_ranges,
+    PEER_KEY_HEADER_BITS, PEER_PROTECTED, PROTO_TCP, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS,
+    RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason, table_peer_prefixes,
+    table_ranges,
 };
 
 use crate::{
@@ -258,13 +259,17 @@ fn judge_ports<P: Packet>(
             // A connection of the node's that the table lost or never learned (see `sockets`),
             // judged as a flow seeded from the node's sockets is: the ingress rule failed above,
             // so by the egress rule for the peer's port. The rule first: it is the cheaper ask.
-            let out = lookup_peer(cfg, DIR_EGRESS, remote);
-            if known(&out)
-                && rule_allows(cfg, DIR_EGRESS, out.class, proto, remote_port)
-                && sockets::node_is_connected(pkt, parsed)
-            {
-                learn(cfg, &flow);
-                return Judgement::Allowed(counter::NODE_SOCKET);
+            // A TCP segment without ACK opens a connection (or resets one it never saw): it is
+            // never the node's, and a SYN flood pays nothing more.
+            if proto != PROTO_TCP || parsed.tcp_flags & TCP_ACK != 0 {
+                let out = lookup_peer(cfg, DIR_EGRESS, remote);
+                if known(&out)
+                    && rule_allows(cfg, DIR_EGRESS, out.class, proto, remote_port)
+                    && sockets::node_is_connected(pkt, parsed)
+                {
+                    learn(cfg, &flow);
+                    return Judgement::Allowed(counter::NODE_SOCKET);
+                }
             }
             return Judgement::Denied(reason::UNSOLICITED);
         }
@@ -280,6 +285,9 @@ fn judge_ports<P: Packet>(
     }
     Judgement::Untouched(counter::PASSED)
 }
+
+/// The TCP header's ACK flag.
+const TCP_ACK: u8 = 0x10;
 
 /// Adds an allowed flow to the connection table under the running policy.
 #[inline(always)]
