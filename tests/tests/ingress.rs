@@ -216,63 +216,89 @@ fn pre_existing_stream_survives_enforcement_start() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A TCP connection from the node to storage's 192.0.2.2:2049, idle until storage speaks.
+struct IdleConnection {
+    server: std::thread::JoinHandle<()>,
+    client: std::thread::JoinHandle<Result<Duration, String>>,
+    go: std::sync::mpsc::Sender<()>,
+    read: std::sync::mpsc::Sender<()>,
+}
+
+impl IdleConnection {
+    /// Opens the connection and waits until its handshake's last ACK has left.
+    fn open(pair: &Pair) -> Self {
+        use std::{
+            io::{Read, Write},
+            net::{TcpListener, TcpStream},
+            sync::mpsc,
+            time::Instant,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let server = pair.storage.run(move || {
+            let l = TcpListener::bind("192.0.2.2:2049").unwrap();
+            ready_tx.send(()).unwrap();
+            let (mut c, _) = l.accept().unwrap();
+            go_rx.recv().unwrap();
+            c.write_all(b"reply").unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        ready_rx.recv().unwrap();
+        let (conn_tx, conn_rx) = mpsc::channel();
+        let (read, read_rx) = mpsc::channel::<()>();
+        let client = pair.node.run(move || {
+            let mut c = TcpStream::connect("192.0.2.2:2049").unwrap();
+            conn_tx.send(()).unwrap();
+            read_rx.recv().unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let start = Instant::now();
+            let mut buf = [0u8; 5];
+            let r = c.read_exact(&mut buf).map(|()| start.elapsed());
+            r.map_err(|e| e.to_string())
+        });
+        conn_rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        IdleConnection {
+            server,
+            client,
+            go,
+            read,
+        }
+    }
+
+    /// Storage speaks first; asserts that the node reads it with no retransmission, and that
+    /// no event names the reply's flow.
+    fn storage_speaks(self, agent: &Agent) {
+        self.read.send(()).unwrap();
+        self.go.send(()).unwrap();
+        let took = self.client.join().unwrap().expect("the reply arrived");
+        assert!(
+            took < Duration::from_millis(150),
+            "the reply took {took:?}: its first transmission was dropped"
+        );
+        let events = agent.wait_events(1, Duration::from_millis(500));
+        assert!(
+            events.iter().all(|e| e["src"] != "192.0.2.2:2049"),
+            "{events:?}"
+        );
+        let _ = self.server.join();
+    }
+}
+
 /// An idle connection opened before the agent, where storage speaks first after enforcement
 /// starts (an RPC reply, a server-side keepalive): the node never sent a packet the datapath
 /// could learn the flow from, so only the seeded connection table lets the reply in.
 #[test]
 fn idle_connection_where_storage_speaks_first() {
-    use std::{
-        io::{Read, Write},
-        net::{TcpListener, TcpStream},
-        sync::mpsc,
-        time::Instant,
-    };
     if !require_root("idle_connection_where_storage_speaks_first") {
         return;
     }
     let (pair, dir) = v3_and_v6_node("idle", "nfs: {callbacks: false}\n");
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let server = pair.storage.run(move || {
-        let l = TcpListener::bind("192.0.2.2:2049").unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut c, _) = l.accept().unwrap();
-        go_rx.recv().unwrap();
-        c.write_all(b"reply").unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-    });
-    ready_rx.recv().unwrap();
-    let (conn_tx, conn_rx) = mpsc::channel();
-    let (read_tx, read_rx) = mpsc::channel::<()>();
-    let client = pair.node.run(move || {
-        let mut c = TcpStream::connect("192.0.2.2:2049").unwrap();
-        conn_tx.send(()).unwrap();
-        read_rx.recv().unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        let start = Instant::now();
-        let mut buf = [0u8; 5];
-        let r = c.read_exact(&mut buf).map(|()| start.elapsed());
-        r.map_err(|e| e.to_string())
-    });
-    conn_rx.recv().unwrap();
-    // Let the handshake's last ACK leave before the agent starts: the connection is idle.
-    std::thread::sleep(Duration::from_millis(200));
+    let idle = IdleConnection::open(&pair);
     let cfg = dir.path("node.yaml");
     let mut agent = Agent::run(&pair, &cfg, &[]);
-    read_tx.send(()).unwrap();
-    go_tx.send(()).unwrap();
-    let took = client.join().unwrap().expect("the reply arrived");
-    assert!(
-        took < Duration::from_millis(150),
-        "the reply took {took:?}: its first transmission was dropped"
-    );
-    let events = agent.wait_events(1, Duration::from_millis(500));
-    assert!(
-        events.iter().all(|e| e["src"] != "192.0.2.2:2049"),
-        "{events:?}"
-    );
-    let _ = server.join();
+    idle.storage_speaks(&agent);
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -283,12 +309,6 @@ fn idle_connection_where_storage_speaks_first() {
 /// the node's sockets lets the peer's next packet in (and puts the flow in the table).
 #[test]
 fn a_connection_to_an_address_that_becomes_storage_keeps_flowing() {
-    use std::{
-        io::{Read, Write},
-        net::{TcpListener, TcpStream},
-        sync::mpsc,
-        time::Instant,
-    };
     if !require_root("a_connection_to_an_address_that_becomes_storage_keeps_flowing") {
         return;
     }
@@ -308,35 +328,10 @@ fn a_connection_to_an_address_that_becomes_storage_keeps_flowing() {
     let _node_server = Echo::start(&pair.node, &[sa("0.0.0.0:40000")]);
     let mut agent = Agent::run(&pair, &dir.config_path(), &["--watch-interval", "1h"]);
     let st = &pair.storage;
-    // 192.0.2.2 is not Trident's yet: it may open connections to the node.
+    // 192.0.2.2 is not Trident's yet: it may open connections to the node, and the node's
+    // connection to it passes untouched.
     tcp_echo_from(st, ip("192.0.2.2"), sa("192.0.2.1:40000"), T).unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let server = pair.storage.run(move || {
-        let l = TcpListener::bind("192.0.2.2:2049").unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut c, _) = l.accept().unwrap();
-        go_rx.recv().unwrap();
-        c.write_all(b"reply").unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-    });
-    ready_rx.recv().unwrap();
-    let (conn_tx, conn_rx) = mpsc::channel();
-    let (read_tx, read_rx) = mpsc::channel::<()>();
-    let client = pair.node.run(move || {
-        let mut c = TcpStream::connect("192.0.2.2:2049").unwrap();
-        conn_tx.send(()).unwrap();
-        read_rx.recv().unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        let start = Instant::now();
-        let mut buf = [0u8; 5];
-        let r = c.read_exact(&mut buf).map(|()| start.elapsed());
-        r.map_err(|e| e.to_string())
-    });
-    conn_rx.recv().unwrap();
-    // Let the handshake's last ACK leave: the connection is idle when the address turns storage.
-    std::thread::sleep(Duration::from_millis(200));
+    let idle = IdleConnection::open(&pair);
     dir.write_backend("nas.yaml", &backend("192.0.2.2"));
     // SAFETY: kill(2) on a child this test started; no memory is involved.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
@@ -344,18 +339,7 @@ fn a_connection_to_an_address_that_becomes_storage_keeps_flowing() {
     // Now it is storage: it may not open connections to the node ...
     tcp_echo_from(st, ip("192.0.2.2"), sa("192.0.2.1:40000"), T).unwrap_err();
     // ... but the connection the node opened before is the node's.
-    read_tx.send(()).unwrap();
-    go_tx.send(()).unwrap();
-    let took = client.join().unwrap().expect("the reply arrived");
-    assert!(
-        took < Duration::from_millis(150),
-        "the reply took {took:?}: its first transmission was dropped"
-    );
-    let events = agent.wait_events(1, Duration::from_millis(500));
-    assert!(
-        events.iter().all(|e| e["src"] != "192.0.2.2:2049"),
-        "{events:?}"
-    );
+    idle.storage_speaks(&agent);
     let m = metrics::scrape(&pair.node);
     assert_eq!(
         metrics::metric(
@@ -365,7 +349,6 @@ fn a_connection_to_an_address_that_becomes_storage_keeps_flowing() {
         Some(1),
         "{m}"
     );
-    let _ = server.join();
     agent.stop(libc::SIGTERM);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -76,6 +76,11 @@ const VM: &[Peer] = &[
     peer("qemu-system-x86_64", "qemu-system-x86", "the test VM"),
     peer("/bin/busybox", "busybox-static", "the guest's userland"),
     peer("cpio", "cpio", "the guest's initramfs"),
+    peer(
+        "strip",
+        "binutils",
+        "the guest's test binaries without their debug information",
+    ),
     peer("xz", "xz-utils", "unpacking Debian kernel packages"),
     peer("zstd", "zstd", "unpacking Debian kernel packages"),
     peer(

@@ -20,7 +20,13 @@ use initramfs::{Guest, initramfs};
 use kernels::{fetch, kernel, vmlinuz};
 
 /// Test binaries run in the guest, and what each needs.
-const SUITES: &[&str] = &["packets", "egress", "ingress", "kernel_clients"];
+const SUITES: &[&str] = &[
+    "packets",
+    "node_sockets",
+    "egress",
+    "ingress",
+    "kernel_clients",
+];
 
 fn vm_dir() -> PathBuf {
     workspace_root().join("target/vm")
