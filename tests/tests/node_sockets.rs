@@ -1,7 +1,8 @@
 //! Packets from storage on a connection of the node's that the connection table does not know:
 //! evicted by the table's LRU, forgotten while a policy did not allow it, or opened before the
 //! peer was storage. The datapath asks the node's socket tables before it calls such a packet
-//! unsolicited (`trident-ports-ebpf/src/sockets.rs`). In the kernel, with real sockets in a
+//! unsolicited (`trident-ports-ebpf/src/sockets.rs`), and keeps busy flows in the table
+//! although the per-CPU cache answers their packets (`verdict::keep_in_table`). In the kernel, with real sockets in a
 //! node namespace and frames run through the programs with BPF_PROG_TEST_RUN, whose packets
 //! belong to the namespace of the thread that runs them.
 use std::{
@@ -365,4 +366,89 @@ fn connections_evicted_from_a_full_table_stay_open() {
         }
     });
     drop(s);
+}
+
+/// A flow whose packets the per-CPU recent-flow cache answers is touched in the connection table
+/// every `TOUCH_EVERY` answers, so that a full table evicts idle flows before it. This one has
+/// no socket of the node's (a pod's, routed through the node): nothing else would bring it back.
+#[test]
+fn busy_flows_stay_in_a_full_table() {
+    if !require_root("busy_flows_stay_in_a_full_table") {
+        return;
+    }
+    let pair = pair();
+    pair.node.within(|| {
+        let mut node = Node::load(&policy(true));
+        let e = programs::TC_EGRESS;
+        let i = programs::TC_INGRESS;
+        let out = |sport: u16| {
+            v4(ipv4(
+                "192.0.2.1",
+                "192.0.2.2",
+                TCP,
+                0,
+                &tcp(sport, 2049, ACK),
+            ))
+        };
+        let (busy, ghost) = (50_000, 50_001);
+        node.check("the busy flow", e, &out(busy), TC_PASS, counter::ALLOWED);
+        let reply = from_storage_v4(2049, busy, TCP);
+        node.check("its reply", i, &reply, TC_PASS, counter::CONNTRACK_HIT);
+        node.check(
+            "a flow that goes idle",
+            e,
+            &out(ghost),
+            TC_PASS,
+            counter::ALLOWED,
+        );
+        let mut sport = 0u16;
+        let mut filled = 0;
+        while filled < limits::FLOWS + limits::FLOWS / 4 {
+            // New flows, each with a reply that the table answers, as a real flow's first
+            // reply is: the LRU sees them used once. Past the cache, which would otherwise push
+            // the busy flow out of its set and back to the table on its own.
+            node.dp.set_recent_flows(false).unwrap();
+            for _ in 0..2_048 {
+                sport += 1;
+                if sport == busy || sport == ghost {
+                    sport += 2;
+                }
+                let v4_flow = (out(sport), from_storage_v4(2049, sport, TCP));
+                let (a, b) = ("2001:db8::1", "2001:db8::2");
+                let v6_flow = (
+                    v6(ipv6(a, b, TCP, &tcp(sport, 2049, SYN))),
+                    v6(ipv6(b, a, TCP, &tcp(2049, sport, ACK))),
+                );
+                for (request, reply) in [v4_flow, v6_flow] {
+                    assert_eq!(run(&mut node.dp, e, &request), TC_PASS);
+                    assert_eq!(run(&mut node.dp, i, &reply), TC_PASS);
+                    filled += 1;
+                }
+            }
+            // The busy flow's replies, every one answered by the cache.
+            node.dp.set_recent_flows(true).unwrap();
+            let before = node.dp.counter(DIR_INGRESS, counter::RECENT_HIT).unwrap();
+            for _ in 0..256 {
+                assert_eq!(run(&mut node.dp, i, &reply), TC_PASS);
+            }
+            let hits = node.dp.counter(DIR_INGRESS, counter::RECENT_HIT).unwrap() - before;
+            assert_eq!(hits, 256, "the cache answered the busy flow");
+        }
+        node.dp.set_recent_flows(false).unwrap();
+        let ghost_reply = from_storage_v4(2049, ghost, TCP);
+        node.check(
+            "the idle flow, evicted",
+            i,
+            &ghost_reply,
+            TC_DROP,
+            counter::DENIED,
+        );
+        node.check(
+            "the busy flow, kept",
+            i,
+            &reply,
+            TC_PASS,
+            counter::CONNTRACK_HIT,
+        );
+    });
 }

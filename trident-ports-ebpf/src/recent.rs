@@ -16,15 +16,21 @@ pub(crate) static RECENT: PerCpuArray<RecentSet> =
 /// Sets of recent flows per CPU and direction (a power of two).
 pub(crate) const RECENT_SETS: u32 = 128;
 
-/// A flow as `parse::flow_words` gives it, and the policy sequence it was allowed under. A
-/// zeroed entry matches no packet: the last word of a flow carries its protocol.
+/// A flow as `parse::flow_words` gives it, the policy sequence it was allowed under, and how
+/// many packets this entry answered. A zeroed entry matches no packet: the last word of a flow
+/// carries its protocol.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct LastFlow {
     pub words: [u64; 5],
     pub seq: u32,
-    pub _pad: u32,
+    pub hits: u32,
 }
+
+/// Every this many answers (a power of two), an entry's answer also touches the flow in the
+/// connection table (see `verdict::keep_in_table`). The cache keeps a busy flow's packets away
+/// from the table, whose LRU would otherwise take it for the least used and evict it first.
+pub(crate) const TOUCH_EVERY: u32 = 256;
 
 /// One set: `ways[0]` is the flow inserted last, `ways[1]` the one before it.
 #[repr(C)]
@@ -56,25 +62,41 @@ pub(crate) fn index(dir: u8, hash: u32, slots: u32) -> u32 {
     (dir as u32 & 1) * slots + (hash & (slots - 1))
 }
 
-/// True when `set` holds this flow, allowed under the running policy `seq`: the connection
-/// table would say the same.
+/// The way of `set` that holds this flow, allowed under the running policy `seq` (the
+/// connection table would say the same), or `None`.
 #[inline(always)]
-pub(crate) fn holds(set: *mut RecentSet, seq: u32, words: &[u64; 5]) -> bool {
+pub(crate) fn holding(set: *mut RecentSet, seq: u32, words: &[u64; 5]) -> Option<*mut LastFlow> {
     // SAFETY: `set` points into this CPU's array slot, valid for the program run; programs do not
     // nest on one CPU within one direction, so nothing writes it meanwhile.
-    let ways = unsafe { &(*set).ways };
-    same_flow(&ways[0], seq, words) || same_flow(&ways[1], seq, words)
+    let ways = unsafe { &mut (*set).ways };
+    if same_flow(&ways[0], seq, words) {
+        Some(&raw mut ways[0])
+    } else if same_flow(&ways[1], seq, words) {
+        Some(&raw mut ways[1])
+    } else {
+        None
+    }
+}
+
+/// Counts an answer of `way`; true every `TOUCH_EVERY` answers.
+#[inline(always)]
+pub(crate) fn answered(way: *mut LastFlow) -> bool {
+    // SAFETY: as in `holding`.
+    let hits = unsafe { &mut (*way).hits };
+    *hits = hits.wrapping_add(1);
+    *hits & (TOUCH_EVERY - 1) == 0
 }
 
 /// Makes this flow the set's newest way; the older of the two ways leaves.
 #[inline(always)]
 pub(crate) fn remember(set: *mut RecentSet, seq: u32, words: [u64; 5]) {
-    // SAFETY: as in `holds`.
+    // SAFETY: as in `holding`.
     unsafe {
         (*set).ways[1] = (*set).ways[0];
         let way = &mut (*set).ways[0];
         copy_words(&mut way.words, &words);
         way.seq = seq;
+        way.hits = 0;
     }
 }
 

@@ -4,8 +4,8 @@ use trident_ports_common::{
     Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
     OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, OPTION_NO_RECENT_PASSES, OPTION_UPDATING,
     PEER_KEY_HEADER_BITS, PEER_PROTECTED, PROTO_TCP, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS,
-    RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, reason, table_peer_prefixes,
-    table_ranges,
+    RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, flow_word, reason,
+    table_peer_prefixes, table_ranges,
 };
 
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
         count_all,
     },
     packet::Packet,
-    parse::{Parsed, common, flow_words, kind, parse},
+    parse::{Parsed, addresses, common, flow_words, kind, parse, ports},
     passing, recent, slots, sockets,
 };
 
@@ -52,8 +52,11 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         None
     };
     if let Some(set) = recent
-        && recent::holds(set, cfg.seq, &words)
+        && let Some(way) = recent::holding(set, cfg.seq, &words)
     {
+        if recent::answered(way) {
+            keep_in_table(&cfg, dir, &words);
+        }
         count(dir, counter::RECENT_HIT);
         return Action::Pass;
     }
@@ -284,6 +287,28 @@ fn judge_ports<P: Packet>(
         return Judgement::Denied(reason::SOURCE_NOT_ALLOWED);
     }
     Judgement::Untouched(counter::PASSED)
+}
+
+/// Touches a flow the recent-flow cache answers for in the connection table, so that its LRU sees
+/// it used, or puts it back if the LRU evicted it: the cache holds the flow under the running
+/// sequence only if the table held it so (or a rule allowed it) when it was cached. Without it,
+/// a full table evicts the node's busiest flows first, since their packets never reach it; a
+/// connection of the node's own comes back through its socket (`sockets`), one routed through
+/// the node from a pod would not.
+#[inline(always)]
+fn keep_in_table(cfg: &Config, dir: u8, words: &[u64; 5]) {
+    let (src, dst) = addresses(words);
+    let (sport, dport) = ports(words[4]);
+    let proto = flow_word::proto(words[4]);
+    let flow = if dir == DIR_EGRESS {
+        flow_key(&src, &dst, sport, dport, proto)
+    } else {
+        flow_key(&dst, &src, dport, sport, proto)
+    };
+    // SAFETY: only the presence of the value is read; the lookup marks the entry used.
+    if unsafe { FLOWS.get(flow) }.is_none() {
+        learn(cfg, &flow);
+    }
 }
 
 /// The TCP header's ACK flag.
