@@ -110,6 +110,21 @@ pub fn run(dp: &mut trident_ports_agent::datapath::Datapath, prog: &str, frame: 
         Program::Xdp(p) => Xdp::test_run(p, opts),
         _ => unreachable!("the object has TC and XDP programs only"),
     }
-    .unwrap_or_else(|e| panic!("test run of {prog} with {} bytes: {e}", frame.len()))
+    .unwrap_or_else(|e| {
+        panic!(
+            "test run of {prog} with {} bytes ({}): {e:?}",
+            frame.len(),
+            hex(frame)
+        )
+    })
     .return_value
+}
+
+/// A frame in hex, to paste into a regression test.
+pub fn hex(frame: &[u8]) -> String {
+    use std::fmt::Write as _;
+    frame.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

@@ -8,9 +8,6 @@ pub mod generate;
 pub mod model;
 pub mod spec;
 
-use std::fmt::Write as _;
-
-use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use trident_ports_agent::{datapath::Datapath, events::decode, policy::Policy};
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs, reason};
 
@@ -19,6 +16,7 @@ use self::{
     model::{Model, Verdict},
     spec::{Prog, Spec, build},
 };
+use crate::packet::hex;
 
 const TC_PASS: u32 = u32::MAX; // TC_ACT_UNSPEC
 const TC_SHOT: u32 = 2;
@@ -94,30 +92,7 @@ fn run_on(dp: &mut Datapath, prog: Prog, frame: &[u8]) -> u32 {
         Prog::TcIngress => programs::TC_INGRESS,
         Prog::XdpIngress => programs::XDP_INGRESS,
     };
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..Default::default()
-    };
-    match dp.program_mut(name).expect("program") {
-        Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
-        Program::Xdp(p) => Xdp::test_run(p, opts),
-        _ => unreachable!("the object has TC and XDP programs only"),
-    }
-    .unwrap_or_else(|e| {
-        panic!(
-            "test run of {name} with {} bytes ({}): {e:?}",
-            frame.len(),
-            hex(frame)
-        )
-    })
-    .return_value
-}
-
-fn hex(frame: &[u8]) -> String {
-    frame.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::packet::run(dp, name, frame)
 }
 
 /// Runs `cases` packets from `seed`. Stops at the first disagreement.
