@@ -162,8 +162,11 @@ impl Lab {
         let mut f = std::fs::File::create(self.dir.join("lun.img")).unwrap();
         std::io::Write::write_all(&mut f, LUN_LABEL).unwrap();
         f.set_len(16 << 20).unwrap();
+        // tgtd takes a while to open its control socket under an emulated guest: a fixed half
+        // second was once too short there ("failed to send request hdr to tgt daemon").
         let script = format!(
-            "tgtd -f & sleep 0.5; \
+            "tgtd -f & \
+             for i in $(seq 100); do tgtadm --lld iscsi --op show --mode sys >/dev/null 2>&1 && break; sleep 0.1; done; \
              tgtadm --lld iscsi --op new --mode target --tid 1 -T {TARGET} && \
              tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b {d}/lun.img && \
              tgtadm --lld iscsi --op new --mode account --user {CHAP_USER} --password {CHAP_SECRET} && \
