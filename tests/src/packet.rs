@@ -128,3 +128,20 @@ pub fn hex(frame: &[u8]) -> String {
         s
     })
 }
+
+/// TC_ACT_UNSPEC (-1): the next program, or the default action.
+pub const TC_PASS: u32 = u32::MAX;
+/// TC_ACT_SHOT.
+pub const TC_DROP: u32 = 2;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The ingress programs this kernel runs, each with its drop and pass return values.
+pub fn ingress_programs() -> Vec<(&'static str, u32, u32)> {
+    use trident_ports_common::programs;
+    let mut out = vec![(programs::TC_INGRESS, TC_DROP, TC_PASS)];
+    if crate::kernel() >= crate::XDP_KERNEL {
+        out.push((programs::XDP_INGRESS, XDP_DROP, XDP_PASS));
+    }
+    out
+}

@@ -22,11 +22,6 @@ use trident_ports_tests::{
     require_root,
 };
 
-const TC_PASS: u32 = u32::MAX;
-const TC_DROP: u32 = 2;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
 fn entry(direction: Direction, peer: &str, port: u16, proto: Proto) -> Entry {
     Entry {
         direction,
@@ -147,15 +142,6 @@ impl Node {
         let after = self.dp.counters().unwrap().get(dir, ctr);
         assert_eq!(after - before, 1, "{what}: counter {ctr}");
     }
-}
-
-/// The ingress programs this kernel runs, each with its drop and pass return values.
-fn ingress_programs() -> Vec<(&'static str, u32, u32)> {
-    let mut out = vec![(programs::TC_INGRESS, TC_DROP, TC_PASS)];
-    if kernel() >= XDP_KERNEL {
-        out.push((programs::XDP_INGRESS, XDP_DROP, XDP_PASS));
-    }
-    out
 }
 
 fn from_storage_v4(sport: u16, dport: u16, proto: u8) -> Vec<u8> {

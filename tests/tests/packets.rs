@@ -8,11 +8,6 @@ use trident_ports_agent::{
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs, reason};
 use trident_ports_tests::{OnCpu0, XDP_KERNEL, kernel, kernel_has, packet::*, require_root};
 
-const TC_PASS: u32 = u32::MAX; // TC_ACT_UNSPEC (-1): next program / default action
-const TC_DROP: u32 = 2; // TC_ACT_SHOT
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
 fn entry(direction: Direction, peer: &str, from: u16, to: u16, proto: Proto) -> Entry {
     Entry {
         direction,
@@ -144,15 +139,6 @@ impl Lab {
             "{what}: events"
         );
     }
-}
-
-/// The ingress programs this kernel runs, each with its drop and pass return values.
-fn ingress_programs() -> Vec<(&'static str, u32, u32)> {
-    let mut out = vec![(programs::TC_INGRESS, TC_DROP, TC_PASS)];
-    if kernel() >= XDP_KERNEL {
-        out.push((programs::XDP_INGRESS, XDP_DROP, XDP_PASS));
-    }
-    out
 }
 
 fn egress_syn(dst: &str, dport: u16) -> Vec<u8> {
