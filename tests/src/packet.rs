@@ -145,3 +145,56 @@ pub fn ingress_programs() -> Vec<(&'static str, u32, u32)> {
     }
     out
 }
+
+/// A policy entry to `peer` (a CIDR) on ports `from..=to`, for tests.
+pub fn entry(
+    direction: trident_ports_agent::policy::Direction,
+    peer: &str,
+    from: u16,
+    to: u16,
+    proto: trident_ports_agent::policy::Proto,
+) -> trident_ports_agent::policy::Entry {
+    trident_ports_agent::policy::Entry {
+        direction,
+        peer: peer.parse().unwrap(),
+        ports: trident_ports_agent::policy::PortRange { from, to },
+        proto,
+        purpose: "test".into(),
+        backend: None,
+        source: "test".into(),
+    }
+}
+
+/// The datapath's programs, loaded (not attached) with a policy, for frames run through them in
+/// the network namespace of the calling thread: the one whose sockets they may ask.
+pub struct Programs {
+    pub dp: trident_ports_agent::datapath::Datapath,
+    _cpu: crate::OnCpu0,
+}
+
+impl Programs {
+    pub fn load(p: &trident_ports_agent::policy::Policy) -> Self {
+        // The recent-flow cache is per CPU: one CPU keeps which path answers predictable.
+        let cpu = crate::OnCpu0::pin();
+        let mut dp = trident_ports_agent::datapath::Datapath::load().expect("load");
+        if crate::kernel() >= crate::XDP_KERNEL {
+            dp.load_xdp().expect("load the XDP program");
+        }
+        dp.apply(p, 0).expect("apply");
+        Programs { dp, _cpu: cpu }
+    }
+
+    /// Runs `frame` through `prog` and checks its return code and that `ctr` moved by one.
+    pub fn check(&mut self, what: &str, prog: &str, frame: &[u8], verdict: u32, ctr: u32) {
+        use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, programs};
+        let dir = if prog == programs::TC_EGRESS {
+            DIR_EGRESS
+        } else {
+            DIR_INGRESS
+        };
+        let before = self.dp.counters().unwrap().get(dir, ctr);
+        assert_eq!(run(&mut self.dp, prog, frame), verdict, "{what}: verdict");
+        let after = self.dp.counters().unwrap().get(dir, ctr);
+        assert_eq!(after - before, 1, "{what}: counter {ctr}");
+    }
+}

@@ -7,6 +7,7 @@
 //! on, so they run only inside the throwaway test VM (`cargo xtask test --vm KERNEL`), which
 //! packs the servers, the clients and the kernel modules; elsewhere they skip and say so.
 use std::{
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -576,4 +577,120 @@ fn a_live_iscsi_session_keeps_its_portal_until_it_logs_out() {
     .expect_err("discovery under the NFS-only policy");
     drop(iscsid);
     a.stop(libc::SIGTERM);
+}
+
+/// The node's IPv4 TCP sockets, kernel sockets included, from /proc/net/tcp: (local, remote,
+/// state) with state 1 for ESTABLISHED.
+fn tcp_sockets() -> Vec<((Ipv4Addr, u16), (Ipv4Addr, u16), u8)> {
+    // "sl local_address rem_address st ...": addresses as the kernel's u32 in this machine's
+    // byte order, ports and state in hex.
+    let endpoint = |s: &str| -> Option<(Ipv4Addr, u16)> {
+        let (ip, port) = s.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        Some((
+            Ipv4Addr::from(ip.to_ne_bytes()),
+            u16::from_str_radix(port, 16).ok()?,
+        ))
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some((
+                endpoint(f.get(1)?)?,
+                endpoint(f.get(2)?)?,
+                u8::from_str_radix(f.get(3)?, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The local end of the node's established connection to `server`:`port`.
+fn connection_to(server: Ipv4Addr, port: u16) -> Option<(Ipv4Addr, u16)> {
+    tcp_sockets()
+        .into_iter()
+        .find(|(_, remote, state)| *remote == (server, port) && *state == 1)
+        .map(|(local, _, _)| local)
+}
+
+/// The safety net under the connection table (`trident-ports-ebpf/src/sockets.rs`) holds for the
+/// clients whose loss is the worst failure: a packet from storage on the kernel NFS client's
+/// connection, or on iscsi_tcp's, that the table does not know (evicted by its LRU, or opened
+/// before the address was storage) is let in because the node's socket tables have the
+/// connection, and the table learns it again. These are kernel sockets, in the TCP tables as a
+/// process's are; a port with no connection stays unsolicited. Frames are run through the
+/// programs with BPF_PROG_TEST_RUN in the node's (root) namespace, on a datapath that never
+/// saw the connections.
+#[test]
+fn the_kernel_clients_connections_are_found_in_the_nodes_socket_tables() {
+    if !in_test_vm("the_kernel_clients_connections_are_found_in_the_nodes_socket_tables") {
+        return;
+    }
+    use trident_ports_agent::policy::{Direction, Mode, Policy, Proto};
+    use trident_ports_common::counter;
+    use trident_ports_tests::packet::*;
+
+    let lab = start_lab();
+    let mount = NfsMount::new(&lab, "192.0.2.2:/export", "vers=4.1").expect("NFSv4.1 mount");
+    assert!(mount.path("hello.txt").exists());
+    let iscsid = Iscsid::start();
+    let disk = iscsi_login("192.0.2.2:3260").expect("iSCSI login with CHAP");
+    assert_eq!(read_head(&disk, LUN_LABEL.len()), LUN_LABEL);
+    let storage = Ipv4Addr::new(192, 0, 2, 2);
+    let (node, nfs) = connection_to(storage, 2049).expect("the NFS client's connection");
+    let (node_iscsi, iscsi) = connection_to(storage, 3260).expect("iscsi_tcp's connection");
+    assert_eq!(node, node_iscsi);
+    eprintln!("kernel connections: NFS from port {nfs}, iSCSI from port {iscsi}");
+    let policy = Policy {
+        role: "worker".into(),
+        mode: Mode::Enforce,
+        entries: vec![
+            entry(Direction::Egress, "192.0.2.2/32", 2049, 2049, Proto::Tcp),
+            entry(Direction::Egress, "192.0.2.2/32", 3260, 3260, Proto::Tcp),
+        ],
+        ..Policy::default()
+    };
+    let node = node.to_string();
+    let from_storage =
+        |sport: u16, dport: u16| v4(ipv4("192.0.2.2", &node, TCP, 0, &tcp(sport, dport, ACK)));
+    // A local port no socket uses.
+    let sockets = tcp_sockets();
+    let unused = (40_000..u16::MAX)
+        .find(|p| sockets.iter().all(|(local, _, _)| local.1 != *p))
+        .unwrap();
+    for (prog, drop, pass) in ingress_programs() {
+        let mut p = Programs::load(&policy);
+        // The recent-flow cache would answer the repeats: the table's answer is wanted.
+        p.dp.set_recent_flows(false).unwrap();
+        for (what, frame) in [
+            ("the NFS client's connection", from_storage(2049, nfs)),
+            ("iscsi_tcp's connection", from_storage(3260, iscsi)),
+        ] {
+            p.check(
+                &format!("{prog}: {what}"),
+                prog,
+                &frame,
+                pass,
+                counter::NODE_SOCKET,
+            );
+            let again = format!("{prog}: {what}, then in the table");
+            p.check(&again, prog, &frame, pass, counter::CONNTRACK_HIT);
+        }
+        let stray = from_storage(2049, unused);
+        p.check(
+            &format!("{prog}: port {unused}"),
+            prog,
+            &stray,
+            drop,
+            counter::DENIED,
+        );
+    }
+    // The connections were real and stay usable: the test only ran frames past the programs.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert_eq!(read_head(&disk, LUN_LABEL.len()), LUN_LABEL);
+    assert!(mount.path("hello.txt").exists());
+    iscsiadm(&["-m", "node", "--logoutall=all"]).expect("iSCSI logout");
+    drop((iscsid, mount));
 }

@@ -10,42 +10,29 @@ use std::{
     time::Duration,
 };
 
-use trident_ports_agent::{
-    datapath::Datapath,
-    policy::{Direction, Entry, Mode, Policy, PortRange, Proto},
-};
-use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, limits, programs};
+use trident_ports_agent::policy::{Direction, Mode, Policy, Proto};
+use trident_ports_common::{DIR_INGRESS, counter, limits, programs};
 use trident_ports_tests::{
-    OnCpu0, XDP_KERNEL, kernel,
     netns::{Addrs, Pair},
     packet::*,
     require_root,
 };
 
-fn entry(direction: Direction, peer: &str, port: u16, proto: Proto) -> Entry {
-    Entry {
-        direction,
-        peer: peer.parse().unwrap(),
-        ports: PortRange {
-            from: port,
-            to: port,
-        },
-        proto,
-        purpose: "test".into(),
-        backend: None,
-        source: "test".into(),
-    }
-}
-
 /// Storage 192.0.2.2 and 2001:db8::2: NFS over TCP, rpcbind over UDP. Not 3260.
 fn policy(nfs: bool) -> Policy {
     let mut entries = vec![
-        entry(Direction::Egress, "192.0.2.2/32", 111, Proto::Udp),
-        entry(Direction::Egress, "192.0.2.2/32", 443, Proto::Tcp),
-        entry(Direction::Egress, "2001:db8::2/128", 2049, Proto::Tcp),
+        entry(Direction::Egress, "192.0.2.2/32", 111, 111, Proto::Udp),
+        entry(Direction::Egress, "192.0.2.2/32", 443, 443, Proto::Tcp),
+        entry(Direction::Egress, "2001:db8::2/128", 2049, 2049, Proto::Tcp),
     ];
     if nfs {
-        entries.push(entry(Direction::Egress, "192.0.2.2/32", 2049, Proto::Tcp));
+        entries.push(entry(
+            Direction::Egress,
+            "192.0.2.2/32",
+            2049,
+            2049,
+            Proto::Tcp,
+        ));
     }
     Policy {
         role: "worker".into(),
@@ -112,38 +99,6 @@ impl Sockets {
     }
 }
 
-/// The node's datapath, loaded (not attached) in the node namespace by the calling thread.
-struct Node {
-    dp: Datapath,
-    _cpu: OnCpu0,
-}
-
-impl Node {
-    fn load(p: &Policy) -> Self {
-        // The recent-flow cache is per CPU: one CPU keeps which path answers predictable.
-        let cpu = OnCpu0::pin();
-        let mut dp = Datapath::load().expect("load");
-        if kernel() >= XDP_KERNEL {
-            dp.load_xdp().expect("load the XDP program");
-        }
-        dp.apply(p, 0).expect("apply");
-        Node { dp, _cpu: cpu }
-    }
-
-    /// Runs `frame` through `prog` and checks its return code and that `ctr` moved by one.
-    fn check(&mut self, what: &str, prog: &str, frame: &[u8], verdict: u32, ctr: u32) {
-        let dir = if prog == programs::TC_EGRESS {
-            DIR_EGRESS
-        } else {
-            DIR_INGRESS
-        };
-        let before = self.dp.counters().unwrap().get(dir, ctr);
-        assert_eq!(run(&mut self.dp, prog, frame), verdict, "{what}: verdict");
-        let after = self.dp.counters().unwrap().get(dir, ctr);
-        assert_eq!(after - before, 1, "{what}: counter {ctr}");
-    }
-}
-
 fn from_storage_v4(sport: u16, dport: u16, proto: u8) -> Vec<u8> {
     let l4 = if proto == TCP {
         tcp(sport, dport, ACK)
@@ -175,7 +130,7 @@ fn the_nodes_own_connections_are_let_in_and_nothing_else() {
         let unconnected = UdpSocket::bind("192.0.2.1:40001").unwrap();
         // Each program on its own datapath: the first packet of a flow is the one that asks.
         for (prog, drop, pass) in ingress_programs() {
-            let mut node = Node::load(&policy(true));
+            let mut node = Programs::load(&policy(true));
             // The recent-flow cache would answer the repeats: the table's answer is wanted.
             node.dp.set_recent_flows(false).unwrap();
             let mut check = |what: &str, frame: &[u8], verdict, ctr| {
@@ -253,7 +208,7 @@ fn a_connection_forgotten_by_a_policy_comes_back_with_it() {
     let nfs = s.tcp_port(0);
     pair.node.within(|| {
         for (prog, drop, pass) in ingress_programs() {
-            let mut node = Node::load(&policy(true));
+            let mut node = Programs::load(&policy(true));
             let request = v4(ipv4("192.0.2.1", "192.0.2.2", TCP, 0, &tcp(nfs, 2049, ACK)));
             let e = programs::TC_EGRESS;
             node.check("the node sends", e, &request, TC_PASS, counter::ALLOWED);
@@ -291,7 +246,7 @@ fn connections_evicted_from_a_full_table_stay_open() {
     let s = Sockets::open(&pair, &["192.0.2.2:2049"], &[]);
     let nfs = s.tcp_port(0);
     pair.node.within(|| {
-        let mut node = Node::load(&policy(true));
+        let mut node = Programs::load(&policy(true));
         let e = programs::TC_EGRESS;
         let out =
             |sport: u16, dst: &str| v4(ipv4("192.0.2.1", dst, TCP, 0, &tcp(sport, 2049, SYN)));
@@ -364,7 +319,7 @@ fn busy_flows_stay_in_a_full_table() {
     }
     let pair = pair();
     pair.node.within(|| {
-        let mut node = Node::load(&policy(true));
+        let mut node = Programs::load(&policy(true));
         let e = programs::TC_EGRESS;
         let i = programs::TC_INGRESS;
         let out = |sport: u16| {

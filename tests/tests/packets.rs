@@ -3,22 +3,10 @@
 use trident_ports_agent::{
     datapath::Datapath,
     events::decode,
-    policy::{Direction, Entry, Guard, Mode, Policy, PortRange, Proto},
+    policy::{Direction, Guard, Mode, Policy, Proto},
 };
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs, reason};
 use trident_ports_tests::{OnCpu0, XDP_KERNEL, kernel, kernel_has, packet::*, require_root};
-
-fn entry(direction: Direction, peer: &str, from: u16, to: u16, proto: Proto) -> Entry {
-    Entry {
-        direction,
-        peer: peer.parse().unwrap(),
-        ports: PortRange { from, to },
-        proto,
-        purpose: "test".into(),
-        backend: None,
-        source: "test".into(),
-    }
-}
 
 /// Storage 192.0.2.2 and 2001:db8::2 (NFS, HTTPS, NFSv3 callbacks), an iSCSI subnet
 /// 198.51.100.0/24, a port range on 192.0.2.5, the cluster 203.0.113.0/24 for node port 8000,

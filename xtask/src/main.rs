@@ -54,9 +54,11 @@ enum Cmd {
     Bench {
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: packet, traffic, throughput, events, cpu; or `soak` and `flood`, which run on
-        /// their own (the storage lab's clients, iperf3, reloads, mode switches and kill -9
-        /// through a pinned agent; a flood of distinct denied flows).
+        /// Only these parts: packet, traffic, throughput, events, cpu, cluster; `floor` (only when
+        /// named: the connection table's floors alone, long enough for `perf record -C 0`); or
+        /// `soak` and `flood`, which run on their own (the storage lab's clients, iperf3,
+        /// reloads, mode switches and kill -9 through a pinned agent; a flood of distinct denied
+        /// flows).
         parts: Vec<String>,
         /// soak: minutes.
         #[arg(long, default_value_t = 10.0)]
