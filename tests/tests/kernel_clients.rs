@@ -579,12 +579,15 @@ fn a_live_iscsi_session_keeps_its_portal_until_it_logs_out() {
     a.stop(libc::SIGTERM);
 }
 
+/// An IPv4 address and port.
+type Endpoint = (Ipv4Addr, u16);
+
 /// The node's IPv4 TCP sockets, kernel sockets included, from /proc/net/tcp: (local, remote,
 /// state) with state 1 for ESTABLISHED.
-fn tcp_sockets() -> Vec<((Ipv4Addr, u16), (Ipv4Addr, u16), u8)> {
+fn tcp_sockets() -> Vec<(Endpoint, Endpoint, u8)> {
     // "sl local_address rem_address st ...": addresses as the kernel's u32 in this machine's
     // byte order, ports and state in hex.
-    let endpoint = |s: &str| -> Option<(Ipv4Addr, u16)> {
+    let endpoint = |s: &str| -> Option<Endpoint> {
         let (ip, port) = s.split_once(':')?;
         let ip = u32::from_str_radix(ip, 16).ok()?;
         Some((
@@ -608,7 +611,7 @@ fn tcp_sockets() -> Vec<((Ipv4Addr, u16), (Ipv4Addr, u16), u8)> {
 }
 
 /// The local end of the node's established connection to `server`:`port`.
-fn connection_to(server: Ipv4Addr, port: u16) -> Option<(Ipv4Addr, u16)> {
+fn connection_to(server: Ipv4Addr, port: u16) -> Option<Endpoint> {
     tcp_sockets()
         .into_iter()
         .find(|(_, remote, state)| *remote == (server, port) && *state == 1)
