@@ -195,6 +195,90 @@ fn the_nodes_own_connections_are_let_in_and_nothing_else() {
     });
 }
 
+/// An ICMP error from storage about a connection of the node's that the table does not know
+/// goes where the connection's own packets would (the socket tables are asked for the flow the
+/// error quotes); one about a port the node has no connection on, or about a connection the
+/// rules do not allow, is still unrelated.
+#[test]
+fn icmp_errors_about_the_nodes_own_connections_are_let_in() {
+    if !require_root("icmp_errors_about_the_nodes_own_connections_are_let_in") {
+        return;
+    }
+    let pair = pair();
+    let s = Sockets::open(
+        &pair,
+        &["192.0.2.2:2049", "[2001:db8::2]:2049", "192.0.2.2:3260"],
+        &["192.0.2.2:111"],
+    );
+    let (nfs, nfs6, iscsi) = (s.tcp_port(0), s.tcp_port(1), s.tcp_port(2));
+    let rpcbind = s.udp_port(0);
+    // An error from storage quoting the node's packet to it.
+    let error4 = |ty, code, proto, sport, dport| {
+        let l4 = if proto == TCP {
+            tcp(sport, dport, ACK)
+        } else {
+            udp(sport, dport)
+        };
+        let quoted = ipv4("192.0.2.1", "192.0.2.2", proto, 0, &l4);
+        v4(ipv4(
+            "192.0.2.2",
+            "192.0.2.1",
+            ICMP,
+            0,
+            &icmp(ty, code, &quoted),
+        ))
+    };
+    pair.node.within(|| {
+        for (prog, drop, pass) in ingress_programs() {
+            let mut node = Programs::load(&policy(true));
+            node.dp.set_recent_flows(false).unwrap();
+            let mut check = |what: &str, frame: &[u8], verdict, ctr| {
+                node.check(&format!("{prog}: {what}"), prog, frame, verdict, ctr);
+            };
+            let unreachable = error4(3, 3, UDP, rpcbind, 111);
+            check(
+                "port unreachable for the node's rpcbind query",
+                &unreachable,
+                pass,
+                counter::NODE_SOCKET,
+            );
+            check(
+                "... then for a flow the table knows",
+                &unreachable,
+                pass,
+                counter::ALLOWED,
+            );
+            check(
+                "fragmentation needed on the node's NFS connection",
+                &error4(3, 4, TCP, nfs, 2049),
+                pass,
+                counter::NODE_SOCKET,
+            );
+            let quoted6 = ipv6("2001:db8::1", "2001:db8::2", TCP, &tcp(nfs6, 2049, ACK));
+            check(
+                "packet too big on the node's NFS connection over IPv6",
+                &v6(ipv6(
+                    "2001:db8::2",
+                    "2001:db8::1",
+                    ICMPV6,
+                    &icmp(2, 0, &quoted6),
+                )),
+                pass,
+                counter::NODE_SOCKET,
+            );
+            for (what, frame) in [
+                ("no socket on that port", error4(3, 4, TCP, nfs ^ 1, 2049)),
+                (
+                    "a connection the rules do not allow",
+                    error4(3, 4, TCP, iscsi, 3260),
+                ),
+            ] {
+                check(what, &frame, drop, counter::DENIED);
+            }
+        }
+    });
+}
+
 /// A policy that briefly does not allow NFS forgets the node's NFS connection (its next packet
 /// is judged again, and denied); when NFS is allowed again, storage's next packet is let in
 /// although the node has not sent since.

@@ -12,39 +12,39 @@ use aya_ebpf::{
     },
     helpers::generated::{bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
 };
-use trident_ports_common::{PROTO_TCP, PROTO_UDP};
+use trident_ports_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 
-use crate::{packet::Packet, parse::Parsed};
+use crate::packet::Packet;
 
-/// True when the network namespace of the packet's interface has a connected socket for this
-/// inbound packet: a TCP connection in any state but listening, or a connected UDP socket. A
-/// listener (also what a handshake in progress is found as) or an unconnected UDP socket does
-/// not count: storage may not open connections to the node.
+/// True when the network namespace of the packet's interface has a connected socket for `flow`
+/// (of address `family`), seen from the node: a TCP connection in any state but listening, or a
+/// connected UDP socket. A listener (also what a handshake in progress is found as) or an
+/// unconnected UDP socket does not count: storage may not open connections to the node.
 #[inline(always)]
-pub(crate) fn node_is_connected<P: Packet>(pkt: &P, parsed: &Parsed) -> bool {
-    if parsed.proto != PROTO_TCP && parsed.proto != PROTO_UDP {
+pub(crate) fn node_is_connected<P: Packet>(pkt: &P, family: u8, flow: &FlowKey) -> bool {
+    if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
         return false;
     }
-    // The tuple as the packet carries it: the peer is the source. One call per family, each
-    // with its own tuple: choosing between the two shapes of one union made LLVM spill a
-    // register in a way the verifier rejects.
-    let (sport, dport) = (parsed.sport.to_be(), parsed.dport.to_be());
-    let sk = if parsed.family == 4 {
+    // The tuple as an inbound packet of the flow carries it: the peer is the source. One call
+    // per family, each with its own tuple: choosing between the two shapes of one union made
+    // LLVM spill a register in a way the verifier rejects.
+    let (sport, dport) = (flow.remote_port.to_be(), flow.local_port.to_be());
+    let sk = if family == 4 {
         let mut t = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-            saddr: word(&parsed.src, 3),
-            daddr: word(&parsed.dst, 3),
+            saddr: word(&flow.remote, 3),
+            daddr: word(&flow.local, 3),
             sport,
             dport,
         };
-        lookup(pkt, parsed.proto, (&raw mut t).cast(), size_of_val(&t))
+        lookup(pkt, flow.proto, (&raw mut t).cast(), size_of_val(&t))
     } else {
         let mut t = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-            saddr: words(&parsed.src),
-            daddr: words(&parsed.dst),
+            saddr: words(&flow.remote),
+            daddr: words(&flow.local),
             sport,
             dport,
         };
-        lookup(pkt, parsed.proto, (&raw mut t).cast(), size_of_val(&t))
+        lookup(pkt, flow.proto, (&raw mut t).cast(), size_of_val(&t))
     };
     if sk.is_null() {
         return false;

@@ -219,10 +219,14 @@ fn judge<P: Packet>(
             };
             if flow_is_known(cfg, &flow) {
                 Judgement::Allowed(counter::ALLOWED)
-            } else if protected {
-                Judgement::Denied(reason::ICMP_UNRELATED)
-            } else {
+            } else if !protected {
                 Judgement::Untouched(counter::PASSED)
+            } else if dir == DIR_INGRESS && node_connection(pkt, cfg, parsed.family, &flow) {
+                // From storage, about a connection of the node's that the table lost or never
+                // learned: it goes where the connection's own packets would.
+                Judgement::Allowed(counter::NODE_SOCKET)
+            } else {
+                Judgement::Denied(reason::ICMP_UNRELATED)
             }
         }
         _ => Judgement::Untouched(counter::PASSED),
@@ -259,20 +263,13 @@ fn judge_ports<P: Packet>(
             if dir == DIR_EGRESS {
                 return Judgement::Denied(reason::NO_RULE);
             }
-            // A connection of the node's that the table lost or never learned (see `sockets`),
-            // judged as a flow seeded from the node's sockets is: the ingress rule failed above,
-            // so by the egress rule for the peer's port. The rule first: it is the cheaper ask.
-            // A TCP segment without ACK opens a connection (or resets one it never saw): it is
-            // never the node's, and a SYN flood pays nothing more.
-            if proto != PROTO_TCP || parsed.tcp_flags & TCP_ACK != 0 {
-                let out = lookup_peer(cfg, DIR_EGRESS, remote);
-                if known(&out)
-                    && rule_allows(cfg, DIR_EGRESS, out.class, proto, remote_port)
-                    && sockets::node_is_connected(pkt, parsed)
-                {
-                    learn(cfg, &flow);
-                    return Judgement::Allowed(counter::NODE_SOCKET);
-                }
+            // Perhaps a connection of the node's that the table lost or never learned. A TCP
+            // segment without ACK opens a connection (or resets one it never saw): it is never
+            // the node's, and a SYN flood pays nothing more.
+            if (proto != PROTO_TCP || parsed.tcp_flags & TCP_ACK != 0)
+                && node_connection(pkt, cfg, parsed.family, &flow)
+            {
+                return Judgement::Allowed(counter::NODE_SOCKET);
             }
             return Judgement::Denied(reason::UNSOLICITED);
         }
@@ -309,6 +306,21 @@ fn keep_in_table(cfg: &Config, dir: u8, words: &[u64; 5]) {
     if unsafe { FLOWS.get(flow) }.is_none() {
         learn(cfg, &flow);
     }
+}
+
+/// A flow of the node's that the connection table does not know (see `sockets`), judged as a
+/// flow seeded from the node's sockets is: by the egress rule for the peer's port, asked first
+/// as the cheaper question, then by the node's socket tables. Learned again when it is one.
+#[inline(always)]
+fn node_connection<P: Packet>(pkt: &P, cfg: &Config, family: u8, flow: &FlowKey) -> bool {
+    let out = lookup_peer(cfg, DIR_EGRESS, &flow.remote);
+    let yes = known(&out)
+        && rule_allows(cfg, DIR_EGRESS, out.class, flow.proto, flow.remote_port)
+        && sockets::node_is_connected(pkt, family, flow);
+    if yes {
+        learn(cfg, flow);
+    }
+    yes
 }
 
 /// The TCP header's ACK flag.
