@@ -4,7 +4,9 @@
 //! node opened while its peer was not protected was never learned. A packet from storage on such
 //! a flow would be dropped as unsolicited, and the flow's next packets with it: a mount hangs.
 //! Before that verdict, the datapath asks whether the node has a socket connected to exactly
-//! this peer and port; asked only on that path, so it costs the allowed paths nothing.
+//! this peer and port; asked only on that path, so it costs the allowed paths nothing. An ICMP
+//! error from storage about such a flow (port unreachable, fragmentation needed) is asked about
+//! the flow it quotes in the same way before it is called unrelated.
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_TCP_CLOSE, BPF_TCP_LISTEN, bpf_sock, bpf_sock_tuple,
