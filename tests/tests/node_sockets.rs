@@ -99,6 +99,33 @@ impl Sockets {
     }
 }
 
+/// The node's connections to storage, by the node's port: NFS over IPv4 and IPv6, iSCSI (which
+/// the policy does not allow), and a UDP socket connected to rpcbind.
+struct Connections {
+    nfs: u16,
+    nfs6: u16,
+    iscsi: u16,
+    rpcbind: u16,
+    _sockets: Sockets,
+}
+
+impl Connections {
+    fn open(pair: &Pair) -> Self {
+        let s = Sockets::open(
+            pair,
+            &["192.0.2.2:2049", "[2001:db8::2]:2049", "192.0.2.2:3260"],
+            &["192.0.2.2:111"],
+        );
+        Connections {
+            nfs: s.tcp_port(0),
+            nfs6: s.tcp_port(1),
+            iscsi: s.tcp_port(2),
+            rpcbind: s.udp_port(0),
+            _sockets: s,
+        }
+    }
+}
+
 fn from_storage_v4(sport: u16, dport: u16, proto: u8) -> Vec<u8> {
     let l4 = if proto == TCP {
         tcp(sport, dport, ACK)
@@ -118,13 +145,8 @@ fn the_nodes_own_connections_are_let_in_and_nothing_else() {
         return;
     }
     let pair = pair();
-    let s = Sockets::open(
-        &pair,
-        &["192.0.2.2:2049", "[2001:db8::2]:2049", "192.0.2.2:3260"],
-        &["192.0.2.2:111"],
-    );
-    let (nfs, nfs6, iscsi) = (s.tcp_port(0), s.tcp_port(1), s.tcp_port(2));
-    let rpcbind = s.udp_port(0);
+    let c = Connections::open(&pair);
+    let (nfs, nfs6, iscsi, rpcbind) = (c.nfs, c.nfs6, c.iscsi, c.rpcbind);
     pair.node.within(|| {
         let listener = TcpListener::bind("192.0.2.1:40000").unwrap();
         let unconnected = UdpSocket::bind("192.0.2.1:40001").unwrap();
@@ -205,13 +227,8 @@ fn icmp_errors_about_the_nodes_own_connections_are_let_in() {
         return;
     }
     let pair = pair();
-    let s = Sockets::open(
-        &pair,
-        &["192.0.2.2:2049", "[2001:db8::2]:2049", "192.0.2.2:3260"],
-        &["192.0.2.2:111"],
-    );
-    let (nfs, nfs6, iscsi) = (s.tcp_port(0), s.tcp_port(1), s.tcp_port(2));
-    let rpcbind = s.udp_port(0);
+    let c = Connections::open(&pair);
+    let (nfs, nfs6, iscsi, rpcbind) = (c.nfs, c.nfs6, c.iscsi, c.rpcbind);
     // An error from storage quoting the node's packet to it.
     let error4 = |ty, code, proto, sport, dport| {
         let l4 = if proto == TCP {
