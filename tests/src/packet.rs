@@ -173,14 +173,20 @@ pub struct Programs {
 }
 
 impl Programs {
+    /// Every denial reports an event (no per-flow gate, so no recent-denial cache).
     pub fn load(p: &trident_ports_agent::policy::Policy) -> Self {
+        Programs::gated(p, 0)
+    }
+
+    /// At most one event per flow and `interval_ns`.
+    pub fn gated(p: &trident_ports_agent::policy::Policy, interval_ns: u64) -> Self {
         // The recent-flow cache is per CPU: one CPU keeps which path answers predictable.
         let cpu = crate::OnCpu0::pin();
         let mut dp = trident_ports_agent::datapath::Datapath::load().expect("load");
         if crate::kernel() >= crate::XDP_KERNEL {
             dp.load_xdp().expect("load the XDP program");
         }
-        dp.apply(p, 0).expect("apply");
+        dp.apply(p, interval_ns).expect("apply");
         Programs { dp, _cpu: cpu }
     }
 

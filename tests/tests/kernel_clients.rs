@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use trident_ports_agent::datapath::seed::connected_socket;
+use trident_ports_common::{FlowKey, PROTO_TCP, v4_mapped};
 use trident_ports_tests::{
     agent::{Agent, uninstall},
     bpffs::{BpfFs, pin_map},
@@ -579,43 +581,28 @@ fn a_live_iscsi_session_keeps_its_portal_until_it_logs_out() {
     a.stop(libc::SIGTERM);
 }
 
-/// An IPv4 address and port.
-type Endpoint = (Ipv4Addr, u16);
-
-/// The node's IPv4 TCP sockets, kernel sockets included, from /proc/net/tcp: (local, remote,
-/// state) with state 1 for ESTABLISHED.
-fn tcp_sockets() -> Vec<(Endpoint, Endpoint, u8)> {
-    // "sl local_address rem_address st ...": addresses as the kernel's u32 in this machine's
-    // byte order, ports and state in hex.
-    let endpoint = |s: &str| -> Option<Endpoint> {
-        let (ip, port) = s.split_once(':')?;
-        let ip = u32::from_str_radix(ip, 16).ok()?;
-        Some((
-            Ipv4Addr::from(ip.to_ne_bytes()),
-            u16::from_str_radix(port, 16).ok()?,
-        ))
-    };
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table
+/// The node's established IPv4 TCP connections (kernel sockets included), read with the parser
+/// the agent seeds its connection table with.
+fn established() -> Vec<FlowKey> {
+    const ESTABLISHED: u8 = 1;
+    std::fs::read_to_string("/proc/self/net/tcp")
+        .unwrap()
         .lines()
         .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            Some((
-                endpoint(f.get(1)?)?,
-                endpoint(f.get(2)?)?,
-                u8::from_str_radix(f.get(3)?, 16).ok()?,
-            ))
-        })
+        .filter_map(|l| connected_socket(l, false, PROTO_TCP))
+        .filter_map(|(flow, state)| (state == ESTABLISHED).then_some(flow))
         .collect()
 }
 
 /// The local end of the node's established connection to `server`:`port`.
-fn connection_to(server: Ipv4Addr, port: u16) -> Option<Endpoint> {
-    tcp_sockets()
+fn connection_to(server: Ipv4Addr, port: u16) -> Option<(Ipv4Addr, u16)> {
+    established()
         .into_iter()
-        .find(|(_, remote, state)| *remote == (server, port) && *state == 1)
-        .map(|(local, _, _)| local)
+        .find(|f| f.remote == v4_mapped(server.octets()) && f.remote_port == port)
+        .map(|f| {
+            let a = &f.local[12..];
+            (Ipv4Addr::new(a[0], a[1], a[2], a[3]), f.local_port)
+        })
 }
 
 /// The safety net under the connection table (`trident-ports-ebpf/src/sockets.rs`) holds for the
@@ -658,10 +645,10 @@ fn the_kernel_clients_connections_are_found_in_the_nodes_socket_tables() {
     let node = node.to_string();
     let from_storage =
         |sport: u16, dport: u16| v4(ipv4("192.0.2.2", &node, TCP, 0, &tcp(sport, dport, ACK)));
-    // A local port no socket uses.
-    let sockets = tcp_sockets();
+    // A local port no connection uses.
+    let flows = established();
     let unused = (40_000..u16::MAX)
-        .find(|p| sockets.iter().all(|(local, _, _)| local.1 != *p))
+        .find(|p| flows.iter().all(|f| f.local_port != *p))
         .unwrap();
     for (prog, drop, pass) in ingress_programs() {
         let mut p = Programs::load(&policy);

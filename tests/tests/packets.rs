@@ -6,7 +6,7 @@ use trident_ports_agent::{
     policy::{Direction, Guard, Mode, Policy, Proto},
 };
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs, reason};
-use trident_ports_tests::{OnCpu0, XDP_KERNEL, kernel, kernel_has, packet::*, require_root};
+use trident_ports_tests::{XDP_KERNEL, kernel_has, packet::*, require_root};
 
 /// Storage 192.0.2.2 and 2001:db8::2 (NFS, HTTPS, NFSv3 callbacks), an iSCSI subnet
 /// 198.51.100.0/24, a port range on 192.0.2.5, the cluster 203.0.113.0/24 for node port 8000,
@@ -51,10 +51,8 @@ fn policy() -> Policy {
 }
 
 struct Lab {
-    dp: Datapath,
+    programs: Programs,
     events: aya::maps::RingBuf<aya::maps::MapData>,
-    /// Which path answers a repeated flow is known only on one CPU.
-    _cpu: OnCpu0,
 }
 
 impl Lab {
@@ -65,24 +63,15 @@ impl Lab {
 
     /// At most one event per flow and `interval_ns`.
     fn gated(mode: Mode, interval_ns: u64) -> Self {
-        let cpu = OnCpu0::pin();
-        let mut dp = Datapath::load().expect("load");
-        if kernel() >= XDP_KERNEL {
-            dp.load_xdp().expect("load the XDP program");
-        }
         let mut p = policy();
         p.mode = mode;
-        dp.apply(&p, interval_ns).expect("apply");
-        let events = dp.take_events().unwrap();
-        Lab {
-            dp,
-            events,
-            _cpu: cpu,
-        }
+        let mut programs = Programs::gated(&p, interval_ns);
+        let events = programs.dp.take_events().unwrap();
+        Lab { programs, events }
     }
 
     fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
-        run(&mut self.dp, prog, frame)
+        run(&mut self.programs.dp, prog, frame)
     }
 
     fn reasons(&mut self) -> Vec<u8> {
@@ -107,20 +96,7 @@ impl Lab {
         ctr: u32,
         ev: Option<u8>,
     ) {
-        let dir = if prog == programs::TC_EGRESS {
-            DIR_EGRESS
-        } else {
-            DIR_INGRESS
-        };
-        let before = self.dp.counters().unwrap();
-        let got = self.run(prog, frame);
-        let after = self.dp.counters().unwrap();
-        assert_eq!(got, verdict, "{what}: verdict");
-        assert_eq!(
-            after.get(dir, ctr) - before.get(dir, ctr),
-            1,
-            "{what}: counter {ctr}"
-        );
+        self.programs.check(what, prog, frame, verdict, ctr);
         assert_eq!(
             self.reasons(),
             ev.into_iter().collect::<Vec<_>>(),
@@ -890,7 +866,7 @@ fn audit_mode_passes_and_reports() {
         None,
     );
     // Switching to enforce takes effect at once, without reloading programs.
-    lab.dp.set_mode(Mode::Enforce).unwrap();
+    lab.programs.dp.set_mode(Mode::Enforce).unwrap();
     lab.check(
         "enforced",
         e,
@@ -930,7 +906,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             counter::DENIED,
             Some(reason::UNSOLICITED),
         );
-        let before = lab.dp.counters().unwrap();
+        let before = lab.programs.dp.counters().unwrap();
         for _ in 0..20 {
             lab.check(
                 &what("repeated"),
@@ -942,7 +918,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             );
         }
         // The cache's answer counts what the full path would, and what it suppressed.
-        let after = lab.dp.counters().unwrap();
+        let after = lab.programs.dp.counters().unwrap();
         for c in [
             counter::DENIED,
             counter::REASON_BASE + u32::from(reason::UNSOLICITED),
@@ -952,7 +928,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             assert_eq!(grew, 20, "{}: counter {c}", what("repeated"));
         }
         // Audit passes it at once; the audited verdict is cached the same way.
-        lab.dp.set_mode(Mode::Audit).unwrap();
+        lab.programs.dp.set_mode(Mode::Audit).unwrap();
         lab.check(&what("audit"), prog, &reply, pass, counter::AUDITED, None);
         lab.check(
             &what("audit, repeated"),
@@ -962,7 +938,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             counter::RECENT_DENIAL,
             None,
         );
-        lab.dp.set_mode(Mode::Enforce).unwrap();
+        lab.programs.dp.set_mode(Mode::Enforce).unwrap();
         lab.check(
             &what("enforce again"),
             prog,
@@ -974,10 +950,17 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
         // After the gate opens, the event stands for every packet since the last one: the 20
         // the cache answered, the audited pair and the one just before.
         std::thread::sleep(interval);
-        let before = lab.dp.counter(DIR_INGRESS, counter::DENIED).unwrap();
+        let before = lab
+            .programs
+            .dp
+            .counter(DIR_INGRESS, counter::DENIED)
+            .unwrap();
         assert_eq!(lab.run(prog, &reply), drop, "{}", what("gate open"));
         assert_eq!(
-            lab.dp.counter(DIR_INGRESS, counter::DENIED).unwrap(),
+            lab.programs
+                .dp
+                .counter(DIR_INGRESS, counter::DENIED)
+                .unwrap(),
             before + 1
         );
         let events = lab.events();
@@ -1033,7 +1016,7 @@ fn events_past_the_budget_are_counted_and_carried() {
     }
     let mut lab = Lab::gated(Mode::Enforce, 10_000_000_000);
     // 10 events per second: a burst of 10, then one per 100 ms.
-    lab.dp.set_event_rate(10).unwrap();
+    lab.programs.dp.set_event_rate(10).unwrap();
     let unsolicited = |port: u16| {
         v4(ipv4(
             "192.0.2.2",
@@ -1043,11 +1026,11 @@ fn events_past_the_budget_are_counted_and_carried() {
             &tcp(2049, port, SYN | ACK),
         ))
     };
-    let before = lab.dp.counters().unwrap();
+    let before = lab.programs.dp.counters().unwrap();
     for port in 41_000..41_012 {
         assert_eq!(lab.run(programs::TC_INGRESS, &unsolicited(port)), TC_DROP);
     }
-    let after = lab.dp.counters().unwrap();
+    let after = lab.programs.dp.counters().unwrap();
     let moved = |c| after.get(DIR_INGRESS, c) - before.get(DIR_INGRESS, c);
     assert_eq!(moved(counter::DENIED), 12, "every packet dropped");
     assert_eq!(lab.events().len(), 10, "the burst");
@@ -1061,7 +1044,7 @@ fn events_past_the_budget_are_counted_and_carried() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].dst_port, events[0].suppressed), (41_010, 1));
     // No limit: every flow reports again at once.
-    lab.dp.set_event_rate(0).unwrap();
+    lab.programs.dp.set_event_rate(0).unwrap();
     for port in 42_000..42_050 {
         assert_eq!(lab.run(programs::TC_INGRESS, &unsolicited(port)), TC_DROP);
     }
@@ -1121,7 +1104,7 @@ fn guarded_ports_follow_policy_switches() {
     // The other generation: 8000 and 17546 no longer guarded, UDP 8001 and TCP 63 now.
     let mut p = policy();
     p.guarded = vec![guard(Proto::Udp, 8001), guard(Proto::Tcp, 63)];
-    lab.dp.apply(&p, 0).unwrap();
+    lab.programs.dp.apply(&p, 0).unwrap();
     expect(
         &mut lab,
         "second policy",
@@ -1130,7 +1113,7 @@ fn guarded_ports_follow_policy_switches() {
     );
     // Back to the first generation's slot: nothing of the first policy may remain there.
     p.guarded = vec![guard(Proto::Tcp, 8000)];
-    lab.dp.apply(&p, 0).unwrap();
+    lab.programs.dp.apply(&p, 0).unwrap();
     expect(
         &mut lab,
         "third policy",
@@ -1139,7 +1122,7 @@ fn guarded_ports_follow_policy_switches() {
     );
     // Where the guards apply follows the switch too: the node moved to 192.0.2.77.
     p.guard_addresses = vec!["192.0.2.77/32".parse().unwrap()];
-    lab.dp.apply(&p, 0).unwrap();
+    lab.programs.dp.apply(&p, 0).unwrap();
     expect(&mut lab, "fourth policy, old address", &[], &[(TCP, 8000)]);
     lab.check(
         "fourth policy, new address",
@@ -1187,9 +1170,9 @@ fn recent_passes_follow_every_policy_change() {
         } else {
             TC_PASS
         };
-        let before = lab.dp.counters().unwrap();
+        let before = lab.programs.dp.counters().unwrap();
         assert_eq!(lab.run(prog, frame), pass, "{what}: verdict");
-        let after = lab.dp.counters().unwrap();
+        let after = lab.programs.dp.counters().unwrap();
         let grew = |c| after.get(dir, c) - before.get(dir, c);
         assert_eq!(grew(want), 1, "{what}: counter {want}");
         assert_eq!(
@@ -1218,6 +1201,7 @@ fn recent_passes_follow_every_policy_change() {
     // the maps moved on, without the connection-table entry the new verdict makes.
     let mut states = 0;
     let applied = lab
+        .programs
         .dp
         .apply_observed(&storage, 0, |dp: &mut Datapath| {
             let before = dp.counters().unwrap().get(DIR_EGRESS, counter::RECENT_PASS);
@@ -1243,7 +1227,7 @@ fn recent_passes_follow_every_policy_change() {
         reason::NO_RULE,
     );
     // Not storage again, in place: the flow passes, and is cached again.
-    let applied = lab.dp.apply(&policy(), 0).unwrap();
+    let applied = lab.programs.dp.apply(&policy(), 0).unwrap();
     assert!(applied.steps.is_some(), "a change written in place");
     passes(
         &mut lab,
@@ -1267,7 +1251,7 @@ fn recent_passes_follow_every_policy_change() {
         proto: Proto::Tcp,
         purpose: "test".into(),
     });
-    let applied = lab.dp.apply(&storage, 0).unwrap();
+    let applied = lab.programs.dp.apply(&storage, 0).unwrap();
     assert!(applied.steps.is_none(), "a generation switch");
     denied(
         &mut lab,
@@ -1285,7 +1269,7 @@ fn recent_passes_follow_every_policy_change() {
     storage
         .entries
         .retain(|x| x.peer != "203.0.113.0/24".parse().unwrap());
-    let applied = lab.dp.apply(&storage, 0).unwrap();
+    let applied = lab.programs.dp.apply(&storage, 0).unwrap();
     assert!(applied.steps.is_some(), "a change written in place");
     for &(prog, drop, _) in &ingress {
         denied(
@@ -1298,7 +1282,7 @@ fn recent_passes_follow_every_policy_change() {
         );
     }
     // With the cache off every packet takes the full path.
-    lab.dp.set_recent_passes(false).unwrap();
+    lab.programs.dp.set_recent_passes(false).unwrap();
     let other = v4(ipv4("192.0.2.1", "192.0.2.10", UDP, 0, &udp(40201, 53)));
     for what in ["cache off, first", "cache off, next"] {
         passes(&mut lab, what, e, &other, counter::PASSED, false);
@@ -1318,7 +1302,7 @@ fn established_flows_are_judged_again_after_a_policy_switch() {
 
 fn judged_again_after_a_switch(cache: bool) {
     let mut lab = Lab::new(Mode::Enforce);
-    lab.dp.set_recent_flows(cache).unwrap();
+    lab.programs.dp.set_recent_flows(cache).unwrap();
     let e = programs::TC_EGRESS;
     let first = v4(ipv4(
         "192.0.2.1",
@@ -1372,9 +1356,9 @@ fn judged_again_after_a_switch(cache: bool) {
                 rule,
                 None,
             );
-            let before = lab.dp.counters().unwrap();
+            let before = lab.programs.dp.counters().unwrap();
             assert_eq!(lab.run(e, &first), TC_PASS, "the first flow again");
-            let after = lab.dp.counters().unwrap();
+            let after = lab.programs.dp.counters().unwrap();
             let grew = |c| after.get(DIR_EGRESS, c) - before.get(DIR_EGRESS, c);
             if grew(table) == 1 {
                 return true;
@@ -1406,7 +1390,7 @@ fn judged_again_after_a_switch(cache: bool) {
     let mut p = policy();
     p.entries[2] = entry(Direction::Egress, "2001:db8::2/128", 2050, 2050, Proto::Tcp);
     p.entries.remove(1);
-    lab.dp.apply(&p, 0).unwrap();
+    lab.programs.dp.apply(&p, 0).unwrap();
     for (what, frame) in [
         ("the IPv6 flow under a policy without its port", &six),
         ("the last flow under a policy without its port", &first),

@@ -16,12 +16,7 @@ use self::{
     model::{Model, Verdict},
     spec::{Prog, Spec, build},
 };
-use crate::packet::hex;
-
-const TC_PASS: u32 = u32::MAX; // TC_ACT_UNSPEC
-const TC_SHOT: u32 = 2;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+use crate::packet::{TC_DROP, TC_PASS, XDP_DROP, XDP_PASS, hex};
 
 /// Packets between fresh datapaths: the connection table (an LRU) never fills, so the model's
 /// unbounded table stays the kernel's.
@@ -181,7 +176,7 @@ fn one(
     report.recent_denials += delta(counter::RECENT_DENIAL);
     let passed = match (spec.prog, code) {
         (Prog::XdpIngress, XDP_PASS) | (Prog::TcEgress | Prog::TcIngress, TC_PASS) => true,
-        (Prog::XdpIngress, XDP_DROP) | (Prog::TcEgress | Prog::TcIngress, TC_SHOT) => false,
+        (Prog::XdpIngress, XDP_DROP) | (Prog::TcEgress | Prog::TcIngress, TC_DROP) => false,
         (_, other) => return Err(format!("return code {other} from {:?}", spec.prog)),
     };
     let counter_ok = match want.counter {

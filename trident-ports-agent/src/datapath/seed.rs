@@ -32,25 +32,34 @@ pub fn current_flows() -> Vec<FlowKey> {
 }
 
 /// One line of /proc/net/{tcp,udp}{,6}: `sl local rem st ...`, addresses as host-order hex words.
+/// The flow of a connected socket in a state worth seeding, or `None`.
 pub fn parse_line(line: &str, proto: u8, v6: bool) -> Option<FlowKey> {
+    let (flow, state) = connected_socket(line, v6, proto)?;
+    let wanted = match proto {
+        PROTO_TCP => TCP_STATES.contains(&state),
+        _ => true,
+    };
+    wanted.then_some(flow)
+}
+
+/// The flow of a connected socket on one line of /proc/net/{tcp,udp}{,6}, and its state (for
+/// TCP, 1 is ESTABLISHED); `None` for a listening or unconnected socket.
+pub fn connected_socket(line: &str, v6: bool, proto: u8) -> Option<(FlowKey, u8)> {
     let mut f = line.split_whitespace();
     let _sl = f.next()?;
     let (local, lport) = endpoint(f.next()?, v6)?;
     let (remote, rport) = endpoint(f.next()?, v6)?;
     let state = u8::from_str_radix(f.next()?, 16).ok()?;
     let connected = rport != 0 && remote != [0; 16] && remote != v4_mapped([0; 4]);
-    let wanted = match proto {
-        PROTO_TCP => TCP_STATES.contains(&state),
-        _ => true,
-    };
-    (connected && wanted).then_some(FlowKey {
+    let flow = FlowKey {
         local,
         remote,
         local_port: lport,
         remote_port: rport,
         proto,
         _pad: [0; 3],
-    })
+    };
+    connected.then_some((flow, state))
 }
 
 fn endpoint(s: &str, v6: bool) -> Option<([u8; 16], u16)> {
