@@ -927,6 +927,28 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             let grew = after.get(DIR_INGRESS, c) - before.get(DIR_INGRESS, c);
             assert_eq!(grew, 20, "{}: counter {c}", what("repeated"));
         }
+        // Turned off, the cache does not answer, though its entry still matches the flow, the
+        // policy and the table (the option leaves the sequence as it is).
+        lab.programs.dp.set_recent_denials(false).unwrap();
+        let before = lab.programs.dp.counters().unwrap();
+        assert_eq!(lab.run(prog, &reply), drop, "{}", what("cache off"));
+        let after = lab.programs.dp.counters().unwrap();
+        let grew = |c| after.get(DIR_INGRESS, c) - before.get(DIR_INGRESS, c);
+        assert_eq!(
+            (grew(counter::DENIED), grew(counter::RECENT_DENIAL)),
+            (1, 0),
+            "{}",
+            what("cache off: denied by the full path")
+        );
+        lab.programs.dp.set_recent_denials(true).unwrap();
+        lab.check(
+            &what("cache on again"),
+            prog,
+            &reply,
+            drop,
+            counter::RECENT_DENIAL,
+            None,
+        );
         // Audit passes it at once; the audited verdict is cached the same way.
         lab.programs.dp.set_mode(Mode::Audit).unwrap();
         lab.check(&what("audit"), prog, &reply, pass, counter::AUDITED, None);
@@ -947,8 +969,9 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             counter::DENIED,
             None,
         );
-        // After the gate opens, the event stands for every packet since the last one: the 20
-        // the cache answered, the audited pair and the one just before.
+        // After the gate opens, the event stands for every packet since the last one: the 21
+        // the cache answered, the one with the cache off, the audited pair and the one just
+        // before.
         std::thread::sleep(interval);
         let before = lab
             .programs
@@ -968,7 +991,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
         assert_eq!(events[0].reason, reason::UNSOLICITED);
         assert_eq!(
             events[0].suppressed,
-            23,
+            25,
             "{}: suppressed",
             what("gate open")
         );

@@ -8,12 +8,18 @@
 //! under: a policy change, a mode switch or any new connection-table entry (which may be this
 //! flow's other direction) sends the flow back to the full path. What the cache suppressed is
 //! handed to the flow's gate, so the next event still says how many packets it stands for.
+//!
+//! It is asked before the recent-flow cache, and the order cannot change a verdict: an entry
+//! here and a recent flow never both hold under one sequence and epoch. A flow the full path
+//! denies is not answered by the recent-flow cache (or the packet would not have got there), and
+//! a protected flow that the full path allows after a denial was put in the connection table
+//! after that denial read the epoch (the denial found it absent), which bumped the epoch.
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
-use trident_ports_common::{Config, MODE_AUDIT, counter};
+use trident_ports_common::{Config, MODE_AUDIT, OPTION_NO_RECENT_DENIALS, counter};
 
 use crate::{
     events,
-    maps::{FLOW_EPOCH, count_all},
+    maps::{CONFIG, FLOW_EPOCH, count_all},
     recent::{copy_words, same_words},
     verdict::Action,
 };
@@ -69,20 +75,30 @@ pub(crate) fn flow_added() {
     }
 }
 
-/// The verdict for a packet of a flow this CPU denied moments ago, or `None` for the full path.
+/// True when denials are kept in this cache under `cfg`: events are gated by an interval, and
+/// the cache is not turned off.
 #[inline(always)]
-pub(crate) fn answer(
-    slot: *mut DeniedFlow,
-    cfg: &Config,
-    epoch: u32,
-    dir: u8,
-    words: &[u64; 5],
-) -> Option<Action> {
+pub(crate) fn cached(cfg: &Config) -> bool {
+    cfg.event_interval_ns != 0 && cfg.options & OPTION_NO_RECENT_DENIALS == 0
+}
+
+/// The verdict for a packet of a flow this CPU denied moments ago, or `None` for the full path.
+/// Asked first of all, before the caller has read the configuration: the flow is compared
+/// first, so that other flows leave at once, and only then is the configuration read.
+#[inline(always)]
+pub(crate) fn answer(slot: *mut DeniedFlow, dir: u8, words: &[u64; 5]) -> Option<Action> {
     // SAFETY: this CPU's slot, valid for the program run; programs do not nest on one CPU within
     // one direction, so nothing writes it meanwhile.
     let e = unsafe { &mut *slot };
-    if !(e.seq == cfg.seq && e.epoch == epoch && e.mode == cfg.mode && same_words(&e.words, words))
-    {
+    if !same_words(&e.words, words) {
+        return None;
+    }
+    // SAFETY: the array's one entry, valid for the program run; the agent rewrites it whole,
+    // and each field read here is compared with what the entry was made under, so a read
+    // across a rewrite only sends the packet to the full path.
+    let cfg = unsafe { &*CONFIG.get_ptr(0)? };
+    // The epoch last, as it costs a lookup.
+    if !(cached(cfg) && e.seq == cfg.seq && e.mode == cfg.mode && e.epoch == epoch()) {
         return None;
     }
     // The clock is read once per tick: jiffies cost a load, the clock 20-40 ns (in a VM). An

@@ -106,10 +106,12 @@ fn same_flow(entry: &LastFlow, seq: u32, w: &[u64; 5]) -> bool {
 }
 
 /// Word by word: comparing or copying the arrays whole makes LLVM call `memcmp` or `memmove`,
-/// byte loops in BPF, and keeps the words in stack memory on every path.
+/// byte loops in BPF, and keeps the words in stack memory on every path. The last word first:
+/// it holds the ports, where two flows of a node differ most (an IPv6 flow's first words are
+/// the addresses' common prefix).
 #[inline(always)]
 pub(crate) fn same_words(a: &[u64; 5], b: &[u64; 5]) -> bool {
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+    a[4] == b[4] && a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
 }
 
 /// See `same_words`.

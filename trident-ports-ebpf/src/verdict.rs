@@ -1,11 +1,12 @@
 //! The policy decision. Every lookup is a hash or an LPM lookup: nothing here loops over policy.
+use core::ptr::NonNull;
+
 use aya_ebpf::maps::lpm_trie::Key;
 use trident_ports_common::{
     Config, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowState, GuardKey, MODE_AUDIT, NO_CLASS,
-    OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, OPTION_NO_RECENT_PASSES, OPTION_UPDATING,
-    PEER_KEY_HEADER_BITS, PEER_PROTECTED, PROTO_TCP, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS,
-    RangeKey, RuleKey, VERDICT_AUDIT, VERDICT_DENIED, counter, flow_word, reason,
-    table_peer_prefixes, table_ranges,
+    OPTION_NO_RECENT_FLOWS, OPTION_NO_RECENT_PASSES, OPTION_UPDATING, PEER_KEY_HEADER_BITS,
+    PEER_PROTECTED, PROTO_TCP, PeerInfo, PeerKey, RANGE_KEY_HEADER_BITS, RangeKey, RuleKey,
+    VERDICT_AUDIT, VERDICT_DENIED, counter, flow_word, reason, table_peer_prefixes, table_ranges,
 };
 
 use crate::{
@@ -38,14 +39,37 @@ enum Judgement {
 /// returns the action. The event is emitted after the verdict is fixed and cannot change it.
 #[inline(always)]
 pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
+    let (common_shape, words) = flow_words(pkt);
+    // Only the common shapes have flow words; the others are never cached.
+    let hash = recent::hash(&words);
+    // The flow's slot of the recent-denial and recent-pass caches, one lookup for both.
+    // `NonNull`s, not `Option`s of raw pointers: an `Option`'s tag and pointer are two values,
+    // and the verifiers of 5.10 and 6.1 lost which one vouched for the other (a slot pointer
+    // they took for a number); a `NonNull`'s `None` is the null pointer itself.
+    let slot = if common_shape {
+        slots::slot_for(dir, hash).and_then(NonNull::new)
+    } else {
+        None
+    };
+    // A packet of a flow this CPU denied and reported moments ago: the same verdict, no lookup.
+    // First, and before the configuration is copied: a flood is where every nanosecond counts,
+    // while a packet of an allowed flow pays one compare for it (at most one of these caches
+    // holds a flow under the running policy and table epoch: see `denied`).
+    if let Some(slot) = slot
+        && let Some(action) = denied::answer(slots::denial(slot.as_ptr()), dir, &words)
+    {
+        return action;
+    }
     let cfg = match CONFIG.get(0) {
         Some(c) => *c,
         None => Config::default(),
     };
+    let pass_on = cfg.options & (OPTION_NO_RECENT_PASSES | OPTION_UPDATING) == 0;
+    let deny_on = denied::cached(&cfg);
+    let denied_slot = slot
+        .filter(|_| deny_on)
+        .and_then(|s| NonNull::new(slots::denial(s.as_ptr())));
     // A packet of a flow this CPU allowed recently: no parsing, no lookup.
-    let (common_shape, words) = flow_words(pkt);
-    // Only the common shapes have flow words; the others are never cached.
-    let hash = recent::hash(&words);
     let recent = if common_shape && cfg.options & OPTION_NO_RECENT_FLOWS == 0 {
         recent::set_for(dir, hash)
     } else {
@@ -60,38 +84,24 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
         count(dir, counter::RECENT_HIT);
         return Action::Pass;
     }
-    // The flow's slot of the two caches below, one lookup for both.
-    let pass_on = common_shape && cfg.options & (OPTION_NO_RECENT_PASSES | OPTION_UPDATING) == 0;
-    let deny_on =
-        common_shape && cfg.event_interval_ns != 0 && cfg.options & OPTION_NO_RECENT_DENIALS == 0;
-    let slot = if pass_on || deny_on {
-        slots::slot_for(dir, hash)
-    } else {
-        None
-    };
-    // A packet of a flow this CPU denied and reported moments ago: the same verdict, no lookup.
-    // First: a flood is where every nanosecond counts.
-    let denied_slot = slot.filter(|_| deny_on).map(slots::denial);
-    // Read before any lookup (see `denied::epoch`), only when a denial can be remembered.
+    // A packet of a flow to or from an unprotected address this CPU judged lately: most of a
+    // node's traffic.
+    let passing = slot
+        .filter(|_| pass_on)
+        .and_then(|s| NonNull::new(slots::pass(s.as_ptr())));
+    if let Some(p) = passing
+        && let Some(c) = passing::answer(p.as_ptr(), cfg.seq, &words)
+    {
+        count_all(dir, [c, counter::RECENT_PASS]);
+        return Action::Pass;
+    }
+    // Read before any lookup a denial to be remembered rests on (see `denied::epoch`): the
+    // caches above look nothing up.
     let epoch = if denied_slot.is_some() {
         denied::epoch()
     } else {
         0
     };
-    if let Some(slot) = denied_slot
-        && let Some(action) = denied::answer(slot, &cfg, epoch, dir, &words)
-    {
-        return action;
-    }
-    // A packet of a flow to or from an unprotected address this CPU judged lately: most of a
-    // node's traffic.
-    let passing = slot.filter(|_| pass_on).map(slots::pass);
-    if let Some(p) = passing
-        && let Some(c) = passing::answer(p, cfg.seq, &words)
-    {
-        count_all(dir, [c, counter::RECENT_PASS]);
-        return Action::Pass;
-    }
     // Scratch space only now: the caches above answer without it.
     let Some(slot) = SCRATCH.get_ptr_mut(dir as u32) else {
         count(dir, counter::PASSED);
@@ -128,7 +138,7 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
                 && ports
                 && !protected
             {
-                passing::remember(slot, cfg.seq, &words, c);
+                passing::remember(slot.as_ptr(), cfg.seq, &words, c);
             }
             count(dir, c);
             Action::Pass
@@ -141,7 +151,7 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
                     }
                 } else if let Some(slot) = passing {
                     // Allowed by a rule alone: the connection table was not consulted.
-                    passing::remember(slot, cfg.seq, &words, c);
+                    passing::remember(slot.as_ptr(), cfg.seq, &words, c);
                 }
             }
             count(dir, c);
@@ -165,14 +175,14 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
                 reason: why,
             };
             let carried = match denied_slot {
-                Some(slot) => denied::take(slot, dir, &words),
+                Some(slot) => denied::take(slot.as_ptr(), dir, &words),
                 None => 0,
             };
             let until = events::report(&denial, carried);
             // Only common shapes have a slot, and their verdict rests on nothing but the flow's
             // words, the policy, the mode and the connection table.
             if let Some(slot) = denied_slot {
-                denied::remember(slot, &cfg, epoch, &words, until, why);
+                denied::remember(slot.as_ptr(), &cfg, epoch, &words, until, why);
             }
             action
         }
