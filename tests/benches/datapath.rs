@@ -712,19 +712,19 @@ fn header_reader(action: u32) -> Vec<u64> {
     let (ldx_w, ldx_dw, mov, add_k, xor, jgt, mov_k, exit) =
         (0x61, 0x79, 0xbf, 0x07, 0xaf, 0x2d, 0xb7, 0x95);
     vec![
-        insn(ldx_w, 2, 1, 0, 0),     // r2 = ctx->data
-        insn(ldx_w, 3, 1, 4, 0),     // r3 = ctx->data_end
-        insn(mov, 4, 2, 0, 0),       // r4 = r2
-        insn(add_k, 4, 0, 0, 58),    // r4 += Ethernet + IPv6 + ports
-        insn(jgt, 4, 3, 9, 0),       // if r4 > r3 goto exit
-        insn(ldx_dw, 0, 2, 22, 0),   // the addresses: four words
+        insn(ldx_w, 2, 1, 0, 0),   // r2 = ctx->data
+        insn(ldx_w, 3, 1, 4, 0),   // r3 = ctx->data_end
+        insn(mov, 4, 2, 0, 0),     // r4 = r2
+        insn(add_k, 4, 0, 0, 58),  // r4 += Ethernet + IPv6 + ports
+        insn(jgt, 4, 3, 9, 0),     // if r4 > r3 goto exit
+        insn(ldx_dw, 0, 2, 22, 0), // the addresses: four words
         insn(ldx_dw, 5, 2, 30, 0),
         insn(xor, 0, 5, 0, 0),
         insn(ldx_dw, 5, 2, 38, 0),
         insn(xor, 0, 5, 0, 0),
         insn(ldx_dw, 5, 2, 46, 0),
         insn(xor, 0, 5, 0, 0),
-        insn(ldx_w, 5, 2, 54, 0),    // the ports
+        insn(ldx_w, 5, 2, 54, 0), // the ports
         insn(xor, 0, 5, 0, 0),
         insn(mov_k, 0, 0, 0, action as i32),
         insn(exit, 0, 0, 0, 0),
