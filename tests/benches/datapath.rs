@@ -633,41 +633,38 @@ fn table_floors(new_flows: usize, repeat: u32, empty_tc: f64, rounds: usize) -> 
 fn flood_capacity(dp: &mut Datapath, frame: &[u8], entries: usize, repeat: u32) -> String {
     const XDP_DROP: u32 = 1;
     let drop_only = EmptyProgram::returning(XDP, XDP_DROP);
-    // (drop-only frames per second, ours, our share of drop-only): medians over the pairs.
-    // Every one of our frames must have gone the path it is reported under.
-    let pairs = |dp: &mut Datapath, c: u32| {
-        let before = dp.counters().unwrap().get(DIR_INGRESS, c);
-        let (mut base, mut ours, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    // (drop-only frames per second, the other program's, its share of drop-only): medians over
+    // FLOOD_PAIRS runs of the other program, each after a drop-only run.
+    let paired = |run: &mut dyn FnMut() -> f64| {
+        let (mut base, mut other, mut shares) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..FLOOD_PAIRS {
             let b = drop_only.run_ns(frame, repeat, LIVE_BATCH);
-            let o = run_live_ns(dp, frame, repeat);
+            let o = run();
             base.push(b);
-            ours.push(o);
+            other.push(o);
             shares.push(b / o);
         }
+        (
+            1e9 / median(&mut base),
+            1e9 / median(&mut other),
+            median(&mut shares),
+        )
+    };
+    // Ours, every frame of which must have gone the path it is reported under.
+    let pairs = |dp: &mut Datapath, c: u32| {
+        let before = dp.counters().unwrap().get(DIR_INGRESS, c);
+        let measured = paired(&mut || run_live_ns(dp, frame, repeat));
         let grew = dp.counters().unwrap().get(DIR_INGRESS, c) - before;
         assert!(
             grew >= FLOOD_PAIRS as u64 * u64::from(repeat),
             "flood capacity: counter {c} grew by {grew}"
         );
-        (
-            1e9 / median(&mut base),
-            1e9 / median(&mut ours),
-            median(&mut shares),
-        )
+        measured
     };
     // How much of any filter's cost is reading the frame at all: a program that loads the words
     // our programs identify a flow by (as `parse::flow_words` does for IPv6) and drops.
     let reader = EmptyProgram::of(XDP, &header_reader(XDP_DROP));
-    let mut reads = Vec::new();
-    let mut read_shares = Vec::new();
-    for _ in 0..FLOOD_PAIRS {
-        let b = drop_only.run_ns(frame, repeat, LIVE_BATCH);
-        let r = reader.run_ns(frame, repeat, LIVE_BATCH);
-        reads.push(r);
-        read_shares.push(b / r);
-    }
-    let (reads, read_share) = (1e9 / median(&mut reads), median(&mut read_shares));
+    let (_, reads, read_share) = paired(&mut || reader.run_ns(frame, repeat, LIVE_BATCH));
     // The first frame reports the flow; the rest of the interval the cache answers.
     run_live_ns(dp, frame, 1);
     let (base, recent, recent_share) = pairs(dp, counter::RECENT_DENIAL);
