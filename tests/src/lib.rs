@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod packet;
+pub mod sockets;
 pub mod traffic;
 
 /// Under CI=true a privileged test must run; elsewhere it may skip when not root.

@@ -9,6 +9,7 @@ pub const ICMP: u8 = 1;
 pub const ICMPV6: u8 = 58;
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
+pub const RST: u8 = 0x04;
 
 pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut h = vec![0u8; 20];

@@ -877,9 +877,24 @@ fn audit_mode_passes_and_reports() {
     );
 }
 
+/// Runs an inbound `frame` through `prog`, expecting `verdict` from the full path: counted as
+/// denied, not as the recent-denial cache's answer (which counts as denied too).
+fn denied_by_the_full_path(lab: &mut Lab, prog: &str, frame: &[u8], verdict: u32, what: &str) {
+    let before = lab.programs.dp.counters().unwrap();
+    assert_eq!(lab.run(prog, frame), verdict, "{what}");
+    let after = lab.programs.dp.counters().unwrap();
+    let grew = |c| after.get(DIR_INGRESS, c) - before.get(DIR_INGRESS, c);
+    assert_eq!(
+        (grew(counter::DENIED), grew(counter::RECENT_DENIAL)),
+        (1, 0),
+        "{what}: denied by the full path"
+    );
+}
+
 /// Repeats of a denied flow within its event interval are answered by the per-CPU recent-denial
-/// cache with the same verdict; the next event counts them; a mode switch, and a connection the
-/// node opens to the same flow, send it back to the full path at once.
+/// cache with the same verdict; the next event counts them; the cache switched off (and on
+/// again), a mode switch, and a connection the node opens to the same flow, send it back to the
+/// full path at once.
 #[test]
 fn recent_denials_repeat_the_verdict_until_anything_changes() {
     if !require_root("recent_denials_repeat_the_verdict_until_anything_changes") {
@@ -928,19 +943,14 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             assert_eq!(grew, 20, "{}: counter {c}", what("repeated"));
         }
         // Turned off, the cache does not answer, though its entry still matches the flow, the
-        // policy and the table (the option leaves the sequence as it is).
+        // policy and the table (the option leaves the sequence as it is): the write bumped the
+        // epoch, the one thing an entry is checked against.
         lab.programs.dp.set_recent_denials(false).unwrap();
-        let before = lab.programs.dp.counters().unwrap();
-        assert_eq!(lab.run(prog, &reply), drop, "{}", what("cache off"));
-        let after = lab.programs.dp.counters().unwrap();
-        let grew = |c| after.get(DIR_INGRESS, c) - before.get(DIR_INGRESS, c);
-        assert_eq!(
-            (grew(counter::DENIED), grew(counter::RECENT_DENIAL)),
-            (1, 0),
-            "{}",
-            what("cache off: denied by the full path")
-        );
+        denied_by_the_full_path(&mut lab, prog, &reply, drop, &what("cache off"));
+        // On again, the old entry stays untrusted (another write, another epoch): the full path
+        // judges the next packet and caches it anew.
         lab.programs.dp.set_recent_denials(true).unwrap();
+        denied_by_the_full_path(&mut lab, prog, &reply, drop, &what("cache on again"));
         lab.check(
             &what("cache on again"),
             prog,
@@ -970,8 +980,8 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
             None,
         );
         // After the gate opens, the event stands for every packet since the last one: the 21
-        // the cache answered, the one with the cache off, the audited pair and the one just
-        // before.
+        // the cache answered, the one with the cache off, the one after it came on again, the
+        // audited pair and the one just before.
         std::thread::sleep(interval);
         let before = lab
             .programs
@@ -991,7 +1001,7 @@ fn recent_denials_repeat_the_verdict_until_anything_changes() {
         assert_eq!(events[0].reason, reason::UNSOLICITED);
         assert_eq!(
             events[0].suppressed,
-            25,
+            26,
             "{}: suppressed",
             what("gate open")
         );

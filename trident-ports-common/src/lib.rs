@@ -76,12 +76,47 @@ pub mod counter {
     pub const NODE_SOCKET: u32 = 13;
     /// Denied or audited packets by reason: `REASON_BASE + reason::*`.
     pub const REASON_BASE: u32 = 14;
-    pub const COUNT: u32 = REASON_BASE + super::reason::MAX as u32 + 1;
+    /// Reasons, counting the unused 0.
+    const REASONS: u32 = super::reason::MAX as u32 + 1;
+    /// The kernel's own counters of recent denials by verdict and reason (`recent_denial`),
+    /// which the agent folds into the counters above as it reads them (`fold_recent_denials`).
+    const RECENT_DENIED_BASE: u32 = REASON_BASE + REASONS;
+    const RECENT_AUDITED_BASE: u32 = RECENT_DENIED_BASE + REASONS;
+    pub const COUNT: u32 = RECENT_AUDITED_BASE + REASONS;
+
+    /// The one counter a recent denial bumps. A packet the recent-denial cache answers counts
+    /// under four counters (`DENIED` or `AUDITED`, its reason, `RECENT_DENIAL` and
+    /// `EVENTS_SUPPRESSED`); under a flood of one flow each increment weighs (1 ns of about 5
+    /// above a program that only drops), so the kernel bumps this one and the reader adds it to
+    /// the four.
+    pub const fn recent_denial(audit: bool, why: u8) -> u32 {
+        let base = if audit {
+            RECENT_AUDITED_BASE
+        } else {
+            RECENT_DENIED_BASE
+        };
+        base + why as u32 % REASONS
+    }
+
+    /// Adds the kernel's per-verdict, per-reason recent-denial counters of one direction's block
+    /// to the counters they stand for, and empties them, so that every counter of the block reads
+    /// as if the kernel had bumped all four.
+    pub fn fold_recent_denials(block: &mut super::CounterBlock) {
+        for why in 0..REASONS {
+            for (audit, verdict) in [(false, DENIED), (true, AUDITED)] {
+                let i = recent_denial(audit, why as u8) as usize;
+                let n = core::mem::take(&mut block[i]);
+                for c in [verdict, REASON_BASE + why, RECENT_DENIAL, EVENTS_SUPPRESSED] {
+                    block[c as usize] += n;
+                }
+            }
+        }
+    }
 }
 
 /// One direction's counters on one CPU, indexed by `counter::*`. The per-CPU counter map holds
 /// one block per direction (`COUNTER_BLOCKS`, indexed by `DIR_*`): a path that bumps several
-/// counters (a recent denial bumps four) looks its block up once.
+/// counters looks its block up once.
 pub type CounterBlock = [u64; counter::COUNT as usize];
 
 /// Entries of the per-CPU counter map: one block per direction.
@@ -91,7 +126,10 @@ pub const COUNTER_BLOCKS: u32 = 2;
 ///
 /// `gen` selects the policy generation (0 or 1) so that a new policy can be written beside the
 /// running one and switched to with one store.
-#[repr(C)]
+///
+/// Aligned to four bytes (no change of layout): the kernel builds it on its stack, and only a
+/// known alignment lets it copy the address in words rather than byte by byte.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PeerKey {
     pub generation: u8,
@@ -176,8 +214,9 @@ impl GuardKey {
     }
 }
 
-/// One flow, seen from the node: the same key whichever direction a packet goes.
-#[repr(C)]
+/// One flow, seen from the node: the same key whichever direction a packet goes. Aligned to four
+/// bytes, as `PeerKey` is, and for the same reason (not eight: `GateKey` would grow).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub local: [u8; 16],
@@ -310,9 +349,10 @@ pub mod maps {
     /// keyed by `PeerKey` with `dir` = `DIR_INGRESS`; the value is 1.
     pub const GUARD_ADDRS: &str = "TP_GUARD_ADDRS";
     pub const FLOWS: &str = "TP_FLOWS";
-    /// One u64 bumped after every insert into `FLOWS` (by the datapath or the agent): a flow
-    /// denied before the insert may be allowed after it, so cached denials (in `TP_SLOTS`) made
-    /// under an older value are not trusted.
+    /// One u64, the epoch, bumped after every insert into `FLOWS` (by the datapath or the
+    /// agent) and after every write of `CONFIG` (by the agent): a flow denied before either may
+    /// be allowed after it, so cached denials (in `TP_SLOTS`) made under an older value are not
+    /// trusted. They check nothing else.
     pub const FLOW_EPOCH: &str = "TP_FLOW_EPOCH";
     pub const GATES: &str = "TP_GATES";
     pub const EVENTS: &str = "TP_EVENTS";
@@ -354,11 +394,20 @@ const _: () = {
 
 /// The last of the five flow words the datapath reads straight from a packet's headers (see
 /// `flow_words` in the kernel crate): the two transport ports exactly as they sit in the header,
-/// the IP protocol above them, and the IP family (4 or 6) above that. A zeroed word has no
-/// protocol, so it matches no flow.
+/// the IP protocol above them, the IP family (4 or 6) above that, and above that a TCP
+/// segment's ACK flag. A zeroed word has no protocol, so it matches no flow.
+///
+/// The ACK flag is the one bit of a packet past its flow that a verdict rests on: a segment
+/// without it from a protected peer is never a connection of the node's, while one with it may
+/// be (the datapath asks the node's sockets). The caches keyed by these words must tell the two
+/// apart, or a denied SYN would deny the node's connection on the same ports.
 pub mod flow_word {
     pub const PROTO_SHIFT: u32 = 32;
     pub const FAMILY_SHIFT: u32 = 40;
+    /// Where the TCP header's ACK flag (0x10 in its flags byte) lands in the word.
+    pub const ACK_SHIFT: u32 = 48;
+    /// The TCP header's ACK flag in its flags byte.
+    pub const TCP_ACK: u8 = 0x10;
 
     #[inline(always)]
     pub const fn meta(raw_ports: u32, proto: u8, family: u8) -> u64 {
@@ -373,6 +422,12 @@ pub mod flow_word {
     #[inline(always)]
     pub const fn family(meta: u64) -> u8 {
         (meta >> FAMILY_SHIFT) as u8
+    }
+
+    /// A TCP segment's flags byte reduced to the word's ACK bit.
+    #[inline(always)]
+    pub const fn ack(tcp_flags: u8) -> u64 {
+        ((tcp_flags & TCP_ACK) as u64) << (ACK_SHIFT - 4)
     }
 
     /// The ports as the header holds them (network byte order), source first.
@@ -431,6 +486,45 @@ mod tests {
         assert_eq!(family(m), 6);
         assert_eq!(raw_ports(m), [0x9c, 0x40, 0x08, 0x01]);
         assert_eq!(proto(0), 0, "a zeroed word has no protocol");
+        // The ACK bit is a bit of its own: it changes the word, and nothing read from it.
+        let acked = m | ack(0x10 | 0x02);
+        assert_ne!(acked, m);
+        assert_eq!(ack(0x02 | 0x04 | 0x01), 0, "SYN, RST, FIN are not ACK");
+        assert_eq!(
+            (proto(acked), family(acked), raw_ports(acked)),
+            (proto(m), family(m), raw_ports(m))
+        );
+    }
+
+    #[test]
+    fn recent_denials_fold_into_the_four_counters_they_stand_for() {
+        use super::{counter::*, reason};
+        let mut block = [0u64; COUNT as usize];
+        block[DENIED as usize] = 1;
+        block[recent_denial(false, reason::NO_RULE) as usize] = 3;
+        block[recent_denial(true, reason::UNSOLICITED) as usize] = 5;
+        fold_recent_denials(&mut block);
+        let at = |c: u32| block[c as usize];
+        assert_eq!((at(DENIED), at(AUDITED)), (4, 5));
+        assert_eq!(at(REASON_BASE + u32::from(reason::NO_RULE)), 3);
+        assert_eq!(at(REASON_BASE + u32::from(reason::UNSOLICITED)), 5);
+        assert_eq!((at(RECENT_DENIAL), at(EVENTS_SUPPRESSED)), (8, 8));
+        assert_eq!(
+            block.iter().sum::<u64>(),
+            1 + 3 * 4 + 5 * 4,
+            "nothing else moved, and the kernel's own counters were emptied"
+        );
+        // Every verdict and reason has a counter of its own, inside the block.
+        let mut all: std::vec::Vec<u32> = (0..=reason::MAX)
+            .flat_map(|r| [recent_denial(false, r), recent_denial(true, r)])
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 2 * (usize::from(reason::MAX) + 1));
+        assert!(
+            all.iter()
+                .all(|&c| c > REASON_BASE + u32::from(reason::MAX) && c < COUNT)
+        );
     }
 
     #[test]

@@ -4,10 +4,21 @@
 //! scheduler tick), with no parsing and no lookup: a flood of a denied flow costs about what an
 //! allowed flow does.
 //!
-//! An entry is trusted only under the policy sequence, mode and flow-table epoch it was made
-//! under: a policy change, a mode switch or any new connection-table entry (which may be this
-//! flow's other direction) sends the flow back to the full path. What the cache suppressed is
-//! handed to the flow's gate, so the next event still says how many packets it stands for.
+//! An entry is trusted only while the epoch (`maps::FLOW_EPOCH`) holds the value it was made
+//! under, and nothing else is checked on a packet: the agent bumps the epoch after every write of
+//! the configuration (a policy change, a mode switch, the cache turned off), the datapath and the
+//! agent after every insert into the connection table (which may be this flow's other
+//! direction). Either sends the flow back to the full path. What the cache suppressed is handed
+//! to the flow's gate, so the next event still says how many packets it stands for.
+//!
+//! For that, an entry must rest on a configuration read after its epoch: the full path copies
+//! the configuration before it reads the epoch, so `remember` reads the configuration once more
+//! and keeps the entry only if it is still the one the verdict was made under. A write the
+//! copy missed is then either seen by that read (no entry) or followed by a bump after it.
+//!
+//! An entry stands for every packet with its flow words, and those carry a TCP segment's ACK
+//! flag, the one flag a verdict rests on: a SYN from storage denied on a connection of the
+//! node's that the table lost is not the connection's own segments, which its socket lets in.
 //!
 //! It is asked before the recent-flow cache, and the order cannot change a verdict: an entry
 //! here and a recent flow never both hold under one sequence and epoch. A flow the full path
@@ -19,7 +30,7 @@ use trident_ports_common::{Config, MODE_AUDIT, OPTION_NO_RECENT_DENIALS, counter
 
 use crate::{
     events,
-    maps::{CONFIG, FLOW_EPOCH, count_all},
+    maps::{CONFIG, FLOW_EPOCH, count},
     recent::{copy_words, same_words},
     verdict::Action,
 };
@@ -34,24 +45,25 @@ pub(crate) struct DeniedFlow {
     pub until_ns: u64,
     /// The scheduler tick (jiffies) in which `until_ns` was last found to lie ahead.
     pub tick: u64,
-    pub seq: u32,
-    /// The low half of the flow-table epoch read before the verdict's lookups.
-    pub epoch: u32,
+    /// The epoch read before the verdict's lookups.
+    pub epoch: u64,
     /// Packets this entry answered: suppressed events the flow's gate has not counted yet.
     pub suppressed: u32,
     pub mode: u8,
-    pub reason: u8,
+    /// The counter this entry's packets bump: `counter::recent_denial` of its verdict and reason.
+    pub counter: u8,
     pub _pad: [u8; 2],
 }
 
-/// The flow-table epoch. Read before any lookup a cached verdict rests on: an insert after this
-/// read bumps the epoch after it, so the entry made from those lookups is never trusted.
+/// The epoch. Read before any lookup a cached verdict rests on: an insert (or a configuration
+/// write) after this read bumps the epoch after it, so the entry made from those lookups is never
+/// trusted.
 #[inline(always)]
-pub(crate) fn epoch() -> u32 {
+pub(crate) fn epoch() -> u64 {
     match FLOW_EPOCH.get_ptr(0) {
         // SAFETY: an array slot, valid for the program run; a torn read cannot happen for an
         // aligned u64, and any value read is only compared.
-        Some(p) => unsafe { core::ptr::read_volatile(p) as u32 },
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
         None => 0,
     }
 }
@@ -84,21 +96,13 @@ pub(crate) fn cached(cfg: &Config) -> bool {
 
 /// The verdict for a packet of a flow this CPU denied moments ago, or `None` for the full path.
 /// Asked first of all, before the caller has read the configuration: the flow is compared
-/// first, so that other flows leave at once, and only then is the configuration read.
+/// first, so that other flows leave at once, and only then is the epoch read.
 #[inline(always)]
 pub(crate) fn answer(slot: *mut DeniedFlow, dir: u8, words: &[u64; 5]) -> Option<Action> {
     // SAFETY: this CPU's slot, valid for the program run; programs do not nest on one CPU within
     // one direction, so nothing writes it meanwhile.
     let e = unsafe { &mut *slot };
-    if !same_words(&e.words, words) {
-        return None;
-    }
-    // SAFETY: the array's one entry, valid for the program run; the agent rewrites it whole,
-    // and each field read here is compared with what the entry was made under, so a read
-    // across a rewrite only sends the packet to the full path.
-    let cfg = unsafe { &*CONFIG.get_ptr(0)? };
-    // The epoch last, as it costs a lookup.
-    if !(cached(cfg) && e.seq == cfg.seq && e.mode == cfg.mode && e.epoch == epoch()) {
+    if !same_words(&e.words, words) || e.epoch != epoch() {
         return None;
     }
     // The clock is read once per tick: jiffies cost a load, the clock 20-40 ns (in a VM). An
@@ -115,21 +119,13 @@ pub(crate) fn answer(slot: *mut DeniedFlow, dir: u8, words: &[u64; 5]) -> Option
         e.tick = tick;
     }
     e.suppressed = e.suppressed.wrapping_add(1);
-    let (c, action) = if e.mode == MODE_AUDIT {
-        (counter::AUDITED, Action::Pass)
+    // One counter for the four this packet counts under (see `counter::recent_denial`).
+    count(dir, u32::from(e.counter));
+    Some(if e.mode == MODE_AUDIT {
+        Action::Pass
     } else {
-        (counter::DENIED, Action::Drop)
-    };
-    count_all(
-        dir,
-        [
-            c,
-            counter::REASON_BASE + u32::from(e.reason),
-            counter::RECENT_DENIAL,
-            counter::EVENTS_SUPPRESSED,
-        ],
-    );
-    Some(action)
+        Action::Drop
+    })
 }
 
 /// Empties the slot before the full path reports a denial of `words`: returns the suppressed
@@ -151,16 +147,28 @@ pub(crate) fn take(slot: *mut DeniedFlow, dir: u8, words: &[u64; 5]) -> u32 {
     }
 }
 
-/// Remembers a denial the full path just reported; the gate is closed until `until_ns`.
+/// Remembers a denial the full path just reported under `cfg`, its copy of the configuration;
+/// the gate is closed until `until_ns`. `epoch` was read after `cfg` was copied and before the
+/// verdict's lookups.
 #[inline(always)]
 pub(crate) fn remember(
     slot: *mut DeniedFlow,
     cfg: &Config,
-    epoch: u32,
+    epoch: u64,
     words: &[u64; 5],
     until_ns: u64,
     reason: u8,
 ) {
+    // The configuration now, read after the epoch: unless the verdict's copy is still in force,
+    // a write came between them that the epoch may not show (see the module's docs).
+    // SAFETY: the array's one entry, valid for the program run; the agent rewrites it whole,
+    // and a read across a rewrite differs from the copy, which only leaves the slot alone.
+    let Some(now) = CONFIG.get_ptr(0).map(|c| unsafe { &*c }) else {
+        return;
+    };
+    if !(cached(now) && now.seq == cfg.seq && now.mode == cfg.mode) {
+        return;
+    }
     // SAFETY: as in `answer`; `take` has handed on the previous entry's count.
     let e = unsafe { &mut *slot };
     copy_words(&mut e.words, words);
@@ -168,9 +176,8 @@ pub(crate) fn remember(
     // SAFETY: a helper without arguments or preconditions. The full path has just read the clock
     // and `until_ns` lies ahead of it.
     e.tick = unsafe { bpf_jiffies64() };
-    e.seq = cfg.seq;
     e.epoch = epoch;
     e.suppressed = 0;
     e.mode = cfg.mode;
-    e.reason = reason;
+    e.counter = counter::recent_denial(cfg.mode == MODE_AUDIT, reason) as u8;
 }

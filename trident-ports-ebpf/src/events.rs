@@ -6,7 +6,7 @@ use trident_ports_common::{
 
 use crate::{
     maps::{EVENTS, GATES, count},
-    parse::{Parsed, addresses, ports},
+    parse::{Addr, Parsed, addresses, ports},
 };
 
 /// Everything an event needs, passed by reference: BPF functions take at most five arguments.
@@ -92,8 +92,8 @@ pub(crate) fn report(d: &Denial, carried: u32) -> u64 {
     // SAFETY: the reservation is sizeof(Event) bytes; every field is written before submit.
     unsafe {
         (*ev).ts_ns = now;
-        (*ev).src = parsed.src;
-        (*ev).dst = parsed.dst;
+        (*ev).src = parsed.src.0;
+        (*ev).dst = parsed.dst.0;
         (*ev).src_port = sport;
         (*ev).dst_port = dport;
         (*ev).ifindex = d.ifindex;
@@ -126,12 +126,12 @@ pub(crate) fn add_suppressed(dir: u8, words: &[u64; 5], n: u32) {
 }
 
 #[inline(always)]
-fn gate_key(dir: u8, src: &[u8; 16], dst: &[u8; 16], sport: u16, dport: u16, proto: u8) -> GateKey {
+fn gate_key(dir: u8, src: &Addr, dst: &Addr, sport: u16, dport: u16, proto: u8) -> GateKey {
     let egress = dir == DIR_EGRESS;
     GateKey {
         flow: FlowKey {
-            local: if egress { *src } else { *dst },
-            remote: if egress { *dst } else { *src },
+            local: if egress { src.0 } else { dst.0 },
+            remote: if egress { dst.0 } else { src.0 },
             local_port: if egress { sport } else { dport },
             remote_port: if egress { dport } else { sport },
             proto,

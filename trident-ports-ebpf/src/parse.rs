@@ -80,11 +80,11 @@ pub(crate) mod kind {
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub(crate) struct Parsed {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     /// The packet an ICMP error quotes, as that packet was sent.
-    pub q_src: [u8; 16],
-    pub q_dst: [u8; 16],
+    pub q_src: Addr,
+    pub q_dst: Addr,
     pub sport: u16,
     pub dport: u16,
     pub q_sport: u16,
@@ -123,21 +123,28 @@ pub(crate) fn common<P: Packet>(pkt: &P, words: &[u64; 5], out: &mut Parsed) {
     out.kind = kind::PORTS;
 }
 
+/// An address (IPv4 mapped into IPv6), aligned to a word. A key built from a bare `&[u8; 16]`
+/// (alignment 1) is copied byte by byte, since BPF has no unaligned loads: 32 instructions a
+/// key, where this takes 8.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub(crate) struct Addr(pub [u8; 16]);
+
 /// The source and destination that `flow_words` packed, an IPv4 pair mapped into IPv6.
 #[inline(always)]
-pub(crate) fn addresses(words: &[u64; 5]) -> ([u8; 16], [u8; 16]) {
+pub(crate) fn addresses(words: &[u64; 5]) -> (Addr, Addr) {
     if flow_word::family(words[4]) == 4 {
         let a = words[0].to_ne_bytes();
         (
-            v4_mapped([a[0], a[1], a[2], a[3]]),
-            v4_mapped([a[4], a[5], a[6], a[7]]),
+            Addr(v4_mapped([a[0], a[1], a[2], a[3]])),
+            Addr(v4_mapped([a[4], a[5], a[6], a[7]])),
         )
     } else {
         // SAFETY: two u64s and sixteen bytes have the same size and no invalid values.
         let src = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[0], words[1]]) };
         // SAFETY: as above.
         let dst = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[2], words[3]]) };
-        (src, dst)
+        (Addr(src), Addr(dst))
     }
 }
 
@@ -151,12 +158,24 @@ pub(crate) fn ports(meta: u64) -> (u16, u16) {
     )
 }
 
+/// The word's ACK bit of the transport header at `l4` (see `flow_word`): a TCP segment's, none
+/// for UDP, whose byte there is payload. The caller has checked the bytes through the flags.
+#[inline(always)]
+fn ack_bit(l4: usize, proto: u8) -> u64 {
+    if proto == PROTO_TCP {
+        flow_word::ack(load::<u8>(l4 + TCP_FLAGS))
+    } else {
+        0
+    }
+}
+
 /// The shapes nearly all storage traffic has, read straight from the packet at fixed offsets
 /// behind one bounds check: untagged Ethernet, then IPv4 without options that is not a later
 /// fragment, or IPv6 whose next header is TCP or UDP, then TCP or UDP (and at least as many
 /// bytes as a TCP header up to its flags). Returns the flow as five words taken from the headers
-/// without conversion: the addresses, then ports, protocol and family. Two packets have equal
-/// words exactly when they belong to the same flow in the same direction. False for any other
+/// without conversion: the addresses, then ports, protocol, family and a TCP segment's ACK flag.
+/// Two packets have equal words exactly when they belong to the same flow in the same direction
+/// and, for TCP, both carry ACK or neither does. False for any other
 /// shape, or headers not all in the directly readable bytes: `parse` reads those with a helper
 /// call per field.
 #[inline(always)]
@@ -182,7 +201,11 @@ pub(crate) fn flow_words<P: Packet>(pkt: &P) -> (bool, [u64; 5]) {
         // Source and destination are adjacent: one word holds both.
         let addrs = load::<u64>(ip + IPV4_SRC);
         let ports = load::<u32>(ip + IPV4_MIN_HLEN);
-        (true, [addrs, 0, 0, 0, flow_word::meta(ports, proto, 4)])
+        let ack = ack_bit(ip + IPV4_MIN_HLEN, proto);
+        (
+            true,
+            [addrs, 0, 0, 0, flow_word::meta(ports, proto, 4) | ack],
+        )
     } else if ethertype == ETH_P_IPV6.to_be() {
         if data + ETH_HLEN + IPV6_HLEN + TCP_THROUGH_FLAGS > end {
             return none;
@@ -194,9 +217,16 @@ pub(crate) fn flow_words<P: Packet>(pkt: &P) -> (bool, [u64; 5]) {
         // Source and destination are adjacent: four words hold both.
         let a = load::<[u64; 4]>(ip + IPV6_SRC);
         let ports = load::<u32>(ip + IPV6_HLEN);
+        let ack = ack_bit(ip + IPV6_HLEN, proto);
         (
             true,
-            [a[0], a[1], a[2], a[3], flow_word::meta(ports, proto, 6)],
+            [
+                a[0],
+                a[1],
+                a[2],
+                a[3],
+                flow_word::meta(ports, proto, 6) | ack,
+            ],
         )
     } else {
         none
@@ -242,8 +272,8 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
     let src = read!(pkt, [u8; 4], off + IPV4_SRC, return false);
     let dst = read!(pkt, [u8; 4], off + IPV4_DST, return false);
     out.family = 4;
-    out.src = v4_mapped(src);
-    out.dst = v4_mapped(dst);
+    out.src = Addr(v4_mapped(src));
+    out.dst = Addr(v4_mapped(dst));
     out.proto = proto;
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
@@ -260,11 +290,11 @@ fn parse_ipv4<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(pkt: &P, off: usize, out: &mut Parsed) -> bool {
-    let src = read!(pkt, [u8; 16], off + IPV6_SRC, return false);
-    let dst = read!(pkt, [u8; 16], off + IPV6_DST, return false);
+    if !(pkt.read_into(off + IPV6_SRC, &mut out.src) && pkt.read_into(off + IPV6_DST, &mut out.dst))
+    {
+        return false;
+    }
     out.family = 6;
-    out.src = src;
-    out.dst = dst;
     let mut next = read!(pkt, u8, off + IPV6_NEXT, return true);
     let mut cur = off + IPV6_HLEN;
     let mut found = false;
@@ -358,8 +388,11 @@ fn parse_icmp<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) {
 fn parse_quoted<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) -> bool {
     let l4off;
     if v6 {
-        out.q_src = read!(pkt, [u8; 16], off + IPV6_SRC, return false);
-        out.q_dst = read!(pkt, [u8; 16], off + IPV6_DST, return false);
+        if !(pkt.read_into(off + IPV6_SRC, &mut out.q_src)
+            && pkt.read_into(off + IPV6_DST, &mut out.q_dst))
+        {
+            return false;
+        }
         out.q_proto = read!(pkt, u8, off + IPV6_NEXT, return false);
         l4off = off + IPV6_HLEN;
     } else {
@@ -371,8 +404,8 @@ fn parse_quoted<P: Packet>(pkt: &P, off: usize, v6: bool, out: &mut Parsed) -> b
         if ihl < IPV4_MIN_HLEN {
             return false;
         }
-        out.q_src = v4_mapped(src);
-        out.q_dst = v4_mapped(dst);
+        out.q_src = Addr(v4_mapped(src));
+        out.q_dst = Addr(v4_mapped(dst));
         out.q_proto = proto;
         l4off = off + ihl;
     }

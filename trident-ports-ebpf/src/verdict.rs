@@ -16,7 +16,7 @@ use crate::{
         count_all,
     },
     packet::Packet,
-    parse::{Parsed, addresses, common, flow_words, kind, parse, ports},
+    parse::{Addr, Parsed, addresses, common, flow_words, kind, parse, ports},
     passing, recent, slots, sockets,
 };
 
@@ -60,6 +60,9 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     {
         return action;
     }
+    // Only a flow of a common shape has a slot (the lookup of an index in range does not fail):
+    // asked from the slot rather than kept, it leaves a register to the path above.
+    let common_shape = slot.is_some();
     let cfg = match CONFIG.get(0) {
         Some(c) => *c,
         None => Config::default(),
@@ -180,7 +183,8 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
             };
             let until = events::report(&denial, carried);
             // Only common shapes have a slot, and their verdict rests on nothing but the flow's
-            // words, the policy, the mode and the connection table.
+            // words (with a TCP segment's ACK flag), the policy, the mode, the connection table
+            // and the node's sockets (whose connections enter the table with a packet).
             if let Some(slot) = denied_slot {
                 denied::remember(slot.as_ptr(), &cfg, epoch, &words, until, why);
             }
@@ -195,8 +199,8 @@ fn judge<P: Packet>(
     cfg: &Config,
     dir: u8,
     parsed: &Parsed,
-    local: &[u8; 16],
-    remote: &[u8; 16],
+    local: &Addr,
+    remote: &Addr,
     peer: PeerInfo,
 ) -> Judgement {
     let protected = peer.flags & PEER_PROTECTED != 0;
@@ -249,8 +253,8 @@ fn judge_ports<P: Packet>(
     cfg: &Config,
     dir: u8,
     parsed: &Parsed,
-    local: &[u8; 16],
-    remote: &[u8; 16],
+    local: &Addr,
+    remote: &Addr,
     peer: PeerInfo,
 ) -> Judgement {
     let proto = parsed.proto;
@@ -276,7 +280,7 @@ fn judge_ports<P: Packet>(
             // Perhaps a connection of the node's that the table lost or never learned. A TCP
             // segment without ACK opens a connection (or resets one it never saw): it is never
             // the node's, and a SYN flood pays nothing more.
-            if (proto != PROTO_TCP || parsed.tcp_flags & TCP_ACK != 0)
+            if (proto != PROTO_TCP || parsed.tcp_flags & flow_word::TCP_ACK != 0)
                 && node_connection(pkt, cfg, parsed.family, &flow)
             {
                 return Judgement::Allowed(counter::NODE_SOCKET);
@@ -323,7 +327,7 @@ fn keep_in_table(cfg: &Config, dir: u8, words: &[u64; 5]) {
 /// as the cheaper question, then by the node's socket tables. Learned again when it is one.
 #[inline(always)]
 fn node_connection<P: Packet>(pkt: &P, cfg: &Config, family: u8, flow: &FlowKey) -> bool {
-    let out = lookup_peer(cfg, DIR_EGRESS, &flow.remote);
+    let out = lookup_peer(cfg, DIR_EGRESS, &Addr(flow.remote));
     let yes = known(&out)
         && rule_allows(cfg, DIR_EGRESS, out.class, flow.proto, flow.remote_port)
         && sockets::node_is_connected(pkt, family, flow);
@@ -332,9 +336,6 @@ fn node_connection<P: Packet>(pkt: &P, cfg: &Config, family: u8, flow: &FlowKey)
     }
     yes
 }
-
-/// The TCP header's ACK flag.
-const TCP_ACK: u8 = 0x10;
 
 /// Adds an allowed flow to the connection table under the running policy.
 #[inline(always)]
@@ -350,10 +351,10 @@ fn learn(cfg: &Config, flow: &FlowKey) {
 }
 
 #[inline(always)]
-fn flow_key(local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16, proto: u8) -> FlowKey {
+fn flow_key(local: &Addr, remote: &Addr, lport: u16, rport: u16, proto: u8) -> FlowKey {
     FlowKey {
-        local: *local,
-        remote: *remote,
+        local: local.0,
+        remote: remote.0,
         local_port: lport,
         remote_port: rport,
         proto,
@@ -374,10 +375,10 @@ fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
     if unsafe { (*state).seq } == cfg.seq {
         return true;
     }
-    let out = lookup_peer(cfg, DIR_EGRESS, &flow.remote);
+    let out = lookup_peer(cfg, DIR_EGRESS, &Addr(flow.remote));
     let inb =
         (known(&out) && rule_allows(cfg, DIR_EGRESS, out.class, flow.proto, flow.remote_port)) || {
-            let p = lookup_peer(cfg, DIR_INGRESS, &flow.remote);
+            let p = lookup_peer(cfg, DIR_INGRESS, &Addr(flow.remote));
             known(&p) && rule_allows(cfg, DIR_INGRESS, p.class, flow.proto, flow.local_port)
         };
     if inb {
@@ -394,12 +395,12 @@ fn flow_is_known(cfg: &Config, flow: &FlowKey) -> bool {
 /// copies undefined payload bytes, which LLVM may take from a clobbered register and which the
 /// verifier then rejects.
 #[inline(always)]
-pub(crate) fn lookup_peer(cfg: &Config, dir: u8, addr: &[u8; 16]) -> PeerInfo {
+pub(crate) fn lookup_peer(cfg: &Config, dir: u8, addr: &Addr) -> PeerInfo {
     let key = PeerKey {
         generation: cfg.generation,
         dir,
         _pad: [0; 2],
-        addr: *addr,
+        addr: addr.0,
     };
     // SAFETY: values are plain data written by the agent.
     if let Some(info) = unsafe { PEERS.get(key) } {
@@ -459,12 +460,12 @@ fn rule_allows(cfg: &Config, dir: u8, class: u32, proto: u8, port: u16) -> bool 
 /// True when `addr` is one where Trident listens: only then is a guarded port Trident's. Looked
 /// up only for packets to a guarded port.
 #[inline(always)]
-fn is_guarded_address(generation: u8, addr: &[u8; 16]) -> bool {
+fn is_guarded_address(generation: u8, addr: &Addr) -> bool {
     let key = PeerKey {
         generation,
         dir: DIR_INGRESS,
         _pad: [0; 2],
-        addr: *addr,
+        addr: addr.0,
     };
     // SAFETY: only the presence of the value is read.
     unsafe { GUARD_ADDRS.get(key) }.is_some()

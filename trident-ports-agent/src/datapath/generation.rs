@@ -160,7 +160,7 @@ impl Datapath {
             event_cost_ns: current.event_cost_ns,
             _pad: 0,
         };
-        self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
+        self.write_config(next)?;
         let in_force = started.elapsed();
         match self.running.take() {
             Some(r) if r.generation == current.generation => self.remove_running(&r)?,
@@ -248,9 +248,7 @@ impl Datapath {
             options: current.options | OPTION_UPDATING,
             ..current
         };
-        self.config
-            .set(0, widened, 0)
-            .map_err(map_err(maps::CONFIG))?;
+        self.write_config(widened)?;
         for step in steps {
             match step {
                 Step::AddClass { rules, ranges } => {
@@ -299,7 +297,7 @@ impl Datapath {
             }
             between(self);
         }
-        self.config.set(0, next, 0).map_err(map_err(maps::CONFIG))?;
+        self.write_config(next)?;
         self.idle_clean = true;
         Ok(())
     }

@@ -21,7 +21,7 @@ pub use tables::{Tables, compile};
 use trident_ports_common::{
     COUNTER_BLOCKS, Config, CounterBlock, FlowKey, FlowState, MODE_AUDIT, MODE_ENFORCE,
     OPTION_NO_RECENT_DENIALS, OPTION_NO_RECENT_FLOWS, OPTION_NO_RECENT_PASSES, PeerInfo, PeerKey,
-    RangeKey, RuleKey, maps, programs,
+    RangeKey, RuleKey, counter, maps, programs,
 };
 
 use crate::{
@@ -268,10 +268,25 @@ impl Datapath {
     }
 
     /// Tells the datapath that the connection table has new entries: denials its CPUs cached
-    /// before them may no longer hold (see `maps::FLOW_EPOCH`). Not atomic with the datapath's
-    /// own bumps, which is harmless: either write changes the value, and the inserts that
-    /// caused both are in the table before it changes.
+    /// before them may no longer hold (see `maps::FLOW_EPOCH`).
     fn flows_added(&mut self) -> Result<()> {
+        self.bump_epoch()
+    }
+
+    /// Writes the configuration, then bumps the epoch: the recent-denial cache checks nothing
+    /// else (see `maps::FLOW_EPOCH`). Should this process die between the two, denials cached
+    /// under the old configuration hold until their flows' event gates open (one event
+    /// interval at most), a flow is added, or the restarted agent writes the configuration.
+    pub(crate) fn write_config(&mut self, cfg: Config) -> Result<()> {
+        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))?;
+        self.bump_epoch()
+    }
+
+    /// Changes the epoch. Not atomic with the datapath's own bumps, which is harmless: a
+    /// datapath bump this write overwrites came after this process read the epoch, so after
+    /// the write or insert that calls for this bump; an entry that read its value rests on that
+    /// change, and one that read the value before sees this write change it.
+    fn bump_epoch(&mut self) -> Result<()> {
         let epoch = self
             .flow_epoch
             .get(&0, 0)
@@ -304,7 +319,7 @@ impl Datapath {
         } else {
             cfg.options & !bit
         };
-        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+        self.write_config(cfg)
     }
 
     /// At most `per_second` events per second from each CPU (0: no limit), in bursts of up to a
@@ -319,7 +334,7 @@ impl Datapath {
             return Ok(());
         }
         cfg.event_cost_ns = cost;
-        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+        self.write_config(cfg)
     }
 
     /// Switches between enforce and audit without touching the policy.
@@ -329,7 +344,7 @@ impl Datapath {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Audit => MODE_AUDIT,
         };
-        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+        self.write_config(cfg)
     }
 
     pub fn config(&self) -> Result<Config> {
@@ -354,6 +369,7 @@ impl Datapath {
                     *t += v;
                 }
             }
+            counter::fold_recent_denials(total);
         }
         Ok(out)
     }
@@ -374,10 +390,18 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::pr
         .ok_or_else(|| Error::Object(format!("program {name}")))
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Counters {
     /// Indexed by `DIR_*`.
     blocks: [CounterBlock; COUNTER_BLOCKS as usize],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            blocks: [[0; counter::COUNT as usize]; COUNTER_BLOCKS as usize],
+        }
+    }
 }
 
 impl Counters {
