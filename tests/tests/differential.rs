@@ -1,6 +1,7 @@
 //! The datapath against the reference model (`trident_ports_tests::differential`): CI's smoke
 //! run of generated policies and packets, every verdict, counter and reason compared. The full
 //! run is `cargo xtask fuzz datapath` (1,000,000 cases and more).
+use trident_ports_common::counter;
 use trident_ports_tests::{OnCpu0, XDP_KERNEL, differential, kernel, require_root};
 
 #[test]
@@ -40,6 +41,18 @@ fn the_kernel_judges_every_generated_packet_as_the_model_does() {
                 report.by_counter
             );
         }
+        // Packets from storage on the node's real connections, let in by their sockets: each
+        // is a fresh table's or a new policy's first (the flow is learned then).
+        assert!(
+            report
+                .by_counter
+                .get(&counter::NODE_SOCKET)
+                .copied()
+                .unwrap_or(0)
+                > 3,
+            "seed {seed}: too few packets let in by the node's sockets: {:?}",
+            report.by_counter
+        );
     }
 }
 

@@ -9,8 +9,11 @@ use trident_ports_agent::policy::{
     Direction, Entry, Guard, Mode, Policy, PortRange, Protected, Proto,
 };
 
-use super::spec::{Ext, L3, L4, Prog, Quote, Spec};
-use crate::packet::{ACK, ICMP, ICMPV6, SYN, TCP, UDP};
+use super::{
+    model::Flow,
+    spec::{Ext, L3, L4, Prog, Quote, Spec},
+};
+use crate::packet::{ACK, ICMP, ICMPV6, RST, SYN, TCP, UDP};
 
 /// splitmix64: small, fast, and the same sequence for the same seed everywhere.
 pub struct Rng(u64);
@@ -44,6 +47,9 @@ impl Rng {
 /// The node's own addresses in every generated policy.
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const NODE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The storage the node's real sockets are connected to (see `differential::NodeSockets`).
+pub const STORAGE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const STORAGE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
 fn v4(rng: &mut Rng) -> Ipv4Addr {
     let net = rng.pick(&[[192u8, 0, 2], [198, 51, 100], [203, 0, 113]]);
@@ -111,6 +117,21 @@ pub fn policy(rng: &mut Rng) -> Policy {
         ],
         ..Policy::default()
     };
+    // Now and then the storage the node's sockets are connected to, on their ports.
+    for (peer, port, proto) in [
+        (IpAddr::V4(STORAGE_V4), 2049, Proto::Tcp),
+        (IpAddr::V6(STORAGE_V6), 2049, Proto::Tcp),
+        (IpAddr::V4(STORAGE_V4), 111, Proto::Udp),
+    ] {
+        if rng.chance(40) {
+            p.entries.push(entry(
+                Direction::Egress,
+                IpNet::from(peer),
+                PortRange::single(port),
+                proto,
+            ));
+        }
+    }
     for _ in 0..=rng.below(6) {
         let peer = net(rng, false);
         let proto = if rng.chance(70) {
@@ -295,6 +316,9 @@ pub struct Generator {
     /// datagram of a flood.
     last: Option<Spec>,
     xdp: bool,
+    /// The node's connected sockets, as flows from the node's side: their packets (with any
+    /// flags), replies and ICMP errors are drawn too.
+    sockets: Vec<Flow>,
 }
 
 impl Generator {
@@ -304,7 +328,15 @@ impl Generator {
             recent: Vec::new(),
             last: None,
             xdp,
+            sockets: Vec::new(),
         }
+    }
+
+    /// The same generator, drawing packets of the node's connected `sockets` too.
+    #[must_use]
+    pub fn with_sockets(mut self, sockets: &[Flow]) -> Self {
+        self.sockets = sockets.to_vec();
+        self
     }
 
     fn address(&mut self, p: &Policy, v6: bool) -> IpAddr {
@@ -383,6 +415,17 @@ impl Generator {
         {
             return last.clone();
         }
+        // The same flow's next segment with other flags: a cache keyed by the flow must not
+        // answer it with a verdict that rested on the flags (a SYN's denial for the ACKs of
+        // the node's connection).
+        if let Some(mut spec) = self.last.clone()
+            && self.rng.chance(5)
+            && let Some(L4::Tcp { flags, .. }) = l4_mut(&mut spec.l3)
+        {
+            *flags = self.rng.pick(&ANY_FLAGS);
+            self.last = Some(spec.clone());
+            return spec;
+        }
         let spec = self.new_packet(p);
         self.last = Some(spec.clone());
         spec
@@ -390,7 +433,9 @@ impl Generator {
 
     fn new_packet(&mut self, p: &Policy) -> Spec {
         let roll = self.rng.below(100);
-        let mut spec = if roll < 30 && !self.recent.is_empty() {
+        let mut spec = if roll < 10 && !self.sockets.is_empty() {
+            self.on_socket()
+        } else if roll < 30 && !self.recent.is_empty() {
             self.follow_up()
         } else if roll < 40 && !self.recent.is_empty() {
             self.icmp_error()
@@ -472,20 +517,60 @@ impl Generator {
             }
         });
         let l4 = self.l4(proto, sport, dport);
-        self.remember(Sent {
-            prog,
-            src,
-            dst,
-            proto,
-            sport,
-            dport,
-        });
-        Spec {
-            prog,
+        self.send(
+            Sent {
+                prog,
+                src,
+                dst,
+                proto,
+                sport,
+                dport,
+            },
+            l4,
+        )
+    }
+
+    /// The packet `s` describes, with transport header `l4`, remembered for follow-ups.
+    fn send(&mut self, s: Sent, l4: L4) -> Spec {
+        let spec = Spec {
+            prog: s.prog,
             tags: 0,
-            l3: Self::ip(src, dst, l4),
+            l3: Self::ip(s.src, s.dst, l4),
             cut: None,
-        }
+        };
+        self.remember(s);
+        spec
+    }
+
+    /// A packet of one of the node's connections: mostly from storage, with any flags.
+    fn on_socket(&mut self) -> Spec {
+        let f = self.rng.pick(&self.sockets);
+        let (prog, src, dst, sport, dport) = if self.rng.chance(80) {
+            (self.ingress_prog(), f.remote, f.local, f.rport, f.lport)
+        } else {
+            (Prog::TcEgress, f.local, f.remote, f.lport, f.rport)
+        };
+        let l4 = if f.proto == TCP {
+            L4::Tcp {
+                sport,
+                dport,
+                flags: self.rng.pick(&ANY_FLAGS),
+                payload: self.rng.pick(&[0usize, 0, 1, 100]),
+            }
+        } else {
+            self.l4(f.proto, sport, dport)
+        };
+        self.send(
+            Sent {
+                prog,
+                src,
+                dst,
+                proto: f.proto,
+                sport,
+                dport,
+            },
+            l4,
+        )
     }
 
     fn remember(&mut self, s: Sent) {
@@ -638,5 +723,16 @@ fn ends(l3: &L3) -> (IpAddr, IpAddr) {
     match l3 {
         L3::V4 { src, dst, .. } | L3::V6 { src, dst, .. } => (*src, *dst),
         L3::NotIp { .. } => (IpAddr::V4(NODE_V4), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))),
+    }
+}
+
+/// TCP flags a segment of any flow may carry, with and without ACK (0x18: PSH and ACK).
+const ANY_FLAGS: [u8; 7] = [SYN, ACK, SYN | ACK, RST, RST | ACK, 0x18, 0];
+
+/// The transport header of `l3`, to change in place.
+fn l4_mut(l3: &mut L3) -> Option<&mut L4> {
+    match l3 {
+        L3::V4 { l4, .. } | L3::V6 { l4, .. } => Some(l4),
+        L3::NotIp { .. } => None,
     }
 }

@@ -8,15 +8,21 @@ pub mod generate;
 pub mod model;
 pub mod spec;
 
+use std::net::{SocketAddr, UdpSocket};
+
 use trident_ports_agent::{datapath::Datapath, events::decode, policy::Policy};
 use trident_ports_common::{DIR_EGRESS, DIR_INGRESS, counter, programs, reason};
 
 use self::{
     generate::Generator,
-    model::{Model, Verdict},
+    model::{Flow, Model, Verdict},
     spec::{Prog, Spec, build},
 };
-use crate::packet::{TC_DROP, TC_PASS, XDP_DROP, XDP_PASS, hex};
+use crate::{
+    netns::{Addrs, Pair},
+    packet::{TC_DROP, TC_PASS, TCP, UDP, XDP_DROP, XDP_PASS, hex},
+    sockets::Sockets,
+};
 
 /// Packets between fresh datapaths: the connection table (an LRU) never fills, so the model's
 /// unbounded table stays the kernel's.
@@ -90,21 +96,90 @@ fn run_on(dp: &mut Datapath, prog: Prog, frame: &[u8]) -> u32 {
     crate::packet::run(dp, name, frame)
 }
 
-/// Runs `cases` packets from `seed`. Stops at the first disagreement.
+/// The node's real connections for a run's packets to belong to, in a namespace pair of the
+/// generator's node and storage addresses: NFS over TCP on both families, and a UDP socket
+/// connected to rpcbind. The UDP socket is bound to the node's address: one bound to any
+/// address would be found for every address of the node's, which the model does not describe.
+pub struct NodeSockets {
+    pub pair: Pair,
+    _tcp: Sockets,
+    _udp: UdpSocket,
+    /// The sockets as flows from the node's side.
+    pub flows: Vec<Flow>,
+}
+
+impl NodeSockets {
+    pub fn open() -> Self {
+        let (node4, node6) = (generate::NODE_V4, generate::NODE_V6);
+        let (storage4, storage6) = (generate::STORAGE_V4, generate::STORAGE_V6);
+        let pair = Pair::new(Addrs {
+            node: &[&format!("{node4}/24"), &format!("{node6}/64")],
+            storage: &[&format!("{storage4}/24"), &format!("{storage6}/64")],
+        });
+        let tcp = Sockets::open(
+            &pair,
+            &[&format!("{storage4}:2049"), &format!("[{storage6}]:2049")],
+            &[],
+        );
+        let udp = pair.node.within(|| {
+            let s = UdpSocket::bind((node4, 0)).expect("a UDP socket on the node's address");
+            s.connect((storage4, 111))
+                .expect("connecting it to rpcbind");
+            s
+        });
+        let flow = |local: SocketAddr, remote: SocketAddr, proto| Flow {
+            local: local.ip(),
+            remote: remote.ip(),
+            lport: local.port(),
+            rport: remote.port(),
+            proto,
+        };
+        let mut flows: Vec<Flow> = tcp
+            .tcp
+            .iter()
+            .map(|s| flow(s.local_addr().unwrap(), s.peer_addr().unwrap(), TCP))
+            .collect();
+        flows.push(flow(
+            udp.local_addr().unwrap(),
+            udp.peer_addr().unwrap(),
+            UDP,
+        ));
+        NodeSockets {
+            pair,
+            _tcp: tcp,
+            _udp: udp,
+            flows,
+        }
+    }
+}
+
+/// Runs `cases` packets from `seed` in the node namespace of a [`NodeSockets`], whose
+/// connections the kernel finds in its socket tables and the model knows. Stops at the first
+/// disagreement.
 pub fn run(seed: u64, cases: u64, xdp: bool) -> Report {
+    let sockets = NodeSockets::open();
+    let flows = sockets.flows.clone();
+    sockets.pair.node.within(move || {
+        // The per-CPU caches answer repeats: one CPU keeps which path answers predictable.
+        let _cpu = crate::OnCpu0::pin();
+        run_with(seed, cases, xdp, &flows)
+    })
+}
+
+fn run_with(seed: u64, cases: u64, xdp: bool, sockets: &[Flow]) -> Report {
     let mut report = Report::default();
-    let mut g = Generator::new(seed, xdp);
+    let mut g = Generator::new(seed, xdp).with_sockets(sockets);
     let mut kernel = Kernel::load(xdp, 0);
     let mut policy = generate::policy(&mut g.rng);
     let seq = kernel.apply(&policy);
-    let mut model = Model::new(policy.clone(), seq);
+    let mut model = Model::new(policy.clone(), seq).with_sockets(sockets);
     let mut history: Vec<String> = Vec::new();
     for case in 0..cases {
         if case > 0 && case % CASES_PER_DATAPATH == 0 {
             let gated = (case / CASES_PER_DATAPATH) % 2 == 1;
             kernel = Kernel::load(kernel.xdp, if gated { GATED_INTERVAL_NS } else { 0 });
             let seq = kernel.apply(&policy);
-            model = Model::new(policy.clone(), seq);
+            model = Model::new(policy.clone(), seq).with_sockets(sockets);
             history.clear();
             history.push(format!(
                 "-- fresh datapath, event interval {} ns",
@@ -161,6 +236,7 @@ fn one(
         counter::CONNTRACK_HIT,
         counter::FRAGMENT,
         counter::RECENT_HIT,
+        counter::NODE_SOCKET,
     ];
     let before = kernel.dp.counters().unwrap();
     let code = kernel.run(spec.prog, &frame);

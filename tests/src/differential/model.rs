@@ -10,6 +10,10 @@
 //!   prefix that holds an address adds its rules (the union). Protected peers are policed whole.
 //! - An allowed packet of a protected peer opens its flow in the connection table, under the
 //!   running policy's sequence; after a switch a flow is checked against the new rules once.
+//! - The node's connected sockets (`Model::sockets`): an inbound packet from a protected peer
+//!   that neither the table nor a rule allows is the node's connection, and learned, when a
+//!   socket of the node's holds exactly its flow, the egress rules allow the flow as they would
+//!   a seeded one, and it is not a TCP segment without ACK; so is an ICMP error quoting it.
 use std::{collections::HashMap, net::IpAddr};
 
 use ipnet::IpNet;
@@ -17,7 +21,7 @@ use trident_ports_agent::policy::{Direction, Mode, Policy, Proto};
 use trident_ports_common::{counter, reason};
 
 use super::spec::{Ext, L3, L4, Layout, Spec};
-use crate::packet::{ICMP, ICMPV6, TCP, UDP};
+use crate::packet::{ACK, ICMP, ICMPV6, TCP, UDP};
 
 /// What the kernel must do with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +50,8 @@ pub struct Model {
     /// The running policy's sequence; flows carry the one they were allowed under.
     pub seq: u32,
     pub flows: HashMap<Flow, u32>,
+    /// The node's connected sockets, as flows from the node's side (each bound to its address).
+    pub sockets: Vec<Flow>,
 }
 
 /// What the parser makes of the packet.
@@ -57,6 +63,8 @@ enum Kind {
         proto: u8,
         sport: u16,
         dport: u16,
+        /// A TCP segment's ACK flag (false for UDP).
+        ack: bool,
     },
     LaterFragment,
     Truncated,
@@ -93,7 +101,26 @@ impl Model {
             policy,
             seq,
             flows: HashMap::new(),
+            sockets: Vec::new(),
         }
+    }
+
+    /// The same model with the node's connected sockets.
+    #[must_use]
+    pub fn with_sockets(mut self, sockets: &[Flow]) -> Self {
+        self.sockets = sockets.to_vec();
+        self
+    }
+
+    /// An inbound flow that is a connection of the node's (see the module's docs): learned.
+    fn node_connection(&mut self, f: &Flow) -> bool {
+        let yes = self.sockets.contains(f)
+            && self.known(Direction::Egress, f.remote)
+            && self.allows(Direction::Egress, f.remote, f.proto, f.rport);
+        if yes {
+            self.flows.insert(*f, self.seq);
+        }
+        yes
     }
 
     /// A policy switch: a new sequence, and every flow to be checked again.
@@ -192,6 +219,7 @@ impl Model {
                 proto,
                 sport,
                 dport,
+                ack,
             } => {
                 let (lport, rport) = if dir == Direction::Egress {
                     (sport, dport)
@@ -211,12 +239,12 @@ impl Model {
                     } else if self.allows(dir, remote, proto, dport) {
                         self.flows.insert(flow, self.seq);
                         Ok(counter::ALLOWED)
+                    } else if dir == Direction::Egress {
+                        Err(reason::NO_RULE)
+                    } else if (proto != TCP || ack) && self.node_connection(&flow) {
+                        Ok(counter::NODE_SOCKET)
                     } else {
-                        Err(if dir == Direction::Egress {
-                            reason::NO_RULE
-                        } else {
-                            reason::UNSOLICITED
-                        })
+                        Err(reason::UNSOLICITED)
                     }
                 } else if known && self.allows(dir, remote, proto, dport) {
                     Ok(counter::ALLOWED)
@@ -246,10 +274,12 @@ impl Model {
                 };
                 if self.known_flow(&flow) {
                     Ok(counter::ALLOWED)
-                } else if protected {
-                    Err(reason::ICMP_UNRELATED)
-                } else {
+                } else if !protected {
                     Ok(counter::PASSED)
+                } else if dir == Direction::Ingress && self.node_connection(&flow) {
+                    Ok(counter::NODE_SOCKET)
+                } else {
+                    Err(reason::ICMP_UNRELATED)
                 }
             }
             _ => Ok(counter::PASSED),
@@ -339,17 +369,25 @@ fn parse(spec: &Spec, l: &Layout) -> (Kind, IpAddr, IpAddr) {
 fn transport(proto: u8, v6: bool, l4: &L4, l: &Layout) -> Kind {
     let at = l.l4;
     match (proto, l4) {
-        (TCP, L4::Tcp { sport, dport, .. }) if l.has((at, 4)) && l.has((at + 13, 1)) => {
-            Kind::Ports {
-                proto,
-                sport: *sport,
-                dport: *dport,
-            }
-        }
+        (
+            TCP,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                ..
+            },
+        ) if l.has((at, 4)) && l.has((at + 13, 1)) => Kind::Ports {
+            proto,
+            sport: *sport,
+            dport: *dport,
+            ack: flags & ACK != 0,
+        },
         (UDP, L4::Udp { sport, dport, .. }) if l.has((at, 4)) => Kind::Ports {
             proto,
             sport: *sport,
             dport: *dport,
+            ack: false,
         },
         (TCP | UDP, _) => Kind::Truncated,
         (ICMP, L4::Icmp { ty, quote }) if !v6 => icmp(*ty, false, quote.as_ref(), l),
