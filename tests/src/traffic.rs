@@ -188,6 +188,9 @@ pub struct Stream {
     pub received: Arc<std::sync::atomic::AtomicU64>,
     /// The server socket's total retransmissions (TCP_INFO tcpi_total_retrans), kept current.
     pub retransmits: Arc<std::sync::atomic::AtomicU64>,
+    /// Of those, the ones the client reported as duplicates of what it had (D-SACK,
+    /// tcpi_dsack_dups): spurious, never a segment lost on the way.
+    pub duplicates: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -197,9 +200,11 @@ impl Stream {
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let retransmits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let s = stop.clone();
         let rt = retransmits.clone();
+        let dup = duplicates.clone();
         let mut threads = vec![server.run(move || {
             let l = TcpListener::bind(addr).expect("bind stream server");
             l.set_nonblocking(true).unwrap();
@@ -218,7 +223,9 @@ impl Stream {
             let chunk = [0x5au8; 16384];
             while !s.load(Ordering::Relaxed) {
                 let _ = c.write(&chunk);
-                rt.store(total_retrans(&c), Ordering::Relaxed);
+                let info = tcp_info(&c);
+                rt.store(info.tcpi_total_retrans.into(), Ordering::Relaxed);
+                dup.store(info.tcpi_dsack_dups.into(), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(1));
             }
         })];
@@ -240,6 +247,7 @@ impl Stream {
         Stream {
             received,
             retransmits,
+            duplicates,
             stop,
             threads,
         }
@@ -247,6 +255,15 @@ impl Stream {
 
     pub fn retransmits(&self) -> u64 {
         self.retransmits.load(Ordering::Relaxed)
+    }
+
+    /// Retransmissions of segments the client had not received: lost on the way. A sender
+    /// whose acknowledgements are late (a CPU busy elsewhere, such as the verifier at an
+    /// agent's start) retransmits what already arrived (a tail-loss probe, a spurious timeout);
+    /// the client answers each such copy with a D-SACK, and those are not counted here.
+    pub fn lost(&self) -> u64 {
+        self.retransmits()
+            .saturating_sub(self.duplicates.load(Ordering::Relaxed))
     }
 
     pub fn bytes(&self) -> u64 {
@@ -263,7 +280,7 @@ impl Drop for Stream {
     }
 }
 
-fn total_retrans(c: &TcpStream) -> u64 {
+fn tcp_info(c: &TcpStream) -> libc::tcp_info {
     use std::os::fd::AsRawFd;
     // SAFETY: tcp_info is plain data; the kernel writes at most `len` bytes of it.
     unsafe {
@@ -276,7 +293,7 @@ fn total_retrans(c: &TcpStream) -> u64 {
             (&raw mut info).cast::<libc::c_void>(),
             &raw mut len,
         );
-        info.tcpi_total_retrans as u64
+        info
     }
 }
 

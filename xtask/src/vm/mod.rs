@@ -250,20 +250,7 @@ fn boot(p: &Prepared) -> anyhow::Result<Outcome> {
     }
     let log = vm_dir().join(format!("console-{}.log", p.release));
     std::fs::write(&log, &console)?;
-    let mut results = Vec::new();
-    let mut lines = Vec::new();
-    for line in console.lines() {
-        if let Some(rest) = line.trim().strip_prefix("VM-SUITE-END ") {
-            let mut it = rest.split_whitespace();
-            results.push((
-                it.next().unwrap_or("?").to_string(),
-                it.next().unwrap_or("?") == "0",
-            ));
-        }
-        if line.contains("test result:") || line.contains("skipping") || line.contains("FAILED") {
-            lines.push(format!("vm {name}: {}", line.trim()));
-        }
-    }
+    let (results, lines) = read_console(name, &console);
     // One write, so two guests' lines do not interleave.
     eprintln!("{}", lines.join("\n"));
     Ok(Outcome {
@@ -272,4 +259,94 @@ fn boot(p: &Prepared) -> anyhow::Result<Outcome> {
         took: started.elapsed(),
         log,
     })
+}
+
+/// How many lines of failed tests' output a guest's report carries, all suites together.
+const MAX_FAILURE_LINES: usize = 200;
+
+/// Each suite's result from a guest's console, and the lines of it worth reporting: results,
+/// skips, failures, and each failed suite's `failures:` section (the failing tests' panics and
+/// output), since the console file stays on the machine that ran the guest and CI keeps only
+/// what was printed.
+fn read_console(name: &str, console: &str) -> (Vec<(String, bool)>, Vec<String>) {
+    let mut results = Vec::new();
+    let mut lines = Vec::new();
+    let mut in_failures = false;
+    let mut failure_lines = 0;
+    for line in console.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("VM-SUITE-END ") {
+            let mut it = rest.split_whitespace();
+            results.push((
+                it.next().unwrap_or("?").to_string(),
+                it.next().unwrap_or("?") == "0",
+            ));
+        }
+        if line == "failures:" {
+            in_failures = true;
+        } else if line.contains("test result:") || line.starts_with("VM-SUITE-") {
+            in_failures = false;
+        }
+        if in_failures && failure_lines < MAX_FAILURE_LINES {
+            failure_lines += 1;
+            lines.push(format!("vm {name}: | {line}"));
+        } else if line.contains("test result:")
+            || line.contains("skipping")
+            || line.contains("FAILED")
+        {
+            lines.push(format!("vm {name}: {line}"));
+        }
+    }
+    (results, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_console;
+
+    #[test]
+    fn a_failed_tests_panic_reaches_the_report() {
+        let console = "VM-SUITE-BEGIN node_sockets\n\
+            test a ... ok\n\
+            test b ... FAILED\n\
+            \n\
+            successes:\n\
+            ---- a stdout ----\n\
+            noise\n\
+            failures:\n\
+            \n\
+            ---- b stdout ----\n\
+            thread 'b' panicked at tests/node_sockets.rs:1:1:\n\
+            assertion `left == right` failed: tc_ingress: verdict\n\
+            \n\
+            failures:\n\
+            \x20   b\n\
+            \n\
+            test result: FAILED. 1 passed; 1 failed\n\
+            VM-SUITE-END node_sockets 101\n\
+            VM-SUITE-BEGIN packets\n\
+            test result: ok. 3 passed; 0 failed\n\
+            VM-SUITE-END packets 0\n";
+        let (results, lines) = read_console("6.12", console);
+        assert_eq!(
+            results,
+            [
+                ("node_sockets".to_string(), false),
+                ("packets".to_string(), true)
+            ]
+        );
+        let text = lines.join("\n");
+        assert!(text.contains("vm 6.12: | thread 'b' panicked at"), "{text}");
+        assert!(
+            text.contains("vm 6.12: | assertion `left == right` failed"),
+            "{text}"
+        );
+        assert!(text.contains("vm 6.12: test b ... FAILED"), "{text}");
+        assert!(!text.contains("noise"), "{text}");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("test result:")).count(),
+            2,
+            "{text}"
+        );
+    }
 }
