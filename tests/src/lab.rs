@@ -141,17 +141,22 @@ impl Lab {
         );
         // A private /run: rpcbind's socket lives there, and only one rpcbind may own it.
         // statd keeps its state in the lab too (it logs only to syslog, so a missing state
-        // directory would fail silently). mountd's port (635) lies in the range RPC clients
-        // take reserved ports from (600-1023): a client socket of the moment can hold it when
-        // ganesha binds, which then exits (seen once in a CI run). It gets a few more tries.
+        // directory would fail silently). mountd's port (635) lies in the range libtirpc's
+        // bindresvport hands out (600-1023), and it picks `600 + pid % 424`: statd's loopback
+        // socket (127.0.0.1) holds such a port for its whole life, so a statd whose pid is 35
+        // mod 424 keeps ganesha's dual-stack MNT socket from binding on every try (a 5.10
+        // guest, where pids repeat from boot to boot, did so five times in a row). On that
+        // error statd is started again, with a new pid and so another port.
         let script = format!(
             "set -e; mount -t tmpfs tmpfs /run; mkdir -p {d}/recovery {d}/statd/sm {d}/statd/sm.bak; \
-             rpcbind -w; rpc.statd -p 4046 -o 4047 --no-notify -P {d}/statd; set +e; \
+             statd() {{ rpc.statd -p 4046 -o 4047 --no-notify -P {d}/statd; }}; \
+             rpcbind -w; statd; set +e; \
              for try in 1 2 3 4 5; do \
                ganesha.nfsd -F -L {d}/ganesha.log -f {d}/ganesha.conf -p {d}/ganesha.pid; \
                grep -q 'error 98' {d}/ganesha.log || exit 1; \
-               echo \"ganesha: a port was taken (try $try)\"; (netstat -anp || ss -anp) 2>&1 | grep -E ':(635|2049|4045|4049) '; \
-               mv {d}/ganesha.log {d}/ganesha-try$try.log; sleep 0.5; \
+               echo \"ganesha: a port was taken (try $try)\"; (ss -anp || netstat -anp) 2>&1 | grep -E ':(635|2049|4045|4049) '; \
+               mv {d}/ganesha.log {d}/ganesha-try$try.log; \
+               kill $(cat /run/rpc.statd.pid); sleep 0.5; statd; \
              done; exit 1"
         );
         self.spawn_in_storage(&script, "nfs.out");
