@@ -296,13 +296,3 @@ fn tcp_info(c: &TcpStream) -> libc::tcp_info {
         info
     }
 }
-
-/// TCP segments retransmitted so far by the namespace (`RetransSegs` of /proc/net/snmp).
-pub fn retransmitted_segments(ns: &NetNs) -> u64 {
-    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let names: Vec<&str> = tcp.next().unwrap().split_whitespace().collect();
-    let values: Vec<&str> = tcp.next().unwrap().split_whitespace().collect();
-    let i = names.iter().position(|n| *n == "RetransSegs").unwrap();
-    values[i].parse().unwrap()
-}
