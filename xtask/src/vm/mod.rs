@@ -120,9 +120,11 @@ pub(crate) fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Guests booted at once. A guest keeps about a third of this machine's two cores busy (its
-/// tests wait on traffic and timers), so two at a time nearly halve the matrix's wall time.
-/// `TP_VM_JOBS` overrides it (1 runs the kernels one after another).
+/// Guests booted at once. Two at a time nearly halved the matrix's wall time when a guest kept
+/// about a third of this machine's two cores busy. More do not help now that the suites keep
+/// the emulator busier: four at once took each guest 504-630 s and the matrix 716 s, against
+/// 267-331 s and about 650 s for two at a time (seventeenth session). `TP_VM_JOBS` overrides it
+/// (1 runs the kernels one after another).
 fn jobs() -> usize {
     std::env::var("TP_VM_JOBS")
         .ok()
@@ -184,16 +186,31 @@ pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyho
             image,
         });
     }
-    let mut outcomes: Vec<Option<anyhow::Result<Outcome>>> =
-        prepared.iter().map(|_| None).collect();
-    let jobs = jobs();
-    for (batch, slots) in prepared.chunks(jobs).zip(outcomes.chunks_mut(jobs)) {
-        std::thread::scope(|s| {
-            for (p, slot) in batch.iter().zip(slots.iter_mut()) {
-                s.spawn(move || *slot = Some(boot(p)));
-            }
-        });
-    }
+    // A queue rather than fixed pairs: a slot whose guest finishes boots the next kernel at
+    // once instead of waiting for its partner (the kernels' guests differ by a minute).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<std::sync::Mutex<Option<anyhow::Result<Outcome>>>> = prepared
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs().min(prepared.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(p) = prepared.get(i) else { break };
+                    let outcome = boot(p);
+                    *outcomes[i]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
+                }
+            });
+        }
+    });
+    let outcomes = outcomes.into_iter().map(|m| {
+        m.into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    });
     let mut report = Vec::new();
     for (p, outcome) in prepared.into_iter().zip(outcomes) {
         let o = outcome.context("a guest's thread ended without an outcome")??;
