@@ -2,7 +2,15 @@
 //! with corpora seeded from the project's fixtures. A crash fails the run and leaves its input
 //! under fuzz/artifacts/<target>/: copy it to fuzz/regressions/<target>/, where a test replays
 //! every input kept there.
-use std::{path::Path, process::Command, time::Instant};
+use std::{
+    path::Path,
+    process::Command,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -95,30 +103,79 @@ pub(crate) fn parsers(seconds: u64) -> anyhow::Result<()> {
         run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let fuzz = workspace_root().join("fuzz");
-    for target in TARGETS {
-        let dir = corpus(target)?;
-        let started = Instant::now();
-        let status = Command::new("cargo")
+    // One build for every target, so that the fuzzers below start at once and do not wait on
+    // each other's cargo lock.
+    run_checked(
+        Command::new("cargo")
             .current_dir(&fuzz)
-            .args(["+nightly", "fuzz", "run", "-O", target])
-            .arg(&dir)
-            .args([
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-rss_limit_mb=2048",
-                "-timeout=10",
-            ])
-            .status()
-            .with_context(|| format!("running cargo fuzz on {target}"))?;
-        if !status.success() {
-            bail!(
-                "fuzz target {target} failed: the input is under fuzz/artifacts/{target}/; keep it in fuzz/regressions/{target}/"
-            );
+            .args(["+nightly", "fuzz", "build", "-O"]),
+    )?;
+    let logs = workspace_root().join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs)?;
+    // libFuzzer runs a target on one core: the targets run side by side, one per core, each
+    // with a core of its own for its whole time (on CI's two cores the stage's fuzzing takes
+    // half the wall time it did one after another, for the same executions).
+    let next = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(TARGETS.len());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while let Some(target) = TARGETS.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if let Err(e) = fuzz_one(&fuzz, &logs, target, seconds) {
+                        failures.lock().expect("a fuzz worker panicked").push(e);
+                    }
+                }
+            });
         }
-        eprintln!(
-            "xtask: fuzz {target}: no crash, hang or leak in {:.0?}",
-            started.elapsed()
+    });
+    let failures = failures.into_inner().expect("a fuzz worker panicked");
+    if let Some(first) = failures.into_iter().next() {
+        return Err(first);
+    }
+    Ok(())
+}
+
+/// One target for `seconds`, its libFuzzer output in `logs/<target>.log` (two fuzzers writing to
+/// one terminal would interleave); the log's tail is printed when it fails.
+fn fuzz_one(fuzz: &Path, logs: &Path, target: &str, seconds: u64) -> anyhow::Result<()> {
+    let dir = corpus(target)?;
+    let log = logs.join(format!("{target}.log"));
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let started = Instant::now();
+    let status = Command::new("cargo")
+        .current_dir(fuzz)
+        .args(["+nightly", "fuzz", "run", "-O", target])
+        .arg(&dir)
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048",
+            "-timeout=10",
+        ])
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .status()
+        .with_context(|| format!("running cargo fuzz on {target}"))?;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if !status.success() {
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+        bail!(
+            "fuzz target {target} failed (log: {}): the input is under fuzz/artifacts/{target}/; keep it in fuzz/regressions/{target}/",
+            log.display()
         );
     }
+    let runs = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("Done "))
+        .unwrap_or("no summary line");
+    eprintln!(
+        "xtask: fuzz {target}: no crash, hang or leak in {:.0?} ({runs})",
+        started.elapsed()
+    );
     Ok(())
 }
