@@ -21,11 +21,43 @@ pub const CHAP_SECRET: &str = "labsecret123";
 /// One lab at a time: the servers are heavy, and samba's account is shared.
 static LAB: Mutex<()> = Mutex::new(());
 
+/// One lab at a time across processes too: `cargo xtask test` runs the test binaries side by
+/// side, and two labs would share samba's account and their daemons' files outside any
+/// namespace (rpcbind's socket, rpc.statd's pid file). The lock is the file's, held until the
+/// lab drops (closing the file releases it, also when the process dies).
+struct AcrossProcesses {
+    _file: std::fs::File,
+}
+
+impl AcrossProcesses {
+    fn lock() -> Self {
+        let path = std::env::temp_dir().join("trident-ports-lab.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        // SAFETY: flock on a descriptor `f` owns and keeps open for the call; it blocks until no
+        // other open file holds the lock.
+        let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+        assert_eq!(
+            r,
+            0,
+            "locking {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Self { _file: f }
+    }
+}
+
 pub struct Lab {
     pub pair: Pair,
     pub dir: PathBuf,
     children: Vec<Child>,
     _serial: MutexGuard<'static, ()>,
+    _across: AcrossProcesses,
 }
 
 fn write(path: &PathBuf, text: &str) {
@@ -72,6 +104,7 @@ impl Lab {
         let serial = LAB
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let across = AcrossProcesses::lock();
         for tool in services.iter().flat_map(|s| s.tools()) {
             assert!(
                 Command::new("sh")
@@ -97,6 +130,7 @@ impl Lab {
             dir,
             children: Vec::new(),
             _serial: serial,
+            _across: across,
         };
         for s in services {
             match s {

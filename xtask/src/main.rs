@@ -1,9 +1,11 @@
 //! Developer tasks: `cargo xtask setup | build | run | test`.
 mod apiserver;
+mod binaries;
 mod demo;
 mod fuzz;
 mod peers;
 mod setup;
+mod suites;
 mod vm;
 
 use std::{path::PathBuf, process::Command};
@@ -111,43 +113,6 @@ pub fn cargo() -> Command {
 
 pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Runs cargo test, passing its output through, and closes with one line that adds up every
-/// suite ("summary: N passed, N failed"): the last suite cargo prints is often a doc-test run
-/// with nothing in it.
-fn run_tallied(cmd: &mut Command) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader};
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {cmd:?}"))?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .trim_start_matches("ok. ")
-                            .trim_start_matches("FAILED. ")
-                            .strip_suffix(word)
-                    })
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            passed += num(" passed");
-            failed += num(" failed");
-        }
-    }
-    let status = child.wait()?;
-    println!("summary: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -271,13 +236,7 @@ fn main() -> anyhow::Result<()> {
             build(false)?;
             validate_manifests()?;
             let apiserver = apiserver::ensure()?;
-            let mut c = cargo();
-            c.args(["test", "--workspace", "--no-fail-fast"])
-                .env("TP_KUBE_APISERVER", apiserver);
-            if !args.is_empty() {
-                c.arg("--").args(args);
-            }
-            run_tallied(&mut c)
+            suites::run(&apiserver, &args)
         }
         Cmd::Fuzz {
             target, seconds, ..

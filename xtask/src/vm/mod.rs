@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, workspace_root};
+use crate::workspace_root;
 
 mod initramfs;
 mod kernels;
@@ -32,46 +32,15 @@ fn vm_dir() -> PathBuf {
     workspace_root().join("target/vm")
 }
 
-/// The test binaries cargo built, by suite name.
+/// The suites' test binaries, by suite name.
 fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let out = cargo()
-        .args([
-            "test",
-            "-p",
-            "trident-ports-tests",
-            "--no-run",
-            "--message-format=json",
-        ])
-        .args(SUITES.iter().flat_map(|s| ["--test", s]))
-        .stderr(Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        bail!("building the test binaries failed");
-    }
-    let mut bins = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((name, exe)) = serde_json_lite(line) {
-            bins.push((name, PathBuf::from(exe)));
-        }
-    }
-    Ok(bins)
-}
-
-/// Pulls (target name, executable) out of a cargo artifact message without a JSON dependency.
-fn serde_json_lite(line: &str) -> Option<(String, String)> {
-    if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"executable\":\"") {
-        return None;
-    }
-    let field = |key: &str| -> Option<String> {
-        let start = line.find(key)? + key.len();
-        let end = line[start..].find('"')? + start;
-        Some(line[start..end].to_string())
-    };
-    let name = field("\"target\":{\"kind\":[\"test\"],\"crate_types\":[\"bin\"],\"name\":\"");
-    match (name, field("\"executable\":\"")) {
-        (Some(n), Some(e)) if SUITES.contains(&n.as_str()) => Some((n, e)),
-        _ => None,
-    }
+    let mut args = vec!["-p", "trident-ports-tests"];
+    args.extend(SUITES.iter().flat_map(|s| ["--test", s]));
+    Ok(crate::binaries::build(&args)?
+        .into_iter()
+        .filter(|b| SUITES.contains(&b.name.as_str()))
+        .map(|b| (b.name, b.exe))
+        .collect())
 }
 
 fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
