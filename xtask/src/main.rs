@@ -24,6 +24,9 @@ struct Cli {
 enum Cmd {
     /// Install what the eBPF build needs: the nightly's rust-src and bpf-linker (idempotent).
     Setup,
+    /// Build the kube-apiserver the cluster tests run against, from Debian's sources (once, about
+    /// 3 minutes; `test` and `bench` do it when it is missing). Prints its path.
+    Apiserver,
     /// Build the agent (with the kernel programs embedded).
     Build {
         #[arg(long)]
@@ -214,6 +217,7 @@ fn lint() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::ensure(),
+        Cmd::Apiserver => apiserver::ensure().map(|p| println!("{}", p.display())),
         Cmd::Build { release } => build(release).map(|p| println!("{}", p.display())),
         Cmd::Run {
             seconds,
