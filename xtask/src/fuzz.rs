@@ -2,15 +2,7 @@
 //! with corpora seeded from the project's fixtures. A crash fails the run and leaves its input
 //! under fuzz/artifacts/<target>/: copy it to fuzz/regressions/<target>/, where a test replays
 //! every input kept there.
-use std::{
-    path::Path,
-    process::Command,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Instant,
-};
+use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -115,27 +107,12 @@ pub(crate) fn parsers(seconds: u64) -> anyhow::Result<()> {
     // libFuzzer runs a target on one core: the targets run side by side, one per core, each
     // with a core of its own for its whole time (on CI's two cores the stage's fuzzing takes
     // half the wall time it did one after another, for the same executions).
-    let next = AtomicUsize::new(0);
-    let failures = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(TARGETS.len());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                while let Some(target) = TARGETS.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    if let Err(e) = fuzz_one(&fuzz, &logs, target, seconds) {
-                        failures.lock().expect("a fuzz worker panicked").push(e);
-                    }
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().expect("a fuzz worker panicked");
-    if let Some(first) = failures.into_iter().next() {
-        return Err(first);
-    }
-    Ok(())
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    crate::parallel::map(TARGETS, workers, |target| {
+        fuzz_one(&fuzz, &logs, target, seconds)
+    })
+    .into_iter()
+    .collect()
 }
 
 /// One target for `seconds`, its libFuzzer output in `logs/<target>.log` (two fuzzers writing to

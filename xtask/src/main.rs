@@ -3,6 +3,7 @@ mod apiserver;
 mod binaries;
 mod demo;
 mod fuzz;
+mod parallel;
 mod peers;
 mod setup;
 mod suites;

@@ -6,16 +6,7 @@
 //! 75-92% idle over its 257 s (vmstat, eighteenth session). Tests within a binary already run
 //! in parallel threads, so everything a suite sets up is named per process (namespaces, sockets,
 //! BPF filesystems) or shared through a lock that holds across processes (the storage lab).
-use std::{
-    io::Read as _,
-    path::Path,
-    process::Stdio,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Instant,
-};
+use std::{io::Read as _, path::Path, process::Stdio, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -38,11 +29,7 @@ const LONGEST_FIRST: &[&str] = &[
 /// tests passed each time): from three on the cluster suite alone sets the time. The cores were
 /// still 8-63% idle with three.
 fn jobs() -> usize {
-    std::env::var("TP_TEST_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(3)
+    crate::parallel::jobs("TP_TEST_JOBS", 3)
 }
 
 /// What one binary reported.
@@ -64,29 +51,20 @@ pub(crate) fn run(apiserver: &Path, args: &[String]) -> anyhow::Result<()> {
             .unwrap_or(LONGEST_FIRST.len())
     });
     let started = Instant::now();
-    let next = AtomicUsize::new(0);
-    let tally = Mutex::new(Tally::default());
-    std::thread::scope(|s| {
-        for _ in 0..jobs().min(bins.len()) {
-            s.spawn(|| {
-                while let Some(b) = bins.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let outcome = run_one(b, apiserver, args);
-                    let mut t = tally.lock().expect("a test worker panicked");
-                    match outcome {
-                        Ok((passed, failed, ok)) => {
-                            t.passed += passed;
-                            t.failed += failed;
-                            if !ok {
-                                t.failures.push(format!("{} ({})", b.name, b.source));
-                            }
-                        }
-                        Err(e) => t.failures.push(format!("{} ({}): {e:#}", b.name, b.source)),
-                    }
+    let mut t = Tally::default();
+    let outcomes = crate::parallel::map(&bins, jobs(), |b| run_one(b, apiserver, args));
+    for (b, outcome) in bins.iter().zip(outcomes) {
+        match outcome {
+            Ok((passed, failed, ok)) => {
+                t.passed += passed;
+                t.failed += failed;
+                if !ok {
+                    t.failures.push(format!("{} ({})", b.name, b.source));
                 }
-            });
+            }
+            Err(e) => t.failures.push(format!("{} ({}): {e:#}", b.name, b.source)),
         }
-    });
-    let mut t = tally.into_inner().expect("a test worker panicked");
+    }
     eprintln!(
         "xtask: {} test binaries in {:.0?}, {} at a time",
         bins.len(),

@@ -92,14 +92,13 @@ pub(crate) fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()>
 /// Guests booted at once. Two at a time nearly halved the matrix's wall time when a guest kept
 /// about a third of this machine's two cores busy. More do not help now that the suites keep
 /// the emulator busier: four at once took each guest 504-630 s and the matrix 716 s, against
-/// 267-331 s and about 650 s for two at a time (seventeenth session). `TP_VM_JOBS` overrides it
-/// (1 runs the kernels one after another).
+/// 267-331 s and about 650 s for two at a time (seventeenth session). Three at once, on an Intel
+/// machine of the type: 326-372 s a guest and 559 s for the stage without its package installs,
+/// against 615-684 s with them for two in that session's CI runs; the cores were 27% idle
+/// during the two-guest stage (eighteenth session). Too close to call, so two stays.
+/// `TP_VM_JOBS` overrides it (1 runs the kernels one after another).
 fn jobs() -> usize {
-    std::env::var("TP_VM_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2)
+    crate::parallel::jobs("TP_VM_JOBS", 2)
 }
 
 /// One kernel's guest, ready to boot.
@@ -157,32 +156,10 @@ pub(crate) fn test(kernels: &[String], agent: &Path, filter: &[String]) -> anyho
     }
     // A queue rather than fixed pairs: a slot whose guest finishes boots the next kernel at
     // once instead of waiting for its partner (the kernels' guests differ by a minute).
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<std::sync::Mutex<Option<anyhow::Result<Outcome>>>> = prepared
-        .iter()
-        .map(|_| std::sync::Mutex::new(None))
-        .collect();
-    std::thread::scope(|s| {
-        for _ in 0..jobs().min(prepared.len()) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(p) = prepared.get(i) else { break };
-                    let outcome = boot(p);
-                    *outcomes[i]
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
-                }
-            });
-        }
-    });
-    let outcomes = outcomes.into_iter().map(|m| {
-        m.into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    });
+    let outcomes = crate::parallel::map(&prepared, jobs(), boot);
     let mut report = Vec::new();
     for (p, outcome) in prepared.into_iter().zip(outcomes) {
-        let o = outcome.context("a guest's thread ended without an outcome")??;
+        let o = outcome?;
         let ok = o.done && o.results.len() == bins.len() && o.results.iter().all(|(_, ok)| *ok);
         report.push((p.name, p.release, ok, o.results, o.took, o.log));
     }
