@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 pub(crate) struct TestBinary {
     /// The target's name (`cluster`, `trident_ports_agent`, ...).
     pub name: String,
-    /// The target's source, relative to the workspace, as `cargo test` names it ("Running ...").
+    /// The target's source, relative to its package as `cargo test` names it ("Running ...").
     pub source: String,
     pub exe: PathBuf,
     /// The package's directory: `cargo test` runs a test binary there.

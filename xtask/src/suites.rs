@@ -6,7 +6,7 @@
 //! 75-92% idle over its 257 s (vmstat, eighteenth session). Tests within a binary already run
 //! in parallel threads, so everything a suite sets up is named per process (namespaces, sockets,
 //! BPF filesystems) or shared through a lock that holds across processes (the storage lab).
-use std::{io::Read as _, path::Path, process::Stdio, time::Instant};
+use std::{path::Path, process::Stdio, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -51,8 +51,9 @@ pub(crate) fn run(apiserver: &Path, args: &[String]) -> anyhow::Result<()> {
             .unwrap_or(LONGEST_FIRST.len())
     });
     let started = Instant::now();
+    let jobs = jobs();
     let mut t = Tally::default();
-    let outcomes = crate::parallel::map(&bins, jobs(), |b| run_one(b, apiserver, args));
+    let outcomes = crate::parallel::map(&bins, jobs, |b| run_one(b, apiserver, args));
     for (b, outcome) in bins.iter().zip(outcomes) {
         match outcome {
             Ok((passed, failed, ok)) => {
@@ -69,7 +70,7 @@ pub(crate) fn run(apiserver: &Path, args: &[String]) -> anyhow::Result<()> {
         "xtask: {} test binaries in {:.0?}, {} at a time",
         bins.len(),
         started.elapsed(),
-        jobs()
+        jobs
     );
     // The doc tests, which have no binary of their own to run.
     let mut doc = crate::cargo();
@@ -120,8 +121,7 @@ fn run_one(b: &TestBinary, apiserver: &Path, args: &[String]) -> anyhow::Result<
         .spawn()
         .with_context(|| format!("running {}", b.exe.display()))?;
     let status = child.wait()?;
-    let mut out = Vec::new();
-    std::fs::File::open(&log)?.read_to_end(&mut out)?;
+    let out = std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
     let text = String::from_utf8_lossy(&out);
     let shown = b
         .exe
