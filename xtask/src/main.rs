@@ -233,7 +233,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::DemoVm { agent, seconds } => demo::run(&agent, Some(seconds)),
         Cmd::Test { vm, args } if !vm.is_empty() => {
-            let agent = build(false)?;
+            // The shipped build: see `vm::test_binaries`.
+            let agent = build(true)?;
             vm::test(&vm, &agent, &args)
         }
         Cmd::Test { vm: _, args } => {
