@@ -192,8 +192,21 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
         std::fs::remove_file(&path).unwrap();
         pin_map(&path, map_type, 4, value_size, entries);
     }
+    let peers_id = || {
+        aya::maps::MapInfo::from_pin(pin.join("maps").join(maps::PEERS))
+            .unwrap()
+            .id()
+    };
+    let old_peers = peers_id();
     let mut b = Agent::run(&pair, &cfg, &args);
     b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
+    // The old programs enforce from the old policy maps until their attachments move: the new
+    // agent must write its policy into maps of its own, not clear and rewrite theirs.
+    assert_ne!(
+        peers_id(),
+        old_peers,
+        "the policy maps go with the configuration"
+    );
     let log = b.log();
     for name in [maps::CONFIG, maps::COUNTERS] {
         assert!(
@@ -210,7 +223,17 @@ fn an_upgrade_replaces_pinned_maps_of_another_layout() {
     assert!(
         !log.lines()
             .any(|l| l.contains("another layout") && l.contains(maps::PEERS)),
-        "maps of the same layout are kept:\n{log}"
+        "a policy map is not said to be of another layout:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("policy map") && l.contains(maps::PEERS)),
+        "the policy maps go with the configuration:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(maps::GATES) || l.contains(maps::EVENTS)),
+        "maps of the same layout that the configuration does not key are kept:\n{log}"
     );
     let info = |name: &str| aya::maps::MapInfo::from_pin(pin.join("maps").join(name)).unwrap();
     assert_eq!(
@@ -270,8 +293,18 @@ fn restart_cycle(extra: &[&str], name: &str, expected_attachments: usize) {
         "still enforced after kill -9"
     );
     // A new agent adopts the pinned state.
+    let peers_id = || {
+        let peers = pin.join("maps").join(trident_ports_common::maps::PEERS);
+        aya::maps::MapInfo::from_pin(peers).unwrap().id()
+    };
+    let old_peers = peers_id();
     let mut b = Agent::run(&pair, &cfg, &args);
     b.wait_for_log("adopted the pinned attachment", Duration::from_secs(5));
+    assert_eq!(
+        peers_id(),
+        old_peers,
+        "the same build keeps the pinned policy maps"
+    );
     assert!(
         !b.log().contains("will NOT outlive"),
         "a BPF filesystem the host mounted lasts:\n{}",

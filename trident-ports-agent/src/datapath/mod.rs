@@ -118,11 +118,17 @@ impl Datapath {
                         "the pinned map has another layout (an agent of another version pinned \
                          it): replaced with a new one"
                     );
-                } else {
+                } else if name == maps::FLOWS {
                     tracing::warn!(
                         map = name,
                         "the pinned connection table belongs to the replaced configuration: \
                      replaced with a new one that inherits its flows, unchecked"
+                    );
+                } else {
+                    tracing::warn!(
+                        map = name,
+                        "the pinned policy map belongs to the replaced configuration: replaced \
+                         with a new one, written whole before the attachments move"
                     );
                 }
             }

@@ -206,8 +206,8 @@ impl Pins {
     }
 }
 
-/// A map unpinned because this build cannot share it, with the layout it had (`None`: the
-/// connection table, retired with the configuration).
+/// A map unpinned because this build cannot share it, with the layout it had (`None`: a map
+/// retired with the configuration, `TIED_TO_CONFIG`).
 pub type Retired = (String, Option<MapLayout>);
 
 /// The layouts the eBPF object defines for `names`.
@@ -235,9 +235,28 @@ pub fn object_layouts(object: &[u8], names: &[&str]) -> Result<BTreeMap<String, 
         .collect()
 }
 
+/// Maps whose entries mean something only beside the configuration they were written under:
+/// the connection table (its entries count as checked under the configuration's sequence) and
+/// the policy maps (keyed by the configuration's generation). A replaced configuration takes
+/// them along. Shared with the old programs, which enforce the old configuration until their
+/// attachments move, the policy maps would be rewritten under them: the new configuration
+/// starts at generation 0, so the new agent writes generation 1, and clears it first. When the
+/// old programs ran generation 1, every storage address was unprotected for that moment and
+/// a denied port passed (`an_upgrade_replaces_pinned_maps_of_another_layout`, seen on a slow
+/// machine; nineteenth session).
+pub const TIED_TO_CONFIG: &[&str] = &[
+    maps::FLOWS,
+    maps::PEERS,
+    maps::PEER_PREFIXES,
+    maps::RULES,
+    maps::RANGES,
+    maps::GUARDS,
+    maps::GUARD_ADDRS,
+];
+
 /// The pinned maps (`have`) this build cannot share, with the layout each had: every one whose
-/// layout differs from the object's (`want`), and with the configuration also the connection
-/// table (`None`: its layout was fine), whose entries are tied to the configuration's sequence.
+/// layout differs from the object's (`want`), and with the configuration also the maps tied
+/// to it (`TIED_TO_CONFIG`; `None`: their layout was fine).
 fn retirements(
     want: &BTreeMap<String, MapLayout>,
     have: &BTreeMap<String, MapLayout>,
@@ -247,9 +266,12 @@ fn retirements(
         .filter(|(name, layout)| want.get(*name) != Some(layout))
         .map(|(name, layout)| (name.clone(), Some(*layout)))
         .collect();
-    let replaced = |n: &str| retired.iter().any(|(r, _)| r == n);
-    if replaced(maps::CONFIG) && !replaced(maps::FLOWS) && have.contains_key(maps::FLOWS) {
-        retired.push((maps::FLOWS.to_string(), None));
+    if retired.iter().any(|(r, _)| r == maps::CONFIG) {
+        for name in TIED_TO_CONFIG {
+            if have.contains_key(*name) && !retired.iter().any(|(r, _)| r == name) {
+                retired.push(((*name).to_string(), None));
+            }
+        }
     }
     retired
 }
@@ -442,6 +464,16 @@ mod tests {
             "{r:?}"
         );
         assert!(r.contains(&(maps::FLOWS.to_string(), None)), "{r:?}");
+        assert!(
+            r.contains(&(maps::PEERS.to_string(), Some(old_peers))),
+            "a map of another layout keeps its own reason: {r:?}"
+        );
+        let mut same_peers = have.clone();
+        same_peers.insert(maps::PEERS.to_string(), want[maps::PEERS]);
+        assert!(
+            retirements(&want, &same_peers).contains(&(maps::PEERS.to_string(), None)),
+            "the policy maps go with the configuration"
+        );
         have.remove(maps::FLOWS);
         assert!(
             !retirements(&want, &have)
