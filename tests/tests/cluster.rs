@@ -520,8 +520,9 @@ fn a_change_opens_at_once_and_closes_after_the_debounce() {
     until("NFS volume enforced", Duration::from_secs(10), || {
         !ok(3260) && ok(2049)
     });
-    // The publication came during the volume's debounce, which enforced both; the second
-    // debounce it started runs out in 2 s. The change below then starts a fresh one.
+    // The publication came during the volume's debounce and restarted it; it runs out 2 s
+    // after the publication. The change below starts a fresh one even if it has not: each
+    // change waits a whole debounce to take anything away.
     std::thread::sleep(Duration::from_millis(2500));
 
     let changed = Instant::now();

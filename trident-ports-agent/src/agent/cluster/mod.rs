@@ -387,8 +387,12 @@ impl Cluster {
     }
 
     /// Turns changes into reconcile requests. What a change adds is applied at once (`Widen`);
-    /// the whole change waits `debounce`, so that what arrives meanwhile is compiled with it
-    /// and nothing is taken away on the way (an object deleted and created again).
+    /// the whole change waits until no change has come for `debounce`, so that what arrives
+    /// meanwhile is compiled with it and nothing is taken away on the way (an object deleted
+    /// and created again). Every change restarts the wait: what a change takes away waits a
+    /// whole debounce after it, never only what was left of an earlier change's (which applied
+    /// it early, and held its additions back until then: nineteenth session). A cluster that
+    /// never goes quiet for a debounce keeps what its changes took away until it does.
     pub fn debounce(
         &self,
         requests: std::sync::mpsc::Sender<super::reconcile::Trigger>,
@@ -401,7 +405,19 @@ impl Cluster {
                 if requests.send(super::reconcile::Trigger::Widen).is_err() {
                     return;
                 }
-                tokio::time::sleep(wait).await;
+                let quiet = tokio::time::sleep(wait);
+                tokio::pin!(quiet);
+                loop {
+                    tokio::select! {
+                        () = &mut quiet => break,
+                        () = shared.changed.notified() => {
+                            if requests.send(super::reconcile::Trigger::Widen).is_err() {
+                                return;
+                            }
+                            quiet.as_mut().reset(tokio::time::Instant::now() + wait);
+                        }
+                    }
+                }
                 shared.pending.store(false, Ordering::SeqCst);
                 if requests.send(super::reconcile::Trigger::Cluster).is_err() {
                     return;
