@@ -520,10 +520,10 @@ fn a_change_opens_at_once_and_closes_after_the_debounce() {
     until("NFS volume enforced", Duration::from_secs(10), || {
         !ok(3260) && ok(2049)
     });
-    // The publication came during the volume's debounce and restarted it; it runs out 2 s
-    // after the publication. The change below starts a fresh one even if it has not: each
-    // change waits a whole debounce to take anything away.
-    std::thread::sleep(Duration::from_millis(2500));
+    // The change below comes while the debounce the volume and its publication started still
+    // runs: it must still be widened at once, and what it takes away must wait a whole
+    // debounce after it, not what is left of that one.
+    std::thread::sleep(Duration::from_millis(300));
 
     let changed = Instant::now();
     k.apply(&volume("{iscsiTargetPortal: '192.0.2.4:3260'}"));
