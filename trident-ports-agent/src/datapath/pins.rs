@@ -244,7 +244,7 @@ pub fn object_layouts(object: &[u8], names: &[&str]) -> Result<BTreeMap<String, 
 /// old programs ran generation 1, every storage address was unprotected for that moment and
 /// a denied port passed (`an_upgrade_replaces_pinned_maps_of_another_layout`, seen on a slow
 /// machine; nineteenth session).
-pub const TIED_TO_CONFIG: &[&str] = &[
+const TIED_TO_CONFIG: &[&str] = &[
     maps::FLOWS,
     maps::PEERS,
     maps::PEER_PREFIXES,
