@@ -87,6 +87,12 @@ impl NfsMount {
     /// `mount.nfs SOURCE DIR -o OPTIONS` with one attempt (retry=0): an allowed mount takes
     /// well under a second, a blocked one fails when mount.nfs gives up on its RPC.
     fn new(lab: &Lab, source: &str, options: &str) -> Result<Self, String> {
+        Self::within(lab, source, options, Duration::from_secs(90))
+    }
+
+    /// As `new`, with mount.nfs killed after `limit`: for a mount that must fail where
+    /// mount.nfs would retry its RPC for much longer than an allowed mount takes.
+    fn within(lab: &Lab, source: &str, options: &str, limit: Duration) -> Result<Self, String> {
         let dir = lab
             .dir
             .join(format!("mnt-{}", trident_ports_tests::netns::unique("")));
@@ -95,7 +101,7 @@ impl NfsMount {
         let started = Instant::now();
         let mounted = client(
             &["mount.nfs", source, dir.to_str().unwrap(), "-o", &opts],
-            Duration::from_secs(90),
+            limit,
         );
         eprintln!(
             "mount.nfs {source} -o {opts}: {} after {:.1?}",
@@ -367,12 +373,15 @@ fn kernel_nfsv3_mount_is_blocked_under_an_nfsv4_only_policy() {
         .expect("an NFSv3 mount must not succeed under an NFSv4-only policy");
     eprintln!("NFSv3 mount refused after {:.1?}: {err}", started.elapsed());
     // Straight to mountd, as a client that knows the port would: the next NFSv3 port closed.
-    // (Over UDP the drop at egress fails the send at once; over TCP mount.nfs would retry its
-    // SYN for minutes.)
-    NfsMount::new(
+    // (Over UDP the drop at egress fails each send at once, but mount.nfs retries the call for
+    // 17 to 36 s in the guests; over TCP it would retry its SYN for minutes.) An allowed mount
+    // takes 130 to 240 ms there, so 5 s tells a refused one from it; the event assertion
+    // below says that the refusal was the agent's.
+    NfsMount::within(
         &lab,
         "192.0.2.2:/export",
         "vers=3,nolock,proto=tcp,port=2049,mountproto=udp,mountport=635",
+        Duration::from_secs(5),
     )
     .err()
     .expect("an NFSv3 mount through mountd's port must not succeed either");
@@ -565,6 +574,9 @@ fn a_live_iscsi_session_keeps_its_portal_until_it_logs_out() {
     iscsiadm(&["-m", "node", "--logoutall=all"]).expect("iSCSI logout");
     a.wait_for_log("live storage sessions changed", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
+    // A dropped SYN leaves iscsiadm retrying until its login timeout; the denial event comes
+    // with the first SYN (the discovery before took well under a second).
+    let before = a.events.lock().unwrap().len();
     iscsiadm_within(
         &[
             "-m",
@@ -574,9 +586,16 @@ fn a_live_iscsi_session_keeps_its_portal_until_it_logs_out() {
             "-p",
             "192.0.2.2:3260",
         ],
-        Duration::from_secs(20),
+        Duration::from_secs(5),
     )
     .expect_err("discovery under the NFS-only policy");
+    let events = a.wait_events(before + 1, Duration::from_secs(5));
+    assert!(
+        events[before..]
+            .iter()
+            .any(|e| e["dst"] == "192.0.2.2:3260" && e["verdict"] == "denied"),
+        "the agent denied the discovery: {events:?}"
+    );
     drop(iscsid);
     a.stop(libc::SIGTERM);
 }
