@@ -94,7 +94,10 @@ pub(crate) struct Parsed {
     pub kind: u8,
     pub tcp_flags: u8,
     pub q_proto: u8,
-    pub _pad: [u8; 3],
+    /// Which per-CPU caches this packet's verdict goes to (`verdict::caches`), kept here rather
+    /// than in a register: see `verdict::decide`.
+    pub caches: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Fills `out` as `parse` would for a packet whose `flow_words` were found: the common shapes
