@@ -23,6 +23,8 @@ use std::{
 
 #[path = "parts/cluster.rs"]
 mod cluster;
+#[path = "parts/load.rs"]
+mod load;
 
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use trident_ports_agent::{
@@ -1430,6 +1432,9 @@ fn main() {
         let rounds = if smoke { 1 } else { 100 };
         println!("## The connection table's floors\n");
         println!("{}", table_floors(50_000, 2_000_000, empty_tc, rounds));
+    }
+    if want("load") {
+        load::load(smoke);
     }
     if want("packet") {
         per_packet(smoke);

@@ -55,12 +55,12 @@ enum Cmd {
     /// Formatting and lints: `cargo +nightly fmt --check`, clippy on every host target, and clippy on the
     /// eBPF crate for its own target (nightly), all with warnings as errors.
     Lint,
-    /// Benchmarks (root): per-packet cost, throughput against nftables and iptables, policy
-    /// switch, events, memory. `--smoke` runs a short version.
+    /// Benchmarks (root): program load, per-packet cost, throughput against nftables and
+    /// iptables, policy switch, events, memory. `--smoke` runs a short version.
     Bench {
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: packet, traffic, throughput, events, cpu, cluster; `floor` (only when
+        /// Only these parts: load, packet, traffic, throughput, events, cpu, cluster; `floor` (only when
         /// named: the connection table's floors alone, long enough for `perf record -C 0`); or
         /// `soak` and `flood`, which run on their own (the storage lab's clients, iperf3,
         /// reloads, mode switches and kill -9 through a pinned agent; a flood of distinct denied
