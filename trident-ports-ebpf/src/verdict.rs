@@ -125,10 +125,11 @@ pub(crate) fn decide<P: Packet>(pkt: &P, dir: u8) -> Action {
     // The caches' pointers are not carried across the judgement: each of them, null or not,
     // made every path through it a state of its own to the verifier (TC egress, TC ingress and
     // XDP verified 52,060, 95,576 and 97,904 instructions; 35,812, 44,549 and 44,549 now, and
-    // the three loads take half the time: an agent's start in the emulated test VM and every
-    // datapath the tests load). The flags go through the scratch record, whose contents the
-    // verifier does not track, and the paths that write to a cache look its slot up again
-    // (the same per-CPU entry: the program cannot migrate), after the judgement.
+    // the three load in half the time: `cargo xtask bench load`). The flags go through the
+    // scratch record, whose contents the verifier does not track, and the paths that write to
+    // a cache look its slot up again after the judgement (the same per-CPU entry: the program
+    // cannot migrate). That is one array lookup more on the full path only, where `bench
+    // packet` saw no change beyond its noise; the caches' answers above are untouched.
     parsed.caches = caches::of(denied_slot.is_some(), passing.is_some(), recent.is_some());
     let (local, remote) = if dir == DIR_EGRESS {
         (&parsed.src, &parsed.dst)

@@ -1,7 +1,8 @@
 //! What loading the kernel programs costs: the instructions the verifier walked for each
 //! (the kernel's own count, `verified_insns`) and the time of a datapath's load. Every agent
-//! start pays it, and so does every test that loads a datapath; under emulation (the kernel
-//! matrix's guests) it is most of a test's fixed cost.
+//! start pays it, and so does every test that loads a datapath (the differential suite's
+//! in-place check loads 300). In the kernel matrix's emulated guests it is not most of a test's
+//! fixed cost: halving it shortened those guests by 5 to 61 s (docs/benchmarks.md).
 use std::time::Instant;
 
 use trident_ports_agent::datapath::Datapath;
