@@ -88,8 +88,8 @@ enum Cmd {
         /// parsers: seconds per target.
         #[arg(long, default_value_t = 600)]
         seconds: u64,
-        /// parsers: an unoptimized build with debug assertions (half the build time, far fewer
-        /// executions: CI's smoke run).
+        /// parsers: an unoptimized build (half the build time, far fewer executions: CI's smoke
+        /// run).
         #[arg(long)]
         dev: bool,
     },
