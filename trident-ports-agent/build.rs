@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
 /// first build compiles and the others find it fresh. The nested cargo locks that directory, so
 /// two variants building at once wait for each other instead of writing over each other; it is
 /// not the outer cargo's directory, so the nested one cannot wait on its own parent's lock.
+/// `cargo xtask lint` checks the kernel crate in the same directory, with aya-build's flags.
 fn share_target_dir(workspace_target: &std::path::Path) -> anyhow::Result<()> {
     let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let shared = workspace_target.join("ebpf");
