@@ -314,6 +314,12 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
         "kubernetes: {{stateFile: {}, startTimeout: 3s, nodeEventInterval: 1s}}\n",
         api.dir.join("state.json").display()
     ));
+    // The agent may not write Events yet (granted below, after its first writes failed).
+    const EVENTS_BINDING: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+        metadata: {name: trident-ports-node-events, namespace: default}\n\
+        roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: trident-ports-node-events}\n\
+        subjects: [{kind: ServiceAccount, name: trident-ports, namespace: trident-ports}]\n";
+    k.delete(EVENTS_BINDING);
     let mut agent = node_1(&pair, &node, &kc);
     let ok = |port: u16| reaches(&pair, port);
     // Nothing names 192.0.2.4 yet: it is not storage, and not policed.
@@ -360,11 +366,25 @@ fn enforcement_follows_the_cluster_and_outlives_the_api_server() {
                     && m.contains("denied (unsolicited-inbound)")
             })
     };
+    // The flow's Event is refused (403) while the agent may not write Events, and kept: once
+    // it may, the Event is written without another packet of the flow.
+    agent.wait_for_log(
+        "write(s) failed, kept for the next interval",
+        Duration::from_secs(10),
+    );
+    assert!(events(&k).is_empty());
+    k.apply(EVENTS_BINDING);
     let mut first = Value::Null;
-    until("a Node event", Duration::from_secs(10), || {
+    let started = Instant::now();
+    while first.is_null() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a Node event: not within 10 s; the agent's log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
         first = events(&k).into_iter().find(is_3260).unwrap_or(Value::Null);
-        !first.is_null()
-    });
+    }
     assert_eq!(first["involvedObject"]["kind"], "Node");
     assert_eq!(first["type"], "Warning");
     let count = first["count"].as_i64().unwrap();

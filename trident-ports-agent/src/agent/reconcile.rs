@@ -124,6 +124,12 @@ impl Reconciler {
         let took = started.elapsed();
         match applied {
             Ok(a) => {
+                // The event pump explains denials by the explainer it finds: the new policy's
+                // must be there as soon as the kernel judges by it, or its first denials read
+                // as the old policy's (a newly protected address then named unprotected, and
+                // its Node event never written).
+                let policy = Arc::new(policy);
+                *self.explainer.write().unwrap() = Explainer::new(policy.clone());
                 let what = if widening {
                     "policy widened: what the change adds is in force, what it takes away follows the debounce"
                 } else {
@@ -141,8 +147,6 @@ impl Reconciler {
                 }
                 self.metrics.changed(&changes);
                 notify(&self.notices, &policy, Some(&current));
-                let policy = Arc::new(policy);
-                *self.explainer.write().unwrap() = Explainer::new(policy.clone());
                 *current = policy;
                 // A widened policy is not the one the snapshot compiles to.
                 (!widening).then_some(snapshot)

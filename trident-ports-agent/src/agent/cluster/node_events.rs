@@ -186,11 +186,11 @@ impl NodeEvents {
             .map(|(f, p)| (f.clone(), p.packets))
             .collect();
         order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut failed: Option<(usize, String)> = None;
         for (f, _) in order.into_iter().take(self.budget) {
             let p = pending.remove(&f).expect("listed");
-            let total = totals.entry(f.clone()).or_default();
-            *total += p.packets;
-            let msg = message(&f, &p, *total);
+            let total = totals.get(&f).copied().unwrap_or(0) + p.packets;
+            let msg = message(&f, &p, total);
             let result = if let Some(e) = posted.get_mut(&f) {
                 Self::update(api, e, &p, &msg).await
             } else {
@@ -198,14 +198,26 @@ impl NodeEvents {
                     posted.insert(f.clone(), e);
                 })
             };
-            if let Err(e) = result {
-                warn!(
-                    "node events: writing the event for {} {}: {e}",
-                    f.remote, f.port_proto
-                );
-                // An event that vanished (TTL) is written anew next time.
-                posted.remove(&f);
+            match result {
+                Ok(()) => {
+                    totals.insert(f, total);
+                }
+                Err(e) => {
+                    let (n, _) = failed
+                        .get_or_insert_with(|| (0, format!("{} {}: {e}", f.remote, f.port_proto)));
+                    *n += 1;
+                    // Written again next interval, with what the flow adds meanwhile: a write
+                    // the API server refused or never answered loses nothing. An Event that
+                    // vanished (its TTL) is created anew.
+                    posted.remove(&f);
+                    pending.insert(f, p);
+                }
             }
+        }
+        if let Some((n, first)) = failed {
+            warn!(
+                "node events: {n} write(s) failed, kept for the next interval; the first: {first}"
+            );
         }
     }
 
@@ -228,8 +240,13 @@ impl NodeEvents {
     async fn create(&self, api: &Api<Event>, p: &Pending, msg: &str) -> kube::Result<Posted> {
         let name = format!("{}.tp.{:x}", self.node, p.first.as_nanosecond());
         let ev = self.event(&name, msg, p);
-        api.create(&PostParams::default(), &ev).await?;
-        info!(flow = %msg, "node event posted");
+        match api.create(&PostParams::default(), &ev).await {
+            Ok(_) => info!(flow = %msg, "node event posted"),
+            // A create whose answer was lost, written again: the name is the flow's first
+            // denial's time, so the Event is already there, and the next write patches it.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
         Ok(Posted {
             name,
             count: ev.count.unwrap_or(1),
