@@ -1481,11 +1481,49 @@ fn switches_leave_only_the_running_generation() {
     };
     let fs = trident_ports_tests::bpffs::BpfFs::mount();
     let pin = fs.0.join("switches");
+    // What the maps hold when `apply_announced` says the policy is in force, read through the
+    // pins: the configuration's seq, and how many peers the other generation still has.
+    let at_in_force = || {
+        let maps = pin.join("maps");
+        let config: aya::maps::Array<_, trident_ports_common::Config> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(
+                aya::maps::MapData::from_pin(maps.join(trident_ports_common::maps::CONFIG))
+                    .unwrap(),
+            ))
+            .unwrap();
+        let config = config.get(&0, 0).unwrap();
+        let peers: aya::maps::HashMap<
+            _,
+            trident_ports_common::PeerKey,
+            trident_ports_common::PeerInfo,
+        > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(maps.join(trident_ports_common::maps::PEERS)).unwrap(),
+        ))
+        .unwrap();
+        let left = peers
+            .keys()
+            .filter(|k| k.as_ref().unwrap().generation != config.generation)
+            .count();
+        (config.seq, left)
+    };
     {
         let mut dp = Datapath::load_pinned(Some(&pin)).unwrap();
-        for n in [3000, 10, 2000, 0, 500] {
-            let a = dp.apply(&sized(n), 0).unwrap();
+        for (i, n) in [3000, 10, 2000, 0, 500].into_iter().enumerate() {
+            let mut seen = Vec::new();
+            let a = dp
+                .apply_announced(&sized(n), 0, || seen.push(at_in_force()))
+                .unwrap();
             check(&dp, &a, &format!("{n} addresses"));
+            // Announced once, with the new policy in force and, for a switch, the generation
+            // it left not yet emptied (the agent's explainer changes there).
+            assert_eq!(seen.len(), 1, "{n} addresses: announced {seen:?}");
+            assert_eq!(seen[0].0, a.config.seq, "{n} addresses");
+            if a.steps.is_none() && i > 0 {
+                assert!(
+                    seen[0].1 > 0,
+                    "{n} addresses: the old generation already gone"
+                );
+            }
         }
     }
     // An interrupted switch leaves entries in the idle generation; a new process adopting the

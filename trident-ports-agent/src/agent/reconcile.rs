@@ -113,23 +113,25 @@ impl Reconciler {
             return Some(snapshot);
         }
         let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
+        let policy = Arc::new(policy);
         let applied = {
             let mut dp = self.dp.lock().unwrap();
             // A budget that cannot be written leaves the previous one: events, not verdicts.
             if let Err(e) = dp.set_event_rate(snapshot.config.events.rate_per_cpu) {
                 warn!("event rate not changed: {e}");
             }
-            dp.apply(&policy, interval_ns)
+            // The event pump explains denials by the explainer it finds: the new policy's
+            // must be there as soon as the kernel judges by it, or its first denials read as
+            // the old policy's (a newly protected address then named unprotected, and its Node
+            // event never written). It is built then, not before: its index of the entries
+            // (milliseconds at 100,000) would delay the policy itself.
+            dp.apply_announced(&policy, interval_ns, || {
+                *self.explainer.write().unwrap() = Explainer::new(policy.clone());
+            })
         };
         let took = started.elapsed();
         match applied {
             Ok(a) => {
-                // The event pump explains denials by the explainer it finds: the new policy's
-                // must be there as soon as the kernel judges by it, or its first denials read
-                // as the old policy's (a newly protected address then named unprotected, and
-                // its Node event never written).
-                let policy = Arc::new(policy);
-                *self.explainer.write().unwrap() = Explainer::new(policy.clone());
                 let what = if widening {
                     "policy widened: what the change adds is in force, what it takes away follows the debounce"
                 } else {

@@ -91,6 +91,19 @@ impl Datapath {
         self.apply_observed(policy, event_interval_ns, |_| {})
     }
 
+    /// `apply`, calling `in_force` the moment the kernel judges by `policy`: before a switch
+    /// empties the generation it left (for a large policy, as long again as writing the new
+    /// one). The agent puts the new policy's explainer in place there, so that no denial of
+    /// the new policy is explained by the old one. Not called when the apply fails before.
+    pub fn apply_announced(
+        &mut self,
+        policy: &Policy,
+        event_interval_ns: u64,
+        in_force: impl FnOnce(),
+    ) -> Result<Applied> {
+        self.apply_inner(policy, event_interval_ns, |_| {}, in_force)
+    }
+
     /// `apply`, calling `between` after each write of an incremental update (tests judge
     /// packets there: every intermediate state must give the old policy's verdict or the new
     /// one's).
@@ -98,7 +111,17 @@ impl Datapath {
         &mut self,
         policy: &Policy,
         event_interval_ns: u64,
+        between: impl FnMut(&mut Datapath),
+    ) -> Result<Applied> {
+        self.apply_inner(policy, event_interval_ns, between, || {})
+    }
+
+    fn apply_inner(
+        &mut self,
+        policy: &Policy,
+        event_interval_ns: u64,
         mut between: impl FnMut(&mut Datapath),
+        in_force: impl FnOnce(),
     ) -> Result<Applied> {
         let current = self.config()?;
         let started = std::time::Instant::now();
@@ -116,6 +139,7 @@ impl Datapath {
                 let bits = running.present_after(&delta.steps);
                 let at = (current, mode, event_interval_ns);
                 let next = self.in_place(at, &mut running, &delta.steps, bits, &mut between)?;
+                in_force();
                 let steps = delta.steps.len();
                 if let Some(index) = running.index.as_mut() {
                     index.commit(delta);
@@ -133,6 +157,7 @@ impl Datapath {
                     let at = (current, mode, event_interval_ns);
                     let next =
                         self.in_place(at, &mut running, &steps, t.present(), &mut between)?;
+                    in_force();
                     running.index = Some(delta::Index::of(policy));
                     return Ok(self.keep(running, next, started, Some(steps.len()), false));
                 }
@@ -161,7 +186,8 @@ impl Datapath {
             _pad: 0,
         };
         self.write_config(next)?;
-        let in_force = started.elapsed();
+        let in_force_after = started.elapsed();
+        in_force();
         match self.running.take() {
             Some(r) if r.generation == current.generation => self.remove_running(&r)?,
             _ => self.walk_remove_generation(current.generation)?,
@@ -173,7 +199,7 @@ impl Datapath {
         Ok(Applied {
             config: next,
             sizes: Sizes::from(&tables),
-            in_force,
+            in_force: in_force_after,
             steps: None,
             compiled_alone: false,
         })
