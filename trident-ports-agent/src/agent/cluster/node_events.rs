@@ -202,6 +202,15 @@ impl NodeEvents {
                 Ok(()) => {
                     totals.insert(f, total);
                 }
+                // An Event the API server finds invalid stays invalid: written again, it would
+                // only take a write of every interval's budget.
+                Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => {
+                    warn!(
+                        "node events: the event for {} {} is invalid, dropped: {s}",
+                        f.remote, f.port_proto
+                    );
+                    posted.remove(&f);
+                }
                 Err(e) => {
                     let (n, _) = failed
                         .get_or_insert_with(|| (0, format!("{} {}: {e}", f.remote, f.port_proto)));
