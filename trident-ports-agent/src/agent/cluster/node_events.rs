@@ -216,9 +216,12 @@ impl NodeEvents {
                         .get_or_insert_with(|| (0, format!("{} {}: {e}", f.remote, f.port_proto)));
                     *n += 1;
                     // Written again next interval, with what the flow adds meanwhile: a write
-                    // the API server refused or never answered loses nothing. An Event that
-                    // vanished (its TTL) is created anew.
-                    posted.remove(&f);
+                    // the API server refused or never answered loses nothing. Only an Event
+                    // that vanished (its TTL) is created anew; another would be a second Event
+                    // of the flow.
+                    if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                        posted.remove(&f);
+                    }
                     pending.insert(f, p);
                 }
             }
@@ -232,17 +235,19 @@ impl NodeEvents {
 
     /// One more interval's packets of a flow already posted.
     async fn update(api: &Api<Event>, e: &mut Posted, p: &Pending, msg: &str) -> kube::Result<()> {
-        e.count = e
+        // Counted only once written: a failed patch is tried again with the same packets.
+        let count = e
             .count
             .saturating_add(i32::try_from(p.packets).unwrap_or(i32::MAX));
         let patch = serde_json::json!({
-            "count": e.count,
+            "count": count,
             "lastTimestamp": Time(p.last),
             "message": msg,
         });
         api.patch(&e.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ())
+            .await?;
+        e.count = count;
+        Ok(())
     }
 
     /// A flow's first Event.
