@@ -877,6 +877,63 @@ fn audit_mode_passes_and_reports() {
     );
 }
 
+/// A denial carries the sequence of the policy that judged it, so that the agent explains it by
+/// that policy even when it reads the event after a switch: here 192.0.2.2 moves from backend
+/// nas-a to nas-b, and a denial judged before the move but read after it still names nas-a.
+#[test]
+fn events_are_explained_by_the_policy_that_judged_them() {
+    use std::sync::Arc;
+
+    use trident_ports_agent::events::{
+        Clock, IfNames, Record,
+        explain::{Explainer, Explainers},
+    };
+    if !require_root("events_are_explained_by_the_policy_that_judged_them") {
+        return;
+    }
+    let owned_by = |backend: &str| {
+        let mut p = policy();
+        for e in &mut p.entries {
+            if e.peer == "192.0.2.2/32".parse().unwrap() {
+                e.backend = Some(backend.into());
+            }
+        }
+        Arc::new(p)
+    };
+    let (a, b) = (owned_by("nas-a"), owned_by("nas-b"));
+    let mut lab = Lab::new(Mode::Enforce);
+    let first = lab.programs.dp.apply(&a, 0).unwrap().config.seq;
+    let mut explainers = Explainers::new(first, Explainer::new(a.clone()));
+    let denied = egress_syn("192.0.2.2", 3260);
+    assert_eq!(lab.run(programs::TC_EGRESS, &denied), TC_DROP);
+    let second = lab
+        .programs
+        .dp
+        .apply_announced(&b, 0, |cfg| {
+            explainers.install(cfg.seq, Explainer::new(b.clone()));
+        })
+        .unwrap()
+        .config
+        .seq;
+    assert_ne!(first, second);
+    assert_eq!(lab.run(programs::TC_EGRESS, &denied), TC_DROP);
+    let events = lab.events();
+    let seqs: Vec<u16> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [first as u16, second as u16], "the events' sequences");
+    let backend = |x: &Explainers, ev: &trident_ports_common::Event| {
+        let mut rec = Record::from_event(ev, &Clock::new(), &mut IfNames::default());
+        x.for_event(ev).explain(ev, &mut rec);
+        rec.backend
+    };
+    let (before, after) = (&events[0], &events[1]);
+    assert_eq!(backend(&explainers, before).as_deref(), Some("nas-a"));
+    assert_eq!(backend(&explainers, after).as_deref(), Some("nas-b"));
+    // Once the previous policy's explainer is let go, its events read as the policy in force.
+    explainers.expire(std::time::Instant::now() + std::time::Duration::from_secs(60));
+    assert_eq!(explainers.expiry(), None);
+    assert_eq!(backend(&explainers, before).as_deref(), Some("nas-b"));
+}
+
 /// Runs an inbound `frame` through `prog`, expecting `verdict` from the full path: counted as
 /// denied, not as the recent-denial cache's answer (which counts as denied too).
 fn denied_by_the_full_path(lab: &mut Lab, prog: &str, frame: &[u8], verdict: u32, what: &str) {
@@ -1511,16 +1568,17 @@ fn switches_leave_only_the_running_generation() {
         for (i, n) in [3000, 10, 2000, 0, 500].into_iter().enumerate() {
             let mut seen = Vec::new();
             let a = dp
-                .apply_announced(&sized(n), 0, || seen.push(at_in_force()))
+                .apply_announced(&sized(n), 0, |cfg| seen.push((cfg.seq, at_in_force())))
                 .unwrap();
             check(&dp, &a, &format!("{n} addresses"));
             // Announced once, with the new policy in force and, for a switch, the generation
             // it left not yet emptied (the agent's explainer changes there).
             assert_eq!(seen.len(), 1, "{n} addresses: announced {seen:?}");
-            assert_eq!(seen[0].0, a.config.seq, "{n} addresses");
+            assert_eq!(seen[0].0, a.config.seq, "{n} addresses: announced");
+            assert_eq!(seen[0].1.0, a.config.seq, "{n} addresses: in the map");
             if a.steps.is_none() && i > 0 {
                 assert!(
-                    seen[0].1 > 0,
+                    seen[0].1.1 > 0,
                     "{n} addresses: the old generation already gone"
                 );
             }

@@ -328,7 +328,9 @@ pub struct Event {
     pub tcp_flags: u8,
     /// 4 or 6.
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// The low 16 bits of the policy sequence (`Config::seq`) the packet was judged under: the
+    /// agent explains the event by that policy, even when it reads the event after a switch.
+    pub seq: u16,
     /// Events of this flow suppressed since the previous one.
     pub suppressed: u32,
     /// The peer's class, or `u32::MAX` when the peer is not a known address.

@@ -103,7 +103,7 @@ pub(crate) fn report(d: &Denial, carried: u32) -> u64 {
         (*ev).reason = d.reason;
         (*ev).tcp_flags = flags;
         (*ev).family = parsed.family;
-        (*ev)._pad = [0; 2];
+        (*ev).seq = d.cfg.seq as u16;
         (*ev).suppressed = suppressed;
         (*ev).class = d.class;
     }

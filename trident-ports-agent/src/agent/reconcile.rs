@@ -9,7 +9,10 @@ use super::{metrics::Metrics, sources::Snapshot};
 use crate::{
     datapath::Datapath,
     error::Result,
-    events::{Record, explain::Explainer},
+    events::{
+        Record,
+        explain::{Explainer, Explainers},
+    },
     policy::{Mode, Policy, widen::widen},
 };
 
@@ -34,7 +37,7 @@ pub struct Reconciler {
     /// The configuration's mode, and a per-node override set with `trident-ports-agent mode`.
     config_mode: Mutex<Mode>,
     mode_override: Mutex<Option<Mode>>,
-    explainer: Arc<RwLock<Explainer>>,
+    explainers: Arc<RwLock<Explainers>>,
     metrics: Arc<Metrics>,
     notices: tokio::sync::mpsc::UnboundedSender<Record>,
 }
@@ -48,21 +51,27 @@ impl Reconciler {
         notices: tokio::sync::mpsc::UnboundedSender<Record>,
     ) -> Self {
         notify(&notices, &policy, None);
+        // A configuration that cannot be read leaves sequence 0, which no event of the policy
+        // carries: its events are then explained by the policy in force, as they should be.
+        let seq = dp.config().map_or(0, |c| c.seq);
         let policy = Arc::new(policy);
         Reconciler {
             notices,
             dp: Mutex::new(dp),
             config_mode: Mutex::new(policy.mode),
             mode_override: Mutex::new(None),
-            explainer: Arc::new(RwLock::new(Explainer::new(policy.clone()))),
+            explainers: Arc::new(RwLock::new(Explainers::new(
+                seq,
+                Explainer::new(policy.clone()),
+            ))),
             policy: Mutex::new(policy),
             metrics,
         }
     }
 
-    /// The explainer of the policy in force, for the event pump.
-    pub fn explainer(&self) -> Arc<RwLock<Explainer>> {
-        self.explainer.clone()
+    /// The explainers of the policy in force and the one before, for the event pump.
+    pub fn explainers(&self) -> Arc<RwLock<Explainers>> {
+        self.explainers.clone()
     }
 
     /// Refreshes the metrics from the kernel's counters.
@@ -120,13 +129,14 @@ impl Reconciler {
             if let Err(e) = dp.set_event_rate(snapshot.config.events.rate_per_cpu) {
                 warn!("event rate not changed: {e}");
             }
-            // The event pump explains denials by the explainer it finds: the new policy's
-            // must be there as soon as the kernel judges by it, or its first denials read as
-            // the old policy's (a newly protected address then named unprotected, and its Node
-            // event never written). It is built then, not before: its index of the entries
-            // (milliseconds at 100,000) would delay the policy itself.
-            dp.apply_announced(&policy, interval_ns, || {
-                *self.explainer.write().unwrap() = Explainer::new(policy.clone());
+            // The event pump explains a denial by the explainer of the sequence it was judged
+            // under: the new policy's must be there as soon as the kernel judges by it, or its
+            // first denials read as the old policy's (a newly protected address then named
+            // unprotected, and its Node event never written). It is built then, not before:
+            // its index of the entries (milliseconds at 100,000) would delay the policy itself.
+            dp.apply_announced(&policy, interval_ns, |cfg| {
+                let explainer = Explainer::new(policy.clone());
+                self.explainers.write().unwrap().install(cfg.seq, explainer);
             })
         };
         let took = started.elapsed();
@@ -179,7 +189,10 @@ impl Reconciler {
             let mut next = (**policy).clone();
             next.mode = effective;
             let next = Arc::new(next);
-            *self.explainer.write().unwrap() = Explainer::new(next.clone());
+            self.explainers
+                .write()
+                .unwrap()
+                .replace_current(Explainer::new(next.clone()));
             *policy = next;
         }
         info!(mode = ?effective, "mode switched");

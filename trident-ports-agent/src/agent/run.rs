@@ -172,7 +172,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Pump {
             ring,
             notices: notices_rx,
-            explainer: reconciler.explainer(),
+            explainers: reconciler.explainers(),
             hub,
             output: opts.output,
             file,

@@ -91,15 +91,16 @@ impl Datapath {
         self.apply_observed(policy, event_interval_ns, |_| {})
     }
 
-    /// `apply`, calling `in_force` the moment the kernel judges by `policy`: before a switch
-    /// empties the generation it left (for a large policy, as long again as writing the new
-    /// one). The agent puts the new policy's explainer in place there, so that no denial of
-    /// the new policy is explained by the old one. Not called when the apply fails before.
+    /// `apply`, calling `in_force` with the configuration written the moment the kernel judges
+    /// by `policy`: before a switch empties the generation it left (for a large policy, as
+    /// long again as writing the new one). The agent puts the new policy's explainer in place
+    /// there, under the new sequence, so that no denial of the new policy is explained by the
+    /// old one. Not called when the apply fails before.
     pub fn apply_announced(
         &mut self,
         policy: &Policy,
         event_interval_ns: u64,
-        in_force: impl FnOnce(),
+        in_force: impl FnOnce(&Config),
     ) -> Result<Applied> {
         self.apply_inner(policy, event_interval_ns, |_| {}, in_force)
     }
@@ -113,7 +114,7 @@ impl Datapath {
         event_interval_ns: u64,
         between: impl FnMut(&mut Datapath),
     ) -> Result<Applied> {
-        self.apply_inner(policy, event_interval_ns, between, || {})
+        self.apply_inner(policy, event_interval_ns, between, |_| {})
     }
 
     fn apply_inner(
@@ -121,7 +122,7 @@ impl Datapath {
         policy: &Policy,
         event_interval_ns: u64,
         mut between: impl FnMut(&mut Datapath),
-        in_force: impl FnOnce(),
+        in_force: impl FnOnce(&Config),
     ) -> Result<Applied> {
         let current = self.config()?;
         let started = std::time::Instant::now();
@@ -139,7 +140,7 @@ impl Datapath {
                 let bits = running.present_after(&delta.steps);
                 let at = (current, mode, event_interval_ns);
                 let next = self.in_place(at, &mut running, &delta.steps, bits, &mut between)?;
-                in_force();
+                in_force(&next);
                 let steps = delta.steps.len();
                 if let Some(index) = running.index.as_mut() {
                     index.commit(delta);
@@ -157,7 +158,7 @@ impl Datapath {
                     let at = (current, mode, event_interval_ns);
                     let next =
                         self.in_place(at, &mut running, &steps, t.present(), &mut between)?;
-                    in_force();
+                    in_force(&next);
                     running.index = Some(delta::Index::of(policy));
                     return Ok(self.keep(running, next, started, Some(steps.len()), false));
                 }
@@ -187,7 +188,7 @@ impl Datapath {
         };
         self.write_config(next)?;
         let in_force_after = started.elapsed();
-        in_force();
+        in_force(&next);
         match self.running.take() {
             Some(r) if r.generation == current.generation => self.remove_running(&r)?,
             _ => self.walk_remove_generation(current.generation)?,

@@ -1,6 +1,11 @@
 //! Explains a denied packet in Trident's terms: which backend and field the address belongs to,
 //! what the port is for, and what to do about it.
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use ipnet::IpNet;
 use trident_ports_common::{Event, reason};
@@ -10,6 +15,64 @@ use crate::{
     model::Model,
     policy::{BackendInfo, Direction, Policy, Proto},
 };
+
+/// How long the previous policy's explainer outlives a switch. The kernel writes an event while
+/// it judges the packet, so events of the previous policy are all in the ring within
+/// microseconds of the switch; the pump reads them as soon as it gets to them, which takes
+/// longer only when it is backed up (stdout slow, the ring full). Such a late event is explained
+/// by the policy in force, as every event was before events carried their sequence.
+const KEEP_PREVIOUS: Duration = Duration::from_secs(5);
+
+/// The explainers of the policy in force and of the one before it, by policy sequence: a denial
+/// is explained by the policy that judged it (`Event::seq`), also when the pump reads it after a
+/// switch. The previous one is dropped `KEEP_PREVIOUS` after the switch: for a large policy it
+/// holds as much memory as the policy itself.
+pub struct Explainers {
+    current: (u16, Explainer),
+    previous: Option<(u16, Explainer, Instant)>,
+}
+
+impl Explainers {
+    pub fn new(seq: u32, explainer: Explainer) -> Self {
+        Explainers {
+            current: (seq as u16, explainer),
+            previous: None,
+        }
+    }
+
+    /// Puts the explainer of the policy now in force, under sequence `seq`, in place.
+    pub fn install(&mut self, seq: u32, explainer: Explainer) {
+        let old = std::mem::replace(&mut self.current, (seq as u16, explainer));
+        self.previous = Some((old.0, old.1, Instant::now()));
+    }
+
+    /// Replaces the explainer in force without a new sequence (a mode switch: the same
+    /// entries judged, only the verdict's consequence changes).
+    pub fn replace_current(&mut self, explainer: Explainer) {
+        self.current.1 = explainer;
+    }
+
+    /// The explainer of the policy that judged `ev`: the previous one if `ev` carries its
+    /// sequence, otherwise the one in force.
+    pub fn for_event(&self, ev: &Event) -> &Explainer {
+        match &self.previous {
+            Some((seq, previous, _)) if *seq == ev.seq && *seq != self.current.0 => previous,
+            _ => &self.current.1,
+        }
+    }
+
+    /// When the previous explainer is due to be dropped, if one is kept.
+    pub fn expiry(&self) -> Option<Instant> {
+        self.previous.as_ref().map(|p| p.2 + KEEP_PREVIOUS)
+    }
+
+    /// Drops the previous explainer if it is due by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        if self.expiry().is_some_and(|at| at <= now) {
+            self.previous = None;
+        }
+    }
+}
 
 /// Who names an address: an entry or a protected address of the policy, by index. The strings
 /// stay in the policy, which the explainer shares: a 100,000-entry policy is kept once.

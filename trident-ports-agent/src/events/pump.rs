@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::{
     Clock, IfNames, Output, Record, decode,
-    explain::Explainer,
+    explain::Explainers,
     hub::{Hub, RotatingFile},
 };
 
@@ -19,7 +19,8 @@ pub struct Pump {
     pub ring: RingBuf<MapData>,
     /// Notices from the agent itself (a backend it could not plan), written like events.
     pub notices: tokio::sync::mpsc::UnboundedReceiver<Record>,
-    pub explainer: Arc<RwLock<Explainer>>,
+    /// The explainers of the policy in force and the one before (see `Explainers`).
+    pub explainers: Arc<RwLock<Explainers>>,
     pub hub: Arc<Hub>,
     pub output: Output,
     pub file: Option<RotatingFile>,
@@ -39,15 +40,21 @@ impl Pump {
         let mut file = self.file;
         let mut notices = self.notices;
         loop {
+            let expiry = self.explainers.read().unwrap().expiry();
             let mut guard = tokio::select! {
                 guard = ring.readable_mut() => guard?,
                 Some(rec) = notices.recv() => {
                     emit(&mut stdout.lock(), file.as_mut(), self.output, &self.hub, rec)?;
                     continue;
                 }
+                // The previous policy's explainer is let go once no event of it can be due.
+                () = tokio::time::sleep_until(expiry.map_or_else(tokio::time::Instant::now, Into::into)), if expiry.is_some() => {
+                    self.explainers.write().unwrap().expire(std::time::Instant::now());
+                    continue;
+                }
             };
             let rb = guard.get_inner_mut();
-            let explainer = self.explainer.read().unwrap();
+            let explainers = self.explainers.read().unwrap();
             // Stdout is line-buffered: a batch goes out in few writes, not one per event.
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
             while let Some(item) = rb.next() {
@@ -59,11 +66,11 @@ impl Pump {
                     continue;
                 };
                 let mut rec = Record::from_event(&ev, &clock, &mut names);
-                explainer.explain(&ev, &mut rec);
+                explainers.for_event(&ev).explain(&ev, &mut rec);
                 emit(&mut out, file.as_mut(), self.output, &self.hub, rec)?;
             }
             out.flush()?;
-            drop(explainer);
+            drop(explainers);
             guard.clear_ready();
         }
     }

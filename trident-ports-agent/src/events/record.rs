@@ -269,7 +269,7 @@ mod tests {
             reason: reason::NO_RULE,
             tcp_flags: 0x02,
             family: 4,
-            _pad: [0; 2],
+            seq: 0x1234,
             suppressed: 3,
             class: 0,
         };
