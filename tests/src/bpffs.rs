@@ -105,3 +105,18 @@ pub fn sys_bpf<T>(cmd: i64, attr: &mut T) -> std::io::Result<i64> {
         Ok(rc)
     }
 }
+
+/// BPF_MAP_FREEZE: from now on no system call may write the map (programs still may), so that a
+/// test can make the agent's next write to it fail.
+pub fn freeze(path: &Path) {
+    #[repr(C)]
+    struct MapFreeze {
+        map_fd: u32,
+    }
+    const BPF_MAP_FREEZE: i64 = 22;
+    let map = aya::maps::MapData::from_pin(path).expect("opening a pinned map");
+    let mut attr = MapFreeze {
+        map_fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd())) as u32,
+    };
+    sys_bpf(BPF_MAP_FREEZE, &mut attr).expect("BPF_MAP_FREEZE");
+}

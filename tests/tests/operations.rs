@@ -577,6 +577,102 @@ fn hundred_reloads_under_traffic_and_a_bad_one() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// An update in place that fails part-way leaves the kernel with some of its changes (each entry
+/// the old policy's or the new one's). When the sources then return to the policy in force, a
+/// cluster change or a periodic look must still write that policy, or the half-applied entries
+/// stay until something else changes. Here the subnets' trie is filled by the test (junk of a
+/// generation no packet looks at) until one of two new subnets fits.
+#[test]
+fn a_failed_update_is_written_whole_when_the_sources_return_to_the_policy() {
+    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+    use trident_ports_agent::{
+        agent::{
+            metrics::Metrics,
+            reconcile::{Reconciler, Trigger},
+            sources::Snapshot,
+        },
+        backends::Inventory,
+        config::NodeConfig,
+        datapath::Datapath,
+    };
+    use trident_ports_common::{PeerInfo, PeerKey, limits, maps};
+    if !require_root("a_failed_update_is_written_whole_when_the_sources_return_to_the_policy") {
+        return;
+    }
+    let fs = BpfFs::mount();
+    let pin = fs.0.join("in-doubt");
+    let snapshot = |allow: &str| {
+        Snapshot {
+        config: NodeConfig::from_yaml(
+            std::path::Path::new("node.yaml"),
+            &format!("role: worker\nallow:\n  - {{dst: 192.0.2.10, ports: 2049, proto: tcp, reason: nfs}}\n{allow}"),
+        )
+        .unwrap(),
+        inventory: Inventory::default(),
+        local_addresses: vec![],
+        sessions: None,
+    }
+    };
+    let before = snapshot("");
+    let after = snapshot(
+        "  - {dst: 198.51.100.0/24, ports: 3260, proto: tcp, reason: iscsi}\n  \
+         - {dst: 203.0.113.0/24, ports: 3260, proto: tcp, reason: iscsi}\n",
+    );
+    let mut dp = Datapath::load_pinned(Some(&pin)).unwrap();
+    let policy = before.compile();
+    dp.apply(&policy, 0).unwrap();
+    let (notices, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let reconciler = Reconciler::new(dp, policy, Arc::new(Metrics::new()), notices);
+    let mut trie: LpmTrie<_, PeerKey, PeerInfo> = LpmTrie::try_from(Map::LpmTrie(
+        MapData::from_pin(pin.join("maps").join(maps::PEER_PREFIXES)).unwrap(),
+    ))
+    .unwrap();
+    let policy_prefixes = |t: &LpmTrie<MapData, PeerKey, PeerInfo>| {
+        t.keys()
+            .filter(|k| k.as_ref().unwrap().data().generation < 2)
+            .count()
+    };
+    assert_eq!(policy_prefixes(&trie), 0);
+    let junk: Vec<Key<PeerKey>> = (0..limits::PEER_PREFIXES - 1)
+        .map(|i| {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&i.to_be_bytes());
+            Key::new(
+                160,
+                PeerKey {
+                    generation: 2,
+                    dir: 0,
+                    _pad: [0; 2],
+                    addr,
+                },
+            )
+        })
+        .collect();
+    for k in &junk {
+        trie.insert(k, PeerInfo { class: 0, flags: 0 }, 0).unwrap();
+    }
+    assert!(
+        reconciler
+            .reconcile(Ok(after), Trigger::Cluster, Instant::now())
+            .is_none(),
+        "the update fails"
+    );
+    assert_eq!(policy_prefixes(&trie), 1, "one subnet written in place");
+    for k in &junk {
+        trie.remove(k).unwrap();
+    }
+    // The cluster returns to the policy in force: it is written whole.
+    assert!(
+        reconciler
+            .reconcile(Ok(before), Trigger::Cluster, Instant::now())
+            .is_some()
+    );
+    assert_eq!(policy_prefixes(&trie), 0, "the half-applied subnet is gone");
+    drop(trie);
+    drop(reconciler);
+    trident_ports_agent::datapath::pins::uninstall(&pin).unwrap();
+}
+
 /// Kubernetes mounts a ConfigMap as files that link through `..data`, and updates it by swapping
 /// that one symlink: the agent notices and reloads.
 #[test]

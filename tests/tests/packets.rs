@@ -1629,3 +1629,61 @@ fn switches_leave_only_the_running_generation() {
     drop(dp);
     trident_ports_agent::datapath::pins::uninstall(&pin).unwrap();
 }
+
+/// A switch is done once the configuration names the new generation: if the generation it left
+/// cannot be emptied then (here the guard bitmap, frozen by the test at that moment, refuses the
+/// writes), the apply still reports the new policy in force and names what is left over. The
+/// next switch would write into that generation, so it fails before writing and the policy in
+/// force stays.
+#[test]
+fn a_switch_in_force_reports_what_it_could_not_empty() {
+    if !require_root("a_switch_in_force_reports_what_it_could_not_empty") {
+        return;
+    }
+    let fs = trident_ports_tests::bpffs::BpfFs::mount();
+    let pin = fs.0.join("leftover");
+    let guards = pin.join("maps").join(trident_ports_common::maps::GUARDS);
+    // 8443 guarded (no source allowed) is a change of the guards: a switch, not an update in place.
+    let mut guarded = policy();
+    guarded.guarded.push(Guard {
+        port: 8443,
+        proto: Proto::Tcp,
+        purpose: "backchannel".into(),
+    });
+    let to_8443 = v4(ipv4(
+        "192.0.2.9",
+        "192.0.2.1",
+        TCP,
+        0,
+        &tcp(40000, 8443, SYN),
+    ));
+    let mut dp = Datapath::load_pinned(Some(&pin)).unwrap();
+    let first = dp.apply(&policy(), 0).unwrap();
+    assert!(first.leftover.is_none());
+    assert_eq!(run(&mut dp, programs::TC_INGRESS, &to_8443), TC_PASS);
+    let a = dp
+        .apply_announced(&guarded, 0, |_| trident_ports_tests::bpffs::freeze(&guards))
+        .unwrap();
+    assert!(a.steps.is_none(), "a switch");
+    let leftover = a.leftover.as_ref().map(ToString::to_string);
+    assert!(
+        leftover
+            .as_deref()
+            .is_some_and(|e| e.contains(trident_ports_common::maps::GUARDS)),
+        "{leftover:?}"
+    );
+    assert_eq!(dp.config().unwrap(), a.config, "the new policy is in force");
+    assert_eq!(run(&mut dp, programs::TC_INGRESS, &to_8443), TC_DROP);
+    let left = dp.entries_by_generation().unwrap();
+    assert!(
+        left.guard_words[usize::from(first.config.generation)] > 0,
+        "{left:?}"
+    );
+    // Back to the first policy: a switch into the generation that was not emptied, which
+    // cannot be emptied now either.
+    assert!(dp.apply(&policy(), 0).is_err());
+    assert_eq!(dp.config().unwrap(), a.config, "the policy in force stays");
+    assert_eq!(run(&mut dp, programs::TC_INGRESS, &to_8443), TC_DROP);
+    drop(dp);
+    trident_ports_agent::datapath::pins::uninstall(&pin).unwrap();
+}

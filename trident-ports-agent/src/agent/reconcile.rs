@@ -1,7 +1,10 @@
 //! The one step that changes what the kernel enforces: a snapshot compiled, compared with the
 //! running policy and, when it differs, switched in by generation. Also the per-node mode
 //! override, which changes only the configuration entry. A failure keeps the running policy.
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{
+    Arc, Mutex, RwLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use tracing::{error, info, warn};
 
@@ -38,6 +41,10 @@ pub struct Reconciler {
     config_mode: Mutex<Mode>,
     mode_override: Mutex<Option<Mode>>,
     explainers: Arc<RwLock<Explainers>>,
+    /// The last apply failed: the kernel may hold part of an update in place (each entry the
+    /// old policy's or the new one's) or a configuration entry widened for one, so the next
+    /// reconcile applies even a policy equal to `policy`, which writes it whole.
+    in_doubt: AtomicBool,
     metrics: Arc<Metrics>,
     notices: tokio::sync::mpsc::UnboundedSender<Record>,
 }
@@ -65,6 +72,7 @@ impl Reconciler {
                 Explainer::new(policy.clone()),
             ))),
             policy: Mutex::new(policy),
+            in_doubt: AtomicBool::new(false),
             metrics,
         }
     }
@@ -118,7 +126,10 @@ impl Reconciler {
         let widening = trigger == Trigger::Widen;
         if widening {
             policy = widen(&current, policy)?;
-        } else if trigger != Trigger::Changed && **current == policy {
+        } else if trigger != Trigger::Changed
+            && !self.in_doubt.load(Ordering::Relaxed)
+            && **current == policy
+        {
             return Some(snapshot);
         }
         let interval_ns = snapshot.config.events.interval.as_nanos() as u64;
@@ -140,14 +151,21 @@ impl Reconciler {
             })
         };
         let took = started.elapsed();
+        self.in_doubt.store(applied.is_err(), Ordering::Relaxed);
         match applied {
-            Ok(a) => {
+            Ok(mut a) => {
                 let what = if widening {
                     "policy widened: what the change adds is in force, what it takes away follows the debounce"
                 } else {
                     "policy reloaded"
                 };
                 info!(entries = policy.entries.len(), generation = a.config.generation, seq = a.config.seq, in_place_steps = ?a.steps, compiled_alone = a.compiled_alone, in_force_after = ?a.in_force, took = ?took, mode = ?policy.mode, "{what}");
+                if let Some(e) = a.leftover.take() {
+                    warn!(
+                        "the generation the switch left could not be emptied; it is emptied before the next switch writes there: {:#}",
+                        anyhow::Error::new(e)
+                    );
+                }
                 for w in news(trigger, &current, &policy) {
                     warn!("{w}");
                 }

@@ -26,6 +26,10 @@ pub struct Applied {
     pub steps: Option<usize>,
     /// Only the changed entries were compiled (`delta`), not the whole policy.
     pub compiled_alone: bool,
+    /// Why a switch, in force, could not empty the generation it left. The policy is in force
+    /// regardless: the leftovers are in the generation no packet looks at, and the next switch
+    /// walks that generation and empties it before writing there.
+    pub leftover: Option<Error>,
 }
 
 /// Entries per policy map.
@@ -189,20 +193,21 @@ impl Datapath {
         self.write_config(next)?;
         let in_force_after = started.elapsed();
         in_force(&next);
-        match self.running.take() {
-            Some(r) if r.generation == current.generation => self.remove_running(&r)?,
-            _ => self.walk_remove_generation(current.generation)?,
-        }
+        let emptied = match self.running.take() {
+            Some(r) if r.generation == current.generation => self.remove_running(&r),
+            _ => self.walk_remove_generation(current.generation),
+        };
         let mut running = incremental::Running::of(&tables, next_gen);
         running.index = Some(delta::Index::of(policy));
         self.running = Some(running);
-        self.idle_clean = true;
+        self.idle_clean = emptied.is_ok();
         Ok(Applied {
             config: next,
             sizes: Sizes::from(&tables),
             in_force: in_force_after,
             steps: None,
             compiled_alone: false,
+            leftover: emptied.err(),
         })
     }
 
@@ -246,6 +251,7 @@ impl Datapath {
             in_force: started.elapsed(),
             steps,
             compiled_alone,
+            leftover: None,
         }
     }
 
