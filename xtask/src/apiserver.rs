@@ -22,7 +22,7 @@ const SOURCE_VERSION: &str = "1.20.5+really1.20.2-1.1+deb12u1";
 
 /// What the build and the tests need from Debian: Go 1.19, rsync for `gen_openapi`, dpkg-source,
 /// the replacement Go sources, and etcd for the tests to run the API server against.
-const PACKAGES: &[&str] = &[
+pub(crate) const PACKAGES: &[&str] = &[
     "golang-go",
     "rsync",
     "dpkg-dev",
@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "etcd-server",
     "openssl",
 ];
+
+pub(crate) const WHY: &str = "the kube-apiserver build and its etcd";
 
 const SOURCES_LIST: &str = "\
 deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
@@ -44,29 +46,7 @@ fn dir() -> PathBuf {
 /// The cached binary's path; builds it first when it is not there.
 pub(crate) fn ensure() -> anyhow::Result<PathBuf> {
     let bin = dir().join(format!("kube-apiserver-{SOURCE_VERSION}"));
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "xtask: installing {} (the kube-apiserver build and its etcd)",
-            missing.join(" ")
-        );
-        run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-        run_checked(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    crate::peers::ensure_all(&[], PACKAGES, WHY)?;
     if bin.exists() {
         return Ok(bin);
     }

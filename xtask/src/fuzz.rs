@@ -17,6 +17,17 @@ fn cargo_fuzz_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Installs cargo-fuzz when it is missing.
+pub(crate) fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    if !cargo_fuzz_installed() {
+        eprintln!(
+            "xtask: installing cargo-fuzz (cargo install cargo-fuzz): runs libFuzzer targets on the nightly"
+        );
+        run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
+}
+
 /// Copies every file under `from` (recursively) whose name ends in one of `ends` into `to`.
 fn seed(from: &Path, ends: &[&str], to: &Path) -> anyhow::Result<usize> {
     let mut n = 0;
@@ -116,12 +127,7 @@ fn cargo_fuzz(fuzz: &Path, command: &str, dev: bool) -> Command {
 /// and runs its seeds and their first mutations, the full run is the optimized one.
 pub(crate) fn parsers(seconds: u64, dev: bool) -> anyhow::Result<()> {
     setup::ensure()?;
-    if !cargo_fuzz_installed() {
-        eprintln!(
-            "xtask: installing cargo-fuzz (cargo install cargo-fuzz): runs libFuzzer targets on the nightly"
-        );
-        run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
-    }
+    ensure_cargo_fuzz()?;
     let fuzz = workspace_root().join("fuzz");
     // One build for every target, so that the fuzzers below start at once and do not wait on
     // each other's cargo lock.

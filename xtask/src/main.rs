@@ -28,6 +28,15 @@ enum Cmd {
     /// Build the kube-apiserver the cluster tests run against, from Debian's sources (once, about
     /// 3 minutes; `test` and `bench` do it when it is missing). Prints its path.
     Apiserver,
+    /// Install everything the tests, the VM matrix, the benchmarks and the fuzzing need (the
+    /// Debian packages in one apt-get, kubernetes-validate, cargo-fuzz), fetch the VM kernels,
+    /// then build the kube-apiserver. Each command installs what it needs anyway; CI runs this
+    /// in the background while it builds, since most of it is downloading.
+    Prepare {
+        /// The kernels `test --vm` will boot (5.10, 6.1, 6.12, 7).
+        #[arg(long, num_args = 1.., value_name = "KERNEL")]
+        vm: Vec<String>,
+    },
     /// Build the agent (with the kernel programs embedded).
     Build {
         #[arg(long)]
@@ -224,6 +233,16 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::ensure(),
         Cmd::Apiserver => apiserver::ensure().map(|p| println!("{}", p.display())),
+        Cmd::Prepare { vm } => {
+            use peers::Suite;
+            let started = std::time::Instant::now();
+            let suites = [Suite::Test, Suite::Vm, Suite::Bench];
+            peers::ensure_all(&suites, apiserver::PACKAGES, apiserver::WHY)?;
+            vm::fetch_kernels(&vm)?;
+            fuzz::ensure_cargo_fuzz()?;
+            eprintln!("xtask: prepared in {:.0?}", started.elapsed());
+            apiserver::ensure().map(|p| println!("{}", p.display()))
+        }
         Cmd::Build { release } => build(release).map(|p| println!("{}", p.display())),
         Cmd::Run {
             seconds,

@@ -105,10 +105,29 @@ const BENCH: &[Peer] = &[
 /// The validator `cargo xtask test` checks deploy/ with, pinned.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Suite {
     Test,
     Vm,
     Bench,
+}
+
+impl Suite {
+    fn peers(self) -> impl Iterator<Item = &'static Peer> {
+        match self {
+            Suite::Test => TEST.iter().chain(&[]),
+            Suite::Vm => TEST.iter().chain(VM),
+            Suite::Bench => BENCH.iter().chain(&[]),
+        }
+    }
+}
+
+/// Whether dpkg has `package` installed.
+pub(crate) fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
 fn found(probe: &str) -> bool {
@@ -124,16 +143,22 @@ fn found(probe: &str) -> bool {
 
 /// Installs what `suite` needs and is missing. Needs root; without it, names the packages.
 pub(crate) fn ensure(suite: Suite) -> anyhow::Result<()> {
-    let peers: Vec<&Peer> = match suite {
-        Suite::Test => TEST.iter().collect(),
-        Suite::Vm => TEST.iter().chain(VM).collect(),
-        Suite::Bench => BENCH.iter().collect(),
-    };
-    let missing: Vec<&Peer> = peers.into_iter().filter(|p| !found(p.probe)).collect();
-    if !missing.is_empty() {
-        install(&missing)?;
+    ensure_all(&[suite], &[], "")
+}
+
+/// Installs what any of `suites` needs and is missing, and those of the Debian `packages` (needed
+/// for `why`) dpkg does not have, in one apt-get: `prepare` gets everything at once.
+pub(crate) fn ensure_all(suites: &[Suite], packages: &[&str], why: &str) -> anyhow::Result<()> {
+    let missing: Vec<&Peer> = suites
+        .iter()
+        .flat_map(|s| s.peers())
+        .filter(|p| !found(p.probe))
+        .collect();
+    let packages: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() || !packages.is_empty() {
+        install(&missing, &packages, why)?;
     }
-    if matches!(suite, Suite::Test) && !found("kubernetes-validate") {
+    if suites.contains(&Suite::Test) && !found("kubernetes-validate") {
         eprintln!(
             "xtask: installing {KUBERNETES_VALIDATE} (pip): validates deploy/ against the Kubernetes schemas"
         );
@@ -149,12 +174,19 @@ pub(crate) fn ensure(suite: Suite) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install(missing: &[&Peer]) -> anyhow::Result<()> {
-    let mut packages: Vec<&str> = missing.iter().map(|p| p.package).collect();
+fn install(missing: &[&Peer], more: &[&str], why: &str) -> anyhow::Result<()> {
+    let mut packages: Vec<&str> = missing
+        .iter()
+        .map(|p| p.package)
+        .chain(more.iter().copied())
+        .collect();
     packages.sort_unstable();
     packages.dedup();
     for p in missing {
         eprintln!("xtask: installing {} ({}: {})", p.package, p.probe, p.why);
+    }
+    if !more.is_empty() {
+        eprintln!("xtask: installing {} ({why})", more.join(" "));
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -183,6 +215,10 @@ fn install(missing: &[&Peer]) -> anyhow::Result<()> {
         .iter()
         .filter(|p| !found(p.probe))
         .map(|p| p.probe)
+        .collect();
+    let still: Vec<&str> = still
+        .into_iter()
+        .chain(more.iter().copied().filter(|p| !installed(p)))
         .collect();
     if !still.is_empty() {
         bail!("still missing after apt-get install: {}", still.join(", "));

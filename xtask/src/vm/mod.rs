@@ -68,6 +68,14 @@ fn qemu(root: &Path, image: &Path) -> anyhow::Result<Command> {
     Ok(c)
 }
 
+/// Downloads and unpacks the Debian packages of `kernels` (each once: `test --vm` finds them).
+pub(crate) fn fetch_kernels(kernels: &[String]) -> anyhow::Result<()> {
+    for name in kernels {
+        fetch(kernel(name)?)?;
+    }
+    Ok(())
+}
+
 /// `cargo xtask run --vm KERNEL`: the README's demo inside a throwaway VM, on the terminal.
 pub(crate) fn demo(name: &str, agent: &Path, seconds: u64) -> anyhow::Result<()> {
     crate::peers::ensure(crate::peers::Suite::Vm)?;
