@@ -163,6 +163,29 @@ pub fn tcp_echo_from(
     })
 }
 
+/// Each of `tries` (source, destination) must fail as a TCP echo from `ns`; `what` names them in
+/// order. A refusal is sure only once its whole `timeout` has passed, so they wait it out at once
+/// instead of one after another.
+pub fn tcp_refused_from(
+    ns: &NetNs,
+    tries: &[(&str, std::net::IpAddr, SocketAddr)],
+    timeout: Duration,
+) {
+    let results: Vec<_> = std::thread::scope(|s| {
+        let tries: Vec<_> = tries
+            .iter()
+            .map(|&(what, from, to)| (what, s.spawn(move || tcp_echo_from(ns, from, to, timeout))))
+            .collect();
+        tries
+            .into_iter()
+            .map(|(what, h)| (what, h.join().expect("probe thread")))
+            .collect()
+    });
+    for (what, r) in results {
+        assert!(r.is_err(), "{what}: passed, and must not");
+    }
+}
+
 /// UDP echo from a chosen source address and port inside `ns`.
 pub fn udp_echo_from(
     ns: &NetNs,

@@ -10,7 +10,7 @@ use trident_ports_tests::{
     netns::{Addrs, Pair},
     node::NodeDir,
     require_root,
-    traffic::{Echo, Stream, sa, tcp_echo, tcp_echo_from, udp_echo_from},
+    traffic::{Echo, Stream, sa, tcp_echo, tcp_echo_from, tcp_refused_from, udp_echo_from},
 };
 
 const T: Duration = Duration::from_millis(700);
@@ -66,14 +66,28 @@ fn ingress_checks(extra_args: &[&str], name: &str) {
     let mut agent = Agent::run(&pair, &cfg, extra_args);
     let st = &pair.storage;
     // Trident's node ports: the cluster gets in, an outsider does not, nobody reaches the probe.
+    // Storage may not open connections to the node.
     tcp_echo_from(st, ip("192.0.2.3"), sa("192.0.2.1:8000"), T).unwrap();
-    tcp_echo_from(st, ip("192.0.2.4"), sa("192.0.2.1:8000"), T).unwrap_err();
-    tcp_echo_from(st, ip("192.0.2.3"), sa("192.0.2.1:17546"), T).unwrap_err();
+    tcp_refused_from(
+        st,
+        &[
+            ("an outsider to 8000", ip("192.0.2.4"), sa("192.0.2.1:8000")),
+            (
+                "the cluster to the probe",
+                ip("192.0.2.3"),
+                sa("192.0.2.1:17546"),
+            ),
+            ("storage to the node", ip("192.0.2.2"), sa("192.0.2.1:22")),
+            (
+                "storage to the node, v6",
+                ip("2001:db8::2"),
+                sa("[2001:db8::1]:2222"),
+            ),
+        ],
+        T,
+    );
     // Unguarded ports from non-storage sources are not this product's business.
     tcp_echo_from(st, ip("192.0.2.4"), sa("192.0.2.1:22"), T).unwrap();
-    // Storage may not open connections to the node...
-    tcp_echo_from(st, ip("192.0.2.2"), sa("192.0.2.1:22"), T).unwrap_err();
-    tcp_echo_from(st, ip("2001:db8::2"), sa("[2001:db8::1]:2222"), T).unwrap_err();
     tcp_echo_from(st, ip("2001:db8::4"), sa("[2001:db8::1]:2222"), T).unwrap();
     // ...except NFSv3 callbacks to ephemeral ports, and replies to what the node opened.
     udp_echo_from(st, sa("192.0.2.2:4045"), sa("192.0.2.1:40000"), T).unwrap();
@@ -394,11 +408,21 @@ fn guards_stop_at_the_nodes_own_addresses(extra_args: &[&str], name: &str) {
     // Routing works before the agent is there.
     tcp_echo_from(st, ip("192.0.2.4"), sa("198.51.100.10:8443"), T).unwrap();
     let mut agent = Agent::run(&pair, &dir.config_path(), extra_args);
-    // The node's own 8443 takes the cluster only ...
+    // The node's own 8443 takes the cluster only, also on the node's other address (the pods'
+    // gateway) ...
     tcp_echo_from(st, ip("192.0.2.3"), sa("192.0.2.1:8443"), T).unwrap();
-    tcp_echo_from(st, ip("192.0.2.4"), sa("192.0.2.1:8443"), T).unwrap_err();
-    // ... also on the node's other address (the pods' gateway) ...
-    tcp_echo_from(st, ip("192.0.2.4"), sa("198.51.100.1:8443"), T).unwrap_err();
+    tcp_refused_from(
+        st,
+        &[
+            ("an outsider", ip("192.0.2.4"), sa("192.0.2.1:8443")),
+            (
+                "an outsider, the gateway",
+                ip("192.0.2.4"),
+                sa("198.51.100.1:8443"),
+            ),
+        ],
+        T,
+    );
     // ... while the pod's 8443 behind it is not Trident's and passes untouched.
     tcp_echo_from(st, ip("192.0.2.4"), sa("198.51.100.10:8443"), T).unwrap();
     let events = agent.wait_events(2, Duration::from_secs(3));
