@@ -146,7 +146,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         c.save();
     }
     let reconciler = Arc::new(Reconciler::new(dp, policy, metrics.clone(), notices));
-    give_back_memory();
+    crate::memory::give_back();
     let hub = Arc::new(Hub::new(opts.history, 4096));
     let ready = Arc::new(AtomicBool::new(true));
     serve_socket(&opts, &reconciler, &hub)?;
@@ -281,16 +281,6 @@ fn snapshot(sources: &Sources) -> crate::error::Result<Snapshot> {
     Ok(s.clone())
 }
 
-/// Returns the heap that reading and compiling a policy used to the system: a large policy's
-/// YAML, inventory and tables are transient, and glibc keeps freed memory otherwise.
-fn give_back_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Loads the datapath, applies `policy`, then attaches: the programs never run without it.
 fn enforce(
     opts: &RunOptions,
@@ -373,7 +363,7 @@ fn reconcile_worker(
                         c.save();
                     }
                 }
-                give_back_memory();
+                crate::memory::give_back();
             }
         })?;
     Ok((requests, worker))

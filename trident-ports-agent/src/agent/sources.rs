@@ -229,7 +229,15 @@ impl FileSources {
 
     fn read(&self, cluster_docs: &[Doc]) -> Result<Snapshot> {
         let mut config = match &self.config {
-            Some(p) => NodeConfig::load(p)?,
+            Some(p) => {
+                // Stamped before the read, so that a change during it shows as a new stamp.
+                let stamp = stamp(p);
+                let config = NodeConfig::load(p)?;
+                // `fingerprint` learns the sources from this read instead of parsing the file
+                // again (at start, a second parse of a 100,000-entry allow list: 130 MB).
+                *self.named.lock().unwrap() = stamp.map(|s| (s, self.backend_paths(&config)));
+                config
+            }
             None => NodeConfig::default(),
         };
         if let Some(r) = self.role {
@@ -359,6 +367,10 @@ mod tests {
         assert_eq!(snap.config.role, Role::Controller, "the override wins");
         assert_eq!(snap.inventory.backends.len(), 1);
         assert_eq!(snap.inventory.backends[0].name, "nas");
+        assert!(
+            s.named.lock().unwrap().is_some(),
+            "the read told fingerprint the configuration's sources"
+        );
         let before = s.fingerprint();
         assert_eq!(before.len(), 2, "{before:?}");
         std::fs::write(dir.join("b/nas.yaml"), "version: 1\nstorageDriverName: ontap-nas\nbackendName: nas\nmanagementLIF: 192.0.2.60\n").unwrap();

@@ -66,11 +66,13 @@ impl Explainers {
         self.previous.as_ref().map(|p| p.2 + KEEP_PREVIOUS)
     }
 
-    /// Drops the previous explainer if it is due by `now`.
-    pub fn expire(&mut self, now: Instant) {
-        if self.expiry().is_some_and(|at| at <= now) {
+    /// Drops the previous explainer if it is due by `now`; says whether it did.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let due = self.expiry().is_some_and(|at| at <= now);
+        if due {
             self.previous = None;
         }
+        due
     }
 }
 

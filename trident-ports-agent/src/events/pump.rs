@@ -15,6 +15,9 @@ use super::{
     hub::{Hub, RotatingFile},
 };
 
+/// How often an idle pump looks for a previous explainer to let go.
+const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Pump {
     pub ring: RingBuf<MapData>,
     /// Notices from the agent itself (a backend it could not plan), written like events.
@@ -40,16 +43,24 @@ impl Pump {
         let mut file = self.file;
         let mut notices = self.notices;
         loop {
-            let expiry = self.explainers.read().unwrap().expiry();
+            // The previous policy's explainer is let go once no event of it can be due. A reload
+            // installs one while this waits, so an idle pump looks again every `IDLE_LOOK`.
+            let look = self
+                .explainers
+                .read()
+                .unwrap()
+                .expiry()
+                .unwrap_or_else(|| std::time::Instant::now() + IDLE_LOOK);
             let mut guard = tokio::select! {
                 guard = ring.readable_mut() => guard?,
                 Some(rec) = notices.recv() => {
                     emit(&mut stdout.lock(), file.as_mut(), self.output, &self.hub, rec)?;
                     continue;
                 }
-                // The previous policy's explainer is let go once no event of it can be due.
-                () = tokio::time::sleep_until(expiry.map_or_else(tokio::time::Instant::now, Into::into)), if expiry.is_some() => {
-                    self.explainers.write().unwrap().expire(std::time::Instant::now());
+                () = tokio::time::sleep_until(look.into()) => {
+                    if self.explainers.write().unwrap().expire(std::time::Instant::now()) {
+                        crate::memory::give_back();
+                    }
                     continue;
                 }
             };
