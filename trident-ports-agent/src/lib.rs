@@ -8,7 +8,8 @@
 //! - `events`: the kernel's denied-flow records decoded, explained and served;
 //! - `agent`: `run`, which ties them together: sources, reconcile, servers.
 //!
-//! `net` holds the vocabulary all of them share, `memory` gives freed heap back. The binary is a thin CLI over this library.
+//! `net` holds the vocabulary all of them share, `memory` gives freed heap back. The binary is a
+//! thin CLI over this library.
 pub mod agent;
 pub mod backends;
 pub mod config;

@@ -149,11 +149,14 @@ pub(crate) fn ensure(suite: Suite) -> anyhow::Result<()> {
 /// Installs what any of `suites` needs and is missing, and those of the Debian `packages` (needed
 /// for `why`) dpkg does not have, in one apt-get: `prepare` gets everything at once.
 pub(crate) fn ensure_all(suites: &[Suite], packages: &[&str], why: &str) -> anyhow::Result<()> {
-    let missing: Vec<&Peer> = suites
+    let mut missing: Vec<&Peer> = suites
         .iter()
         .flat_map(|s| s.peers())
         .filter(|p| !found(p.probe))
         .collect();
+    // Suites share peers (the VM's include the host tests'): each is named and installed once.
+    missing.sort_by_key(|p| p.probe);
+    missing.dedup_by_key(|p| p.probe);
     let packages: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() || !packages.is_empty() {
         install(&missing, &packages, why)?;
